@@ -1,0 +1,1 @@
+"""One module per paper result; each registers its experiment(s) with `repro.registry.register`."""

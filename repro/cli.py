@@ -1,0 +1,109 @@
+"""The `repro` command: parse, look up the experiment, call. No science here."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from repro.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Reproduce the experiments of 'AI for the Open-World: the Learning Principles'.",
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """A UserError becomes one sentence on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            from repro.track import console
+
+            console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command("list")
+@user_errors
+def list_experiments() -> None:
+    """Show every experiment with its paper reference and the cost of each preset."""
+    from repro import registry
+    from repro.track import console
+
+    table = Table(title="repro experiments", show_lines=True)
+    for col in ("name", "paper", "claim", "presets (cost)"):
+        table.add_column(col, overflow="fold")
+    for exp in registry.each():
+        costs = "\n".join(f"{p}: {c}" for p, c in exp.preset_costs.items())
+        table.add_row(exp.name, exp.paper_ref, exp.claim, costs)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def run(
+    name: str = typer.Argument(..., help="Experiment name (see `repro list`)."),
+    preset: str = typer.Option("cpu", help="smoke (seconds, tests) | cpu (minutes, default) | paper (GPU scale)."),
+    overrides: Optional[list[str]] = typer.Option(  # noqa: UP045  (typer needs Optional here)
+        None, "--set", help="Override a config value, e.g. --set steps=100 --set eval.sequences=32."
+    ),
+    seed: int = typer.Option(0, help="Random seed; each seed has its own run directory."),
+    out: Path = typer.Option(Path("runs"), help="Root of the run directories."),
+    wandb: Optional[bool] = typer.Option(  # noqa: UP045
+        None, "--wandb/--no-wandb", help="Log to W&B (default: only if WANDB_PROJECT is set; offline without a key)."
+    ),
+    force: bool = typer.Option(False, help="Run again even if a finished run directory exists."),
+) -> None:
+    """Run one experiment into runs/NAME/PRESET/VARIANT/sSEED/ (resumes a killed run)."""
+    from repro import registry, runtime
+
+    exp = registry.get(name)
+    runtime.launch(exp, preset=preset, overrides=overrides, seed=seed, out=out, use_wandb=wandb, force=force)
+
+
+@app.command()
+@user_errors
+def report(
+    name: Optional[str] = typer.Argument(None, help="Experiment to report; omit with --all."),  # noqa: UP045
+    all_: bool = typer.Option(False, "--all", help="Report every experiment that has finished runs."),
+    runs: Path = typer.Option(Path("runs"), help="Root of the run directories to read."),
+    out: Path = typer.Option(Path("reports"), help="Where reports/NAME/ is written."),
+    preset: Optional[str] = typer.Option(None, help="Which preset's runs to show (default: the largest)."),  # noqa: UP045
+) -> None:
+    """Turn run directories into reports/NAME/table.md|csv and figures, paper beside ours."""
+    from repro import registry, results
+    from repro.track import console
+
+    if (name is None) == (not all_):
+        raise UserError("give one experiment name or --all.")
+    targets = registry.each() if all_ else [registry.get(name)]
+    for exp in targets:
+        df = results.collect(runs, exp.name)
+        if df.empty:
+            if all_:
+                continue
+            raise UserError(f"no finished runs of '{exp.name}' under {runs}/; run `repro run {exp.name}` first.")
+        chosen = results.pick_preset(df, preset)
+        paths = exp.report(df[df.preset == chosen].reset_index(drop=True), out / exp.name)
+        console.print(f"[green]report[/] {exp.name} ({chosen}): " + ", ".join(str(p) for p in paths))
+    index = results.write_index(out, registry.each())
+    console.print(f"index: {index}")
+
+
+def main() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    app()

@@ -1,0 +1,156 @@
+"""Typed experiment configs: nested dataclasses, `--set a.b=c` overrides checked against the field
+types, and YAML dump/load for the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from repro.errors import UserError
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict of a config dataclass (tuples become lists, for YAML/JSON)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def dump_yaml(cfg: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict` output; unknown keys are an error."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(f"config for {cls.__name__} has unknown keys {sorted(unknown)}.")
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = from_dict(typ, value)
+        elif get_origin(typ) is tuple and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects key=value (for example model.n_head=3), got '{text}'.")
+    return key.strip(), raw.strip()
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | None) -> Any:
+    """Return a copy of `cfg` with each `a.b=value` applied, the value parsed as the field's type."""
+    for text in overrides or []:
+        key, raw = parse_override(text)
+        cfg = _set(cfg, key.split("."), raw, key)
+    return cfg
+
+
+def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    name = path[0]
+    if name not in fields:
+        prefix = full_key[: -len(".".join(path))].rstrip(".")
+        where = f" under '{prefix}'" if prefix else ""
+        known = ", ".join(sorted(fields))
+        raise UserError(f"--set {full_key}: unknown key '{name}'{where}; known keys: {known}.")
+    typ = get_type_hints(type(node))[name]
+    if len(path) == 1:
+        if dataclasses.is_dataclass(typ):
+            raise UserError(f"--set {full_key}: '{name}' is a group; set one of its keys ({name}.KEY=VALUE).")
+        return dataclasses.replace(node, **{name: parse_value(raw, typ, full_key)})
+    child = getattr(node, name)
+    if not dataclasses.is_dataclass(child):
+        raise UserError(f"--set {full_key}: '{name}' is a value, not a group.")
+    return dataclasses.replace(node, **{name: _set(child, path[1:], raw, full_key)})
+
+
+def type_name(typ: Any) -> str:
+    origin = get_origin(typ)
+    if typ in _TYPE_WORDS:
+        return _TYPE_WORDS[typ]
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(typ))
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(typ) if a is not type(None)]
+        return " or ".join(type_name(a) for a in inner) + " or none"
+    if origin in (tuple, list):
+        return f"a comma-separated list of {type_name(get_args(typ)[0]).removeprefix('an ').removeprefix('a ')}s"
+    return getattr(typ, "__name__", str(typ))
+
+
+def parse_value(raw: str, typ: Any, key: str) -> Any:
+    """Parse the text of a `--set` value as `typ`, or raise one sentence naming key and type."""
+
+    def fail() -> typing.NoReturn:
+        raise UserError(f"--set {key}={raw}: expected {type_name(typ)}.")
+
+    origin = get_origin(typ)
+    if origin in (Union, types.UnionType):
+        if raw.lower() in ("none", "null", ""):
+            return None
+        inner = [a for a in get_args(typ) if a is not type(None)]
+        for a in inner:
+            try:
+                return parse_value(raw, a, key)
+            except UserError:
+                continue
+        fail()
+    if origin is Literal:
+        for a in get_args(typ):
+            if str(a) == raw:
+                return a
+        fail()
+    if origin in (tuple, list):
+        item = get_args(typ)[0]
+        parts = [p.strip() for p in raw.strip("[]()").split(",") if p.strip()]
+        try:
+            values = [parse_value(p, item, key) for p in parts]
+        except UserError:
+            fail()
+        return tuple(values) if origin is tuple else values
+    if typ is bool:
+        low = raw.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        fail()
+    if typ is int:
+        try:
+            return int(raw)
+        except ValueError:
+            fail()
+    if typ is float:
+        try:
+            return float(raw)
+        except ValueError:
+            fail()
+    if typ is str:
+        return raw
+    fail()

@@ -1,0 +1,1 @@
+"""Datasets: synthetic (three moons), text, vision, long-context and in-context tasks."""

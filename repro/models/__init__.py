@@ -1,0 +1,1 @@
+"""Model families: associative memory (shared), Memory Mosaics, transformers, ResNets."""

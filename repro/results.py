@@ -1,0 +1,124 @@
+"""Result rows, their collection into pandas, and the paper-vs-ours report pieces."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from repro.errors import UserError
+
+# A tidy row: one number, and everything needed to know what it is.
+ROW_FIELDS = ("experiment", "preset", "variant", "model", "seed", "split", "metric", "value", "step")
+OPTIONAL_FIELDS = ("slice_key", "slice_value")
+PRESET_ORDER = ("paper", "cpu", "smoke")  # a report uses the largest scale that has runs
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    missing = [k for k in ROW_FIELDS if k not in fields]
+    extra = set(fields) - set(ROW_FIELDS) - set(OPTIONAL_FIELDS)
+    if missing or extra:
+        raise ValueError(f"bad result row: missing {missing}, unexpected {sorted(extra)}")
+    row = {k: fields[k] for k in ROW_FIELDS}
+    row["value"] = float(row["value"])
+    for k in OPTIONAL_FIELDS:
+        if k in fields:
+            row[k] = fields[k]
+    return row
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(path)  # atomic: rows.jsonl exists only for finished runs
+
+
+def collect(runs: Path, experiment: str | None = None) -> pd.DataFrame:
+    """All finished runs under `runs` (optionally one experiment) as one DataFrame."""
+    pattern = f"{experiment or '*'}/*/*/s*/rows.jsonl"
+    frames = []
+    for path in sorted(runs.glob(pattern)):
+        with path.open() as f:
+            frames.append(pd.DataFrame([json.loads(line) for line in f if line.strip()]))
+    if not frames:
+        return pd.DataFrame(columns=[*ROW_FIELDS, *OPTIONAL_FIELDS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def pick_preset(df: pd.DataFrame, preset: str | None = None) -> str:
+    """The preset a report shows: the one asked for, else the largest scale present."""
+    present = set(df["preset"])
+    if preset is not None:
+        if preset not in present:
+            raise UserError(f"no finished '{preset}' runs to report; found presets {sorted(present)}.")
+        return preset
+    for p in PRESET_ORDER:
+        if p in present:
+            return p
+    raise UserError("no finished runs to report.")
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.{digits}g}"
+    return str(x)
+
+
+def write_table(entries: list[dict[str, Any]], out_dir: Path, title: str, notes: list[str]) -> list[Path]:
+    """Write `table.csv` and `table.md`: each entry a row with the paper's number/claim beside ours.
+
+    Expected columns: quantity, paper, ours, verdict (plus any extra columns, kept in order).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(entries)
+    csv_path, md_path = out_dir / "table.csv", out_dir / "table.md"
+    df.to_csv(csv_path, index=False)
+    header = "| " + " | ".join(df.columns) + " |"
+    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+    lines = [f"# {title}", "", header, sep]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(fmt(v).replace("|", "/") for v in r.values) + " |")
+    lines += ["", *notes, ""]
+    md_path.write_text("\n".join(lines))
+    return [md_path, csv_path]
+
+
+def figure_style() -> None:
+    """One look for every figure (headless backend, readable sizes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 130,
+            "savefig.bbox": "tight",
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "font.size": 9,
+            "legend.fontsize": 8,
+        }
+    )
+
+
+def write_index(reports: Path, experiments: list[Any]) -> Path:
+    """`reports/index.md`: every experiment, its paper reference and whether a report exists."""
+    lines = ["# Reports", "", "| experiment | paper | claim | report |", "| --- | --- | --- | --- |"]
+    for exp in experiments:
+        table = reports / exp.name / "table.md"
+        link = f"[{exp.name}/table.md]({exp.name}/table.md)" if table.exists() else "not yet run"
+        lines.append(f"| `{exp.name}` | {exp.paper_ref} | {exp.claim} | {link} |")
+    lines += ["", "Regenerate with `repro report --all` (reads run directories under `runs/`).", ""]
+    path = reports / "index.md"
+    reports.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path

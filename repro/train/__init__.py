@@ -1,0 +1,1 @@
+"""Training: one loop (`loop.py`) and its optimizer/schedule pieces (`optim.py`)."""
