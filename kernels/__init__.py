@@ -48,7 +48,9 @@ def backend(explicit: str | None = None, op: str | None = None) -> str:
         has_triton = op is None or "triton" in _IMPLS.get(op, {})
         return "triton" if has_triton and _triton_usable() and op is not None else "torch"
     if choice not in BACKENDS:
-        raise UserError(f"REPRO_KERNELS={choice} is not a kernel backend; choose one of {', '.join(BACKENDS)}.")
+        raise UserError(
+            f"REPRO_KERNELS={choice} is not a kernel backend; choose one of {', '.join(BACKENDS)}."
+        )
     return choice
 
 
@@ -63,7 +65,7 @@ def implementation(op: str, explicit: str | None = None) -> Callable:
     return impls[name]
 
 
-from repro.kernels import memory_retrieval as _memory_retrieval_op  # noqa: E402  (registers the op)
+import repro.kernels.memory_retrieval  # noqa: E402, F401  (registers the op's backends)
 
 
 def memory_retrieval(

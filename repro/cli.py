@@ -57,14 +57,18 @@ def list_experiments() -> None:
 @user_errors
 def run(
     name: str = typer.Argument(..., help="Experiment name (see `repro list`)."),
-    preset: str = typer.Option("cpu", help="smoke (seconds, tests) | cpu (minutes, default) | paper (GPU scale)."),
+    preset: str = typer.Option(
+        "cpu", help="smoke (seconds, tests) | cpu (minutes, default) | paper (GPU scale)."
+    ),
     overrides: Optional[list[str]] = typer.Option(  # noqa: UP045  (typer needs Optional here)
         None, "--set", help="Override a config value, e.g. --set steps=100 --set eval.sequences=32."
     ),
     seed: int = typer.Option(0, help="Random seed; each seed has its own run directory."),
     out: Path = typer.Option(Path("runs"), help="Root of the run directories."),
     wandb: Optional[bool] = typer.Option(  # noqa: UP045
-        None, "--wandb/--no-wandb", help="Log to W&B (default: only if WANDB_PROJECT is set; offline without a key)."
+        None,
+        "--wandb/--no-wandb",
+        help="Log to W&B (default: only if WANDB_PROJECT is set; offline without a key).",
     ),
     force: bool = typer.Option(False, help="Run again even if a finished run directory exists."),
 ) -> None:
@@ -96,7 +100,9 @@ def report(
         if df.empty:
             if all_:
                 continue
-            raise UserError(f"no finished runs of '{exp.name}' under {runs}/; run `repro run {exp.name}` first.")
+            raise UserError(
+                f"no finished runs of '{exp.name}' under {runs}/; run `repro run {exp.name}` first."
+            )
         chosen = results.pick_preset(df, preset)
         paths = exp.report(df[df.preset == chosen].reset_index(drop=True), out / exp.name)
         console.print(f"[green]report[/] {exp.name} ({chosen}): " + ", ".join(str(p) for p in paths))

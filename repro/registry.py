@@ -35,7 +35,9 @@ class Experiment:
     def config(self, preset: str) -> Any:
         presets = self.presets()
         if preset not in presets:
-            raise UserError(f"experiment '{self.name}' has no preset '{preset}'; choose one of {list(presets)}.")
+            raise UserError(
+                f"experiment '{self.name}' has no preset '{preset}'; choose one of {list(presets)}."
+            )
         return presets[preset]
 
     def check(self, cfg: Any) -> None:
@@ -88,5 +90,3 @@ def get(name: str) -> Experiment:
 
 def each() -> list[Experiment]:
     return [get(n) for n in names()]
-
-

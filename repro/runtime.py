@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 import platform
 import random
 import re
@@ -83,7 +82,7 @@ def variant_name(overrides: list[str] | None) -> str:
     if not overrides:
         return "default"
     canon = sorted(overrides)
-    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "+".join(canon))[:60]
+    slug = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "+".join(canon))[:60]
     digest = hashlib.sha1("\n".join(canon).encode()).hexdigest()[:6]
     return f"{slug}-{digest}"
 
@@ -103,7 +102,12 @@ class RunContext:
 
     def row(self, **fields: Any) -> dict[str, Any]:
         """A result row with this run's identity filled in (see `results.ROW_FIELDS`)."""
-        base = {"experiment": self.experiment, "preset": self.preset, "variant": self.variant, "seed": self.seed}
+        base = {
+            "experiment": self.experiment,
+            "preset": self.preset,
+            "variant": self.variant,
+            "seed": self.seed,
+        }
         return results.make_row(**{**base, **fields})
 
     def state_path(self, name: str) -> Path:
@@ -152,7 +156,9 @@ def launch(
     cfg_dict = cfglib.to_dict(cfg)
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
-        raise UserError(f"{run_dir} holds an unfinished run with a different config; pass --force to restart it.")
+        raise UserError(
+            f"{run_dir} holds an unfinished run with a different config; pass --force to restart it."
+        )
     resuming = cfg_path.exists()
     cfglib.dump_yaml(cfg, cfg_path)
     (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
@@ -169,5 +175,3 @@ def launch(
     results.write_rows(rows, rows_path)
     console.print(f"[green]done[/] in {time.time() - ctx.started:.0f} s: {len(rows)} rows in {rows_path}")
     return run_dir
-
-

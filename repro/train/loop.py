@@ -58,7 +58,12 @@ def train(
             bar.advance(loss=losses[-1])
             done = step + 1
             if checkpoint_every and (done % checkpoint_every == 0 or done == steps):
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done, "losses": losses}
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": done,
+                    "losses": losses,
+                }
                 ctx.save_state(state_name, state)
     model.eval()
     return losses

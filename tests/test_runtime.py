@@ -1,0 +1,92 @@
+"""Run life cycle: resume after a kill gives the same loss curve; W&B only when asked."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from repro import runtime
+from repro.registry import Experiment, get, names
+from repro.track import Tracker, wandb_mode
+from repro.train.loop import train
+from repro.train.optim import OptimConfig, lr_at
+
+
+def _ctx(tmp_path):
+    tracker = Tracker(tmp_path, "t", {})
+    return runtime.RunContext("toy", "smoke", "default", 0, tmp_path, torch.device("cpu"), tracker)
+
+
+def _toy_training(ctx, steps, fail_at=None):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def batch_fn(step):
+        if step == fail_at:
+            raise KeyboardInterrupt  # the run is killed here
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(16, 4, generator=g)
+        return x, x.sum(-1, keepdim=True).sin()
+
+    def loss_fn(m, batch):
+        return (m(batch[0]) - batch[1]).pow(2).mean()
+
+    cfg = OptimConfig(lr=1e-2, schedule="cosine", warmup_steps=3, weight_decay=0.1, grad_clip=1.0)
+    return train(model, batch_fn, loss_fn, cfg, steps, ctx, "toy", checkpoint_every=5)
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = _toy_training(_ctx(tmp_path / "a"), 20)
+    ctx = _ctx(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        _toy_training(ctx, 20, fail_at=13)  # last checkpoint at step 10
+    resumed = _toy_training(ctx, 20)
+    assert len(resumed) == 20
+    assert resumed == pytest.approx(full, rel=1e-6, abs=1e-7)
+
+
+def test_schedules():
+    cfg = OptimConfig(lr=1.0, min_lr=0.1, schedule="linear", warmup_steps=0)
+    assert lr_at(0, 10, cfg) == 1.0 and lr_at(10, 10, cfg) == pytest.approx(0.1)
+    cos = OptimConfig(lr=1.0, min_lr=0.0, schedule="cosine", warmup_steps=4)
+    assert lr_at(0, 20, cos) == 0.25 and lr_at(3, 20, cos) == 1.0 and lr_at(12, 20, cos) == pytest.approx(0.5)
+
+
+def test_wandb_only_when_asked_and_offline_without_a_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    assert wandb_mode(None) is None and wandb_mode(False) is None
+    assert wandb_mode(True) == "offline"
+    monkeypatch.setenv("WANDB_PROJECT", "p")
+    assert wandb_mode(None) == "offline" and wandb_mode(False) is None
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode(None) == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode(True) == "disabled"
+
+
+def test_offline_wandb_run_never_blocks_and_jsonl_stays_the_record(monkeypatch, tmp_path):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = Tracker(tmp_path, "offline-test", {"a": 1}, use_wandb=True)
+    for step in range(3):
+        tracker.log(step, loss=1.0 / (step + 1))
+    tracker.close()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "wandb").is_dir()
+
+
+def test_variant_names_are_stable_and_readable():
+    a = runtime.variant_name(["steps=10", "eval.sequences=4"])
+    assert a == runtime.variant_name(["eval.sequences=4", "steps=10"])
+    assert a.startswith("eval.sequences=4+steps=10-") and runtime.variant_name(None) == "default"
+
+
+def test_every_experiment_has_the_three_presets():
+    for name in names():
+        exp = get(name)
+        assert isinstance(exp, Experiment) and set(exp.presets()) == {"smoke", "cpu", "paper"}
+        assert exp.paper_ref and exp.claim and set(exp.preset_costs) == {"smoke", "cpu", "paper"}
