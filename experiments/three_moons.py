@@ -203,7 +203,9 @@ class ThreeMoons(Experiment):
             "stays within 20% of the way from its final plateau to its starting level. Plateau: median error",
             "over the last 20% of context lengths. Periods are in observation steps.",
         ]
-        paths = results.write_table(entries, out_dir, "Three moons: paper vs ours", notes)
+        weights = _weight_entries(df[df.split == "weights"])
+        extra = {"Learned maps: does each head read one moon?": weights}
+        paths = results.write_table(entries, out_dir, "Three moons: paper vs ours", notes, extra)
         paths.append(_plot_curves(curves, periods, out_dir / "fig_error_vs_context.png"))
         paths.append(_plot_weights(df[df.split == "weights"], out_dir / "fig_weights.png"))
         return paths
@@ -294,6 +296,43 @@ def _table_entries(curves: pd.DataFrame, all_periods: dict) -> list[dict[str, An
     return entries
 
 
+def _block_grid(df: pd.DataFrame, model: str, mat: str) -> np.ndarray:
+    """|W| per complex block as an (n, n) grid (rows: output pairs / heads, columns: moons)."""
+    sub = df[(df.model == model) & (df.metric == mat)].groupby("slice_value")["value"].mean()
+    n = int(round(np.sqrt(len(sub))))
+    grid = np.zeros((n, n))
+    for key, value in sub.items():
+        i, j = map(int, key.split(","))
+        grid[i, j] = value
+    return grid
+
+
+def _weight_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per model and map: the share of each row's weight on its largest moon, and whether the
+    largest entries form a permutation (each head reads a different single moon)."""
+    entries = []
+    for model in sorted(df.model.unique()):
+        for mat in ("|w_phi|", "|w_psi|", "|w_z|"):
+            grid = _block_grid(df, model, mat)
+            share = (grid.max(1) / grid.sum(1)).mean()
+            perm = len(set(grid.argmax(1))) == len(grid)
+            entries.append(
+                {
+                    "model": model,
+                    "map": mat.strip("|"),
+                    "paper": "close to a block permutation"
+                    if model != "1head"
+                    else "no claim (one head, all moons)",
+                    "ours: row weight on its top moon": f"{share:.0%}",
+                    "ours: top moons form a permutation": "yes" if perm else "no",
+                    "verdict": ("reproduced" if perm and share > 0.8 else "differs")
+                    if model == "3head"
+                    else "-",
+                }
+            )
+    return entries
+
+
 def _plot_curves(curves: pd.DataFrame, all_periods: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -320,23 +359,28 @@ def _plot_weights(df: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     models = sorted(df.model.unique())
-    mats = ["|w_phi|", "|w_psi|", "|w_z|"]
-    fig, axes = plt.subplots(len(models), 3, figsize=(7.5, 2.4 * len(models)), squeeze=False)
+    mats = {
+        "|w_phi|": r"$|W_\varphi|$ (keys)",
+        "|w_psi|": r"$|W_\psi|$ (values)",
+        "|w_z|": r"$|W_z|$ (output)",
+    }
+    fig, axes = plt.subplots(len(models), 3, figsize=(9, 2.8 * len(models)), squeeze=False)
     for r, model in enumerate(models):
-        for col, mat in enumerate(mats):
-            sub = df[(df.model == model) & (df.metric == mat)].groupby("slice_value")["value"].mean()
-            n = int(np.sqrt(len(sub)))
-            grid = np.zeros((n, n))
-            for key, value in sub.items():
-                i, j = map(int, key.split(","))
-                grid[i, j] = value
+        for col, (mat, title) in enumerate(mats.items()):
+            grid = _block_grid(df, model, mat)
             ax = axes[r, col]
-            im = ax.imshow(grid, cmap="viridis")
+            im = ax.imshow(grid, cmap="viridis", vmin=0)
             fig.colorbar(im, ax=ax, fraction=0.046)
-            ax.set_title(f"{model}: {mat} per moon block")
-            ax.set_xticks(range(n))
-            ax.set_yticks(range(n))
+            ax.set_title(f"{model.replace('head', ' head(s)')}: {title}")
+            moons, pairs = (
+                [f"moon {j + 1}" for j in range(len(grid))],
+                [f"pair {i + 1}" for i in range(len(grid))],
+            )
+            inputs, outputs = (pairs, moons) if mat == "|w_z|" else (moons, pairs)  # W_z maps heads to moons
+            ax.set_xticks(range(len(grid)), inputs)
+            ax.set_yticks(range(len(grid)), outputs)
             ax.grid(False)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

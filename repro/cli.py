@@ -71,9 +71,17 @@ def run(
         help="Log to W&B (default: only if WANDB_PROJECT is set; offline without a key).",
     ),
     force: bool = typer.Option(False, help="Run again even if a finished run directory exists."),
+    data_dir: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--data-dir", help="Folder of local dataset copies, searched before the Hugging Face hub."
+    ),
 ) -> None:
     """Run one experiment into runs/NAME/PRESET/VARIANT/sSEED/ (resumes a killed run)."""
     from repro import registry, runtime
+
+    if data_dir is not None:
+        if not data_dir.is_dir():
+            raise UserError(f"--data-dir {data_dir} is not a directory.")
+        os.environ["REPRO_DATA_DIR"] = str(data_dir.resolve())
 
     exp = registry.get(name)
     runtime.launch(exp, preset=preset, overrides=overrides, seed=seed, out=out, use_wandb=wandb, force=force)

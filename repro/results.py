@@ -69,23 +69,33 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def write_table(entries: list[dict[str, Any]], out_dir: Path, title: str, notes: list[str]) -> list[Path]:
-    """Write `table.csv` and `table.md`: each entry a row with the paper's number/claim beside ours.
-
-    Expected columns: quantity, paper, ours, verdict (plus any extra columns, kept in order).
-    """
+def write_table(
+    entries: list[dict[str, Any]],
+    out_dir: Path,
+    title: str,
+    notes: list[str],
+    extra: dict[str, list[dict[str, Any]]] | None = None,
+) -> list[Path]:
+    """Write `table.md` and `table.csv`: each entry a row with the paper's number or claim beside
+    ours and a verdict. `extra` adds titled sections (to the markdown, and `table_<n>.csv` each)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(entries)
-    csv_path, md_path = out_dir / "table.csv", out_dir / "table.md"
-    df.to_csv(csv_path, index=False)
-    header = "| " + " | ".join(df.columns) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    lines = [f"# {title}", "", header, sep]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(fmt(v).replace("|", "/") for v in r.values) + " |")
-    lines += ["", *notes, ""]
-    md_path.write_text("\n".join(lines))
-    return [md_path, csv_path]
+    md_path = out_dir / "table.md"
+    lines, paths = [f"# {title}", ""], [md_path]
+    sections = {"": entries, **(extra or {})}
+    for i, (heading, rows) in enumerate(sections.items()):
+        df = pd.DataFrame(rows)
+        csv_path = out_dir / ("table.csv" if i == 0 else f"table_{i}.csv")
+        df.to_csv(csv_path, index=False)
+        paths.append(csv_path)
+        if heading:
+            lines += [f"## {heading}", ""]
+        lines += ["| " + " | ".join(df.columns) + " |", "| " + " | ".join("---" for _ in df.columns) + " |"]
+        lines += [
+            "| " + " | ".join(fmt(v).replace("|", "/") for v in r.values) + " |" for _, r in df.iterrows()
+        ]
+        lines.append("")
+    md_path.write_text("\n".join([*lines, *notes, ""]))
+    return paths
 
 
 def figure_style() -> None:

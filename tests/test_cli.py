@@ -67,7 +67,7 @@ def test_smoke_run_writes_the_run_directory_and_report(tmp_path):
     rep = runner.invoke(app, ["report", "three-moons", "--runs", str(out), "--out", str(reports)])
     assert rep.exit_code == 0, rep.output
     names = {p.name for p in (reports / "three-moons").iterdir()}
-    assert names == {"table.md", "table.csv", "fig_error_vs_context.png", "fig_weights.png"}
+    assert names == {"table.md", "table.csv", "table_1.csv", "fig_error_vs_context.png", "fig_weights.png"}
     table = (reports / "three-moons" / "table.md").read_text()
     assert "paper: drops at" in table and "42-47, 86-92, 128-136" in table and "smoke" in table
     assert "three-moons" in (reports / "index.md").read_text()
