@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import random
 import re
@@ -38,10 +39,26 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was requested but CUDA is not available; use --set device=cpu.")
     return torch.device(name)
+
+
+def init_distributed() -> int:
+    """Under `torchrun` (WORLD_SIZE > 1): join the process group and return this rank, else 0."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank()
 
 
 def _git_sha() -> str | None:
@@ -147,11 +164,40 @@ def launch(
     variant = variant_name(overrides)
     run_dir = run_dir_for(out, exp.name, preset, variant, seed)
     rows_path = run_dir / "rows.jsonl"
-    if force and run_dir.exists():
+    rank = init_distributed()  # 0 without torchrun; only rank 0 writes to the run directory
+    if force and run_dir.exists() and rank == 0:
         shutil.rmtree(run_dir)
     if rows_path.exists():
         console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
         return run_dir
+    cfg_dict = cfglib.to_dict(cfg)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
+        raise UserError(
+            f"{run_dir} holds an unfinished run with a different config; pass --force to restart it."
+        )
+    resuming = cfg_path.exists()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfglib.dump_yaml(cfg, cfg_path)
+        (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
+    seed_everything(seed)
+    device = pick_device(getattr(cfg, "device", "auto"))
+    tracker = Tracker(
+        run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb, enabled=rank == 0
+    )
+    ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
+    verb = "resuming" if resuming else "running"
+    if rank == 0:
+        console.print(f"[bold]{verb}[/] {exp.name} (preset {preset}, seed {seed}) -> {run_dir}")
+    try:
+        rows = exp.run(cfg, ctx)
+    finally:
+        tracker.close()
+    if rank == 0:
+        results.write_rows(rows, rows_path)
+        console.print(f"[green]done[/] in {time.time() - ctx.started:.0f} s: {len(rows)} rows in {rows_path}")
+    return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_dict = cfglib.to_dict(cfg)
     cfg_path = run_dir / "config.yaml"

@@ -48,11 +48,19 @@ def wandb_mode(flag: bool | None) -> str | None:
 class Tracker:
     """Fan-out of logged scalars. `log` appends to `metrics.jsonl` and forwards to W&B if on."""
 
-    def __init__(self, run_dir: Path, name: str, config: dict[str, Any], use_wandb: bool | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        name: str,
+        config: dict[str, Any],
+        use_wandb: bool | None = None,
+        enabled: bool = True,
+    ):
+        """`enabled=False` (DDP ranks other than 0) makes every method a no-op."""
         self.path = run_dir / "metrics.jsonl"
-        self._file = self.path.open("a")
+        self._file = self.path.open("a") if enabled else None
         self._wandb = None
-        mode = wandb_mode(use_wandb)
+        mode = wandb_mode(use_wandb) if enabled else None
         if mode is not None and mode != "disabled":
             try:
                 import wandb
@@ -69,6 +77,8 @@ class Tracker:
 
     def log(self, step: int, **scalars: float) -> None:
         clean = {k: float(v) for k, v in scalars.items()}
+        if self._file is None:
+            return
         record = {"step": step, "time": round(time.time(), 3), **clean}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -80,7 +90,8 @@ class Tracker:
             self._wandb.summary.update(values)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

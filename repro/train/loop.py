@@ -1,20 +1,52 @@
-"""The training loop every experiment uses: schedule, clipping, logging, progress bar, resume.
+"""The training loop every experiment uses: schedule, accumulation, clipping, mixed precision,
+optional torch.compile, periodic evaluation, throughput, progress bar, checkpoints and resume,
+and data-parallel training under `torchrun`.
 
-`batch_fn(step)` must be a pure function of the step (seed its generator from it), so a run killed
-and resumed from a checkpoint sees the same batches and follows the same loss curve.
+`batch_fn(i)` returns micro-batch number i (i = step * accum + micro, times the world size plus the
+rank under DDP). It must be a pure function of i (seed its generator from it), so a run killed and
+resumed from a checkpoint sees the same batches and follows the same loss curve.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from repro.runtime import RunContext
 from repro.track import progress
 from repro.train.optim import OptimConfig, build_optimizer, lr_at
+
+
+@dataclass
+class LoopConfig:
+    accum: int = 1  # micro-batches per optimizer step
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end (when an eval_fn is given)
+    checkpoint_every: int = 100
+    compile: bool = False  # torch.compile the model (CPU inductor works; the first compile is slow)
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under torchrun with an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def train(
@@ -26,10 +58,21 @@ def train(
     ctx: RunContext,
     name: str,
     *,
-    log_every: int = 10,
-    checkpoint_every: int = 100,
+    loop: LoopConfig | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    tokens_per_batch: int = 0,
+    checkpoint_every: int | None = None,
 ) -> list[float]:
-    """Train `model` for `steps` steps; returns the loss of every step (resumed steps included)."""
+    """Train `model` for `steps` optimizer steps; returns the loss of every step (resumed included).
+
+    `eval_fn(model)` returns named scalars, logged as `{name}/{key}` every `loop.eval_every` steps and
+    at the end. `tokens_per_batch` (per micro-batch) turns on the `tok_per_s` metric.
+    """
+    loop = loop or LoopConfig()
+    if checkpoint_every is not None:
+        loop = LoopConfig(**{**loop.__dict__, "checkpoint_every": checkpoint_every})
+    rank, world_size = world()
+    model.to(ctx.device)
     opt = build_optimizer(model, cfg)
     state_name = f"{name}.train"
     losses: list[float] = []
@@ -39,25 +82,58 @@ def train(
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         start, losses = saved["step"], saved["losses"]
+    runner: nn.Module = model
+    if world_size > 1:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        runner = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if loop.compile:
+        runner = torch.compile(runner)
+    use_bf16 = loop.amp == "bf16" or (loop.amp == "auto" and ctx.device.type == "cuda")
+
+    def evaluate(step: int) -> None:
+        if eval_fn is None or rank != 0:
+            return
+        model.eval()
+        with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            scalars = eval_fn(model)
+        model.train()
+        ctx.tracker.log(step, **{f"{name}/{k}": v for k, v in scalars.items()})
+
     model.train()
     with progress(steps, f"train {name}") as bar:
         bar.advance(start)
+        tick, tokens = time.perf_counter(), 0
         for step in range(start, steps):
             lr = lr_at(step, steps, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = loss_fn(model, batch_fn(step))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total = 0.0
+            for micro in range(loop.accum):
+                batch = to_device(batch_fn((step * loop.accum + micro) * world_size + rank), ctx.device)
+                sync = micro == loop.accum - 1 or world_size == 1
+                with (
+                    torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16),
+                    runner.no_sync() if not sync else nullcontext(),
+                ):
+                    loss = loss_fn(runner, batch) / loop.accum
+                loss.backward()
+                total += loss.item()
+                tokens += tokens_per_batch * world_size
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            losses.append(loss.item())
-            if step % log_every == 0 or step == steps - 1:
-                ctx.tracker.log(step, **{f"{name}/loss": losses[-1], f"{name}/lr": lr})
-            bar.advance(loss=losses[-1])
+            opt.zero_grad(set_to_none=True)
+            losses.append(_mean_across_ranks(total, ctx.device) if world_size > 1 else total)
             done = step + 1
-            if checkpoint_every and (done % checkpoint_every == 0 or done == steps):
+            if rank == 0 and (step % loop.log_every == 0 or done == steps):
+                elapsed = time.perf_counter() - tick
+                extra = {f"{name}/tok_per_s": tokens / elapsed} if tokens_per_batch and elapsed > 0 else {}
+                ctx.tracker.log(step, **{f"{name}/loss": losses[-1], f"{name}/lr": lr}, **extra)
+                tick, tokens = time.perf_counter(), 0
+            if loop.eval_every and done % loop.eval_every == 0 and done != steps:
+                evaluate(done)
+            bar.advance(loss=losses[-1])
+            if rank == 0 and loop.checkpoint_every and (done % loop.checkpoint_every == 0 or done == steps):
                 state = {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -65,5 +141,12 @@ def train(
                     "losses": losses,
                 }
                 ctx.save_state(state_name, state)
+    evaluate(steps)
     model.eval()
     return losses
+
+
+def _mean_across_ranks(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()

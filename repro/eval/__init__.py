@@ -1,0 +1,1 @@
+"""Evaluations that use only the LM interface: per-position loss, generation, lm-eval adapter."""
