@@ -2,19 +2,21 @@
 
 This file starts with the three-moons model: one contextual memory layer acting on the raw 6-D
 observations, with "complex-linear" maps so that each 2x2 block mixes one moon's (sin, cos) pair as a
-complex multiply. The language-model mosaic (contextual + persistent memories) builds on the same
-`repro.models.memory` functions.
+complex multiply. Below it, the language-model mosaic (`MemoryMosaic`: contextual + persistent
+memories, reference 1.2) builds on the same `repro.models.memory` functions.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask, register_family
 from repro.models.memory import associative_recall, recall_all
 
 
@@ -94,10 +96,316 @@ class MoonMemory(nn.Module):
         outs = []
         for _ in range(steps):
             y = recall_all(
-                k[..., -1:, :], k[..., :-1, :], v, self.cfg.beta, normalize=self.cfg.normalize, kernel=self.cfg.kernel
+                k[..., -1:, :],
+                k[..., :-1, :],
+                v,
+                self.cfg.beta,
+                normalize=self.cfg.normalize,
+                kernel=self.cfg.kernel,
             )  # (B, H, 1, d): the newest position reads every earlier pair
             x_next = self._merge(y)  # (B, 1, C)
             outs.append(x_next)
             k = torch.cat([k, self._heads(self.w_phi(x_next))], dim=-2)
             v = torch.cat([v, self._heads(self.w_psi(x_next))], dim=-2)
         return torch.cat(outs, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The language-model mosaic: Memory Mosaics v1 as in the official `Library` (StackAssoMem), ref. 1.2.
+
+EXP_SCALE = 10.0  # per-head scalars enter as 10|theta| or exp(10 p): the official reparametrisation
+MAX_LOG_SCALE = 5.0  # clamp on 10 kappa: the key scale exp(10 kappa) stays fp16-safe
+
+
+@dataclass
+class MosaicConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 512  # training context; no position encoding, so inputs may be longer
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    pmem_size: int | None = None  # persistent pairs per head; None: 3.5 n_embd rounded (2688 at d=768)
+    ic_dropout: float = 0.05  # dropout on the memories' attention weights
+    hd_dropout: float = 0.05  # dropout on each memory's output (residual branch)
+
+    def pmem_pairs(self) -> int:
+        """3.5 d pairs make a block's parameters match a GPT-2 block: 3d^2 + 2d^2 + 7d^2 = 12d^2."""
+        return self.pmem_size if self.pmem_size is not None else math.floor(3.5 * self.n_embd + 0.5)
+
+
+def leaky_average(
+    x: torch.Tensor, decay_rate: torch.Tensor, state: torch.Tensor | None = None, chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y_t = sum_{tau <= t} exp(-lambda_h (t - tau)) x_tau + exp(-lambda_h (t + 1)) state, per head.
+
+    x: (B, H, T, D); decay_rate lambda: (H,), >= 0; state: (B, H, D), the average just before x
+    (a decoding cache), or None. Returns y (B, H, T, D) and the new state y_{T-1} (B, H, D), both
+    in float32 (float64 stays float64).
+
+    Runs in chunks of `chunk` steps: inside a chunk a (chunk x chunk) decay matrix, across chunks
+    the recurrence carries the state. Every exponent is <= 0, so nothing overflows, and memory is
+    O(T) rather than the official regular version's T x T matrix.
+    """
+    B, H, T, D = x.shape
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):  # the sums need full precision under AMP
+        x, lam = x.to(dtype), decay_rate.to(dtype)
+        C = max(1, min(chunk, T))
+        i = torch.arange(C, device=x.device, dtype=dtype)
+        lag = i[:, None] - i[None, :]  # (C, C): t - tau inside a chunk
+        within = torch.exp(-lam.view(H, 1, 1) * lag.clamp(min=0)).masked_fill(lag < 0, 0.0)  # (H, C, C)
+        carry = torch.exp(-lam.view(H, 1) * (i + 1))  # (H, C): decay of the state entering a chunk
+        if state is not None:
+            state = state.to(dtype)
+        outs = []
+        for s in range(0, T, C):
+            xc = x[:, :, s : s + C]  # (B, H, c, D)
+            c = xc.shape[2]
+            yc = within[:, :c, :c] @ xc  # (H, c, c) @ (B, H, c, D) -> (B, H, c, D)
+            if state is not None:
+                yc = yc + carry[:, :c, None] * state[:, :, None, :]  # (H, c, 1) * (B, H, 1, D)
+            state = yc[:, :, -1]  # the average at the chunk's last step is the next chunk's state
+            outs.append(yc)
+        return torch.cat(outs, dim=2), state
+
+
+def _split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    B, T, C = x.shape
+    return x.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
+
+
+def _merge_heads(y: torch.Tensor) -> torch.Tensor:
+    B, H, T, D = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C): heads side by side
+
+
+class LeakyAverageKeys(nn.Module):
+    """Keys (or queries) k_t = normalize(sum_{tau<=t} exp(-lambda_h (t - tau)) W x_tau), per head,
+    and the kernel bandwidth beta_h = exp(min(10 kappa_h, 5))^2.
+
+    lambda_h = 10|theta_h|, theta initialised to linspace(0.5, 5, H)/10: per-step decays from 0.61
+    to 0.0067. The official regular version also multiplies the average by (1 - e^-lambda); the
+    normalisation cancels that factor, so we leave it out. beta is a square because the c-mem scales
+    both query and key by exp(min(10 kappa, 5)) and the p-mem scales the query by its square: either
+    way the logit is beta * cos(q, k).
+    """
+
+    def __init__(self, cfg: MosaicConfig):
+        super().__init__()
+        H = cfg.n_head
+        self.n_head = H
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W_phi
+        self.leak = nn.Parameter(torch.linspace(0.5, 5.0, H) / EXP_SCALE)  # theta
+        self.bandwidth = nn.Parameter(torch.full((H,), 1.0 / EXP_SCALE))  # kappa: beta = e^2 at init
+
+    def beta(self) -> torch.Tensor:
+        return torch.exp(2 * torch.clamp(EXP_SCALE * self.bandwidth, max=MAX_LOG_SCALE))  # (H,)
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype (the autocast dtype under
+        AMP), and the new running average (B, H, D) in float32."""
+        k = _split_heads(self.proj(x), self.n_head)  # (B, H, T, D)
+        avg, state = leaky_average(k, EXP_SCALE * self.leak.abs(), state)
+        return F.normalize(avg, dim=-1).to(k.dtype), state
+
+
+@dataclass
+class MosaicLayerCache:
+    """One block's decoding state after reading tokens 0..t-1 (shapes per batch row and head)."""
+
+    key_state: torch.Tensor | None = None  # (B, H, D) c-mem leaky average at t-1 (float32)
+    keys: torch.Tensor | None = None  # (B, H, t, D) unit c-mem keys of every token
+    values: torch.Tensor | None = None  # (B, H, t-1, D) values of pairs 0..t-2 (pair j needs x_{j+1})
+    value_proj: torch.Tensor | None = None  # (B, H, D) W_psi x_{t-1}: half of pair t-1's value
+    query_state: torch.Tensor | None = None  # (B, H, D) p-mem leaky average at t-1 (float32)
+
+
+@dataclass
+class MosaicCache(DecodeCache):
+    layers: list[MosaicLayerCache] = field(default_factory=list)
+
+
+class ContextMemory(nn.Module):
+    """Contextual memory: y_t = sum_{j<t} softmax_j(beta_h k_t . k_j) v_j per head, then c_proj.
+
+    The key is also the query. The value looks one step ahead, v_j = e^{10 nu_h} normalize(
+    (1 - c_h) W_psi x_{j+1} + c_h W_psi x_j), so the memory is strictly causal: query t reads
+    pairs j <= t-1 only, and position 0 outputs 0.
+    """
+
+    def __init__(self, cfg: MosaicConfig):
+        super().__init__()
+        H = cfg.n_head
+        if cfg.n_embd % H:
+            raise ValueError(f"n_head={H} must divide n_embd={cfg.n_embd}")
+        self.n_head = H
+        self.keys = LeakyAverageKeys(cfg)
+        self.value_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W_psi
+        self.value_mix = nn.Parameter(torch.rand(H))  # c_h ~ U(0, 1)
+        self.value_scale = nn.Parameter(torch.full((H,), -0.5 / EXP_SCALE))  # nu: scale e^-0.5 at init
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_dropout = cfg.ic_dropout
+        self.resid_dropout = nn.Dropout(cfg.hd_dropout)
+
+    def _values(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
+        """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
+        c = self.value_mix.view(1, -1, 1, 1)
+        v = F.normalize((1 - c) * ahead + c * now, dim=-1)
+        return (v * torch.exp(EXP_SCALE * self.value_scale).view(1, -1, 1, 1)).to(now.dtype)
+
+    def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
+        k, key_state = self.keys(x, None if cache is None else cache.key_state)  # (B, H, T, D)
+        u = _split_heads(self.value_proj(x), self.n_head)  # (B, H, T, D): W_psi x_t
+        beta = self.keys.beta()
+        if cache is None or cache.keys is None:
+            ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 is never read
+            v = self._values(u, ahead)
+            y = self._recall(k, v, beta)
+            if cache is not None:
+                cache.keys, cache.values = k, v[:, :, :-1]  # pair T-1 waits for x_T
+        else:
+            t0 = cache.keys.shape[2]
+            before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
+            values = torch.cat([cache.values, self._values(before, u)], dim=2)  # pairs 0..t0+T-2
+            keys = torch.cat([cache.keys, k], dim=2)  # (B, H, t0 + T, D)
+            y = _recall_after(k, keys[:, :, :-1], values, beta, t0)
+            cache.keys, cache.values = keys, values
+        if cache is not None:
+            cache.key_state, cache.value_proj = key_state, u[:, :, -1]
+        return self.resid_dropout(self.c_proj(_merge_heads(y)))
+
+    def _recall(self, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """Strictly causal retrieval over one whole sequence. Unit keys make the Gaussian kernel a
+        plain dot product, hence kernel="dot" without renormalising."""
+        p = self.attn_dropout if self.training else 0.0
+        if p == 0.0:
+            return associative_recall(k, k, v, beta, normalize=False, kernel="dot", skip=1)
+        return _causal_recall_with_dropout((k * beta.view(1, -1, 1, 1)).to(k.dtype), k, v, p)
+
+
+def _causal_recall_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """The `memory_retrieval` kernel (skip=1) with dropout on the attention weights, as the official
+    regular version trains. The kernel dispatch has no dropout argument, so training with
+    ic_dropout > 0 calls SDPA here: queries shifted by one make j <= t-1 the ordinary causal mask.
+    q carries the bandwidth; (B, H, T, D) each; row 0 has an empty memory and returns 0."""
+    B, H, T, _ = q.shape
+    empty = v.new_zeros(B, H, 1, v.shape[-1])
+    if T == 1:
+        return empty
+    out = F.scaled_dot_product_attention(
+        q[:, :, 1:], k[:, :, :-1], v[:, :, :-1], is_causal=True, scale=1.0, dropout_p=p
+    )  # (B, H, T - 1, Dv)
+    return torch.cat([empty, out], dim=2)
+
+
+def _recall_after(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, beta: torch.Tensor, t0: int
+) -> torch.Tensor:
+    """Retrieval for new queries at positions t0..t0+T-1 (t0 >= 1) from the cached pairs 0..t0+T-2:
+    query t reads pairs j <= t-1. One query reads every pair (recall_all); several need the
+    strictly causal mask shifted by t0. q: (B, H, T, D); keys, values: (B, H, t0 + T - 1, D)."""
+    T = q.shape[2]
+    if T == 1:
+        return recall_all(q, keys, values, beta, normalize=False, kernel="dot")
+    mask = offset_causal_mask(T, keys.shape[2], t0, 1, device=q.device)  # (T, t0 + T - 1)
+    q = (q * beta.view(1, -1, 1, 1)).to(q.dtype)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
+
+
+class PersistentMemory(nn.Module):
+    """Persistent memory: a learned table of pmem_size (key, value) pairs per head, read with no
+    mask by a leaky-average query; the p-mem takes the MLP's place (reference 1.2)."""
+
+    def __init__(self, cfg: MosaicConfig):
+        super().__init__()
+        H, D, N = cfg.n_head, cfg.n_embd // cfg.n_head, cfg.pmem_pairs()
+        self.n_head = H
+        self.queries = LeakyAverageKeys(cfg)
+        self.table_keys = nn.Parameter(torch.randn(H, N, D) / math.sqrt(D))  # P_k ~ N(0, 1/d_h)
+        self.table_values = nn.Parameter(torch.randn(H, N, D) / math.sqrt(D))  # P_v ~ N(0, 1/d_h)
+        self.value_scale = nn.Parameter(torch.full((H,), -0.5 / EXP_SCALE))  # nu
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_dropout = cfg.ic_dropout
+        self.resid_dropout = nn.Dropout(cfg.hd_dropout)
+
+    def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
+        B = x.shape[0]
+        q, state = self.queries(x, None if cache is None else cache.query_state)  # (B, H, T, D)
+        if cache is not None:
+            cache.query_state = state
+        # recall_all has no dropout: SDPA directly, so the attention weights get the official dropout
+        table_k = self.table_keys.expand(B, -1, -1, -1)  # (H, N, D) -> (B, H, N, D)
+        table_v = self.table_values.expand(B, -1, -1, -1)
+        y = F.scaled_dot_product_attention(
+            (q * self.queries.beta().view(1, -1, 1, 1)).to(q.dtype),
+            table_k,
+            table_v,
+            scale=1.0,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # (B, H, T, D)
+        y = y * torch.exp(EXP_SCALE * self.value_scale).view(1, -1, 1, 1)
+        return self.resid_dropout(self.c_proj(_merge_heads(y)))
+
+
+class MosaicBlock(nn.Module):
+    """Pre-LN: x += CMem(LN1(x)); x += PMem(LN2(x))."""
+
+    def __init__(self, cfg: MosaicConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.cmem = ContextMemory(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.pmem = PersistentMemory(cfg)
+
+    def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
+        x = x + self.cmem(self.ln_1(x), cache)
+        return x + self.pmem(self.ln_2(x), cache)
+
+
+@register_family("mosaic")
+class MemoryMosaic(LanguageModel):
+    """Memory Mosaics v1 language model: token embedding (no position encoding: the leaky averages
+    carry order), n_layer mosaic blocks, final LayerNorm, tied head, logits scaled by 1/sqrt(d)."""
+
+    config_class = MosaicConfig
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__(config)
+        cfg = config
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList([MosaicBlock(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight  # tied: one (V, C) matrix
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Official Library init: every Linear N(0, 1/fan_in), c_proj N(0, 1/fan_in/n_layer).
+
+        The Library also draws the Embedding from N(0, 1), but its tied head Linear is initialised
+        after it and overwrites the shared matrix, which therefore starts at N(0, 1/d); we keep that
+        effective init. The p-mem tables and the per-head scalars are set in their modules.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=1 / math.sqrt(module.weight.shape[1]))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                std = 1 / math.sqrt(p.shape[1]) / math.sqrt(self.config.n_layer)
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def new_cache(self, batch_size: int) -> MosaicCache:
+        return MosaicCache(batch_size, layers=[MosaicLayerCache() for _ in range(self.config.n_layer)])
+
+    def forward(self, idx: torch.Tensor, cache: MosaicCache | None = None) -> torch.Tensor:
+        x = self.wte(idx)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layers[i])
+        if cache is not None:
+            cache.length += idx.shape[1]
+        return self.lm_head(self.ln_f(x)) * (1.0 / math.sqrt(self.config.n_embd))  # (B, T, V)

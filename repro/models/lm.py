@@ -1,0 +1,220 @@
+"""The one interface every language model exposes, and the checkpoint format.
+
+Evaluations (per-position loss, RULER, ICL, lm-eval) only call what is defined here, so they work for
+every family: `forward(idx, cache=None) -> logits`, `loss`, `new_cache` + `generate` (incremental
+decoding: the prompt is read once, then one token per step through the cache), `save` and
+`LanguageModel.from_checkpoint`.
+
+A checkpoint is a directory holding `config.json` (the config dataclass plus a "family" key) and
+`model.safetensors`. Loading needs only this package: the family names the class through `FAMILIES`,
+which the model modules fill with `@register_family` when they are imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from repro.config import from_dict, to_dict
+from repro.errors import UserError
+
+FAMILIES: dict[str, type[LanguageModel]] = {}
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def register_family(name: str) -> Callable[[type[LanguageModel]], type[LanguageModel]]:
+    """Class decorator: make `name` the family written into, and read back from, config.json."""
+
+    def deco(cls: type[LanguageModel]) -> type[LanguageModel]:
+        cls.family = name
+        FAMILIES[name] = cls
+        return cls
+
+    return deco
+
+
+def _fill_families() -> None:
+    """Import the model modules so that their @register_family calls have run."""
+    import repro.models.mosaic  # noqa: F401
+    import repro.models.transformer  # noqa: F401
+
+
+@dataclasses.dataclass
+class DecodeCache:
+    """What a model remembers between incremental forward calls; each family subclasses it."""
+
+    batch_size: int
+    length: int = 0  # tokens read so far
+
+
+def offset_causal_mask(
+    n_query: int, n_key: int, first_query: int, skip: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """(n_query, n_key) bool: query i, at absolute position first_query + i, sees key j iff
+    j <= first_query + i - skip. Used when new tokens arrive after a cache (the new queries do not
+    start at position 0, so SDPA's is_causal, which aligns top-left, does not apply)."""
+    i = torch.arange(n_query, device=device)[:, None]
+    j = torch.arange(n_key, device=device)[None, :]
+    return j <= first_query + i - skip
+
+
+class LanguageModel(nn.Module):
+    """Base class: subclasses set `config_class`, define `forward` and `new_cache`, and register."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    def forward(self, idx: torch.Tensor, cache: DecodeCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V). With a cache, idx holds only the new tokens;
+        the cache is updated in place and the logits are those of the new tokens."""
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int) -> DecodeCache:
+        """An empty decoding state for `batch_size` sequences."""
+        raise NotImplementedError
+
+    @property
+    def max_context(self) -> int | None:
+        """The longest sequence the model can read (learned positions), or None when unbounded."""
+        return None
+
+    def loss(
+        self, idx: torch.Tensor, targets: torch.Tensor, reduction: Literal["mean", "none"] = "mean"
+    ) -> torch.Tensor:
+        """Cross-entropy of next-token predictions; targets of -1 are ignored.
+
+        reduction="none" gives the (B, T) per-position losses (0 where ignored), from which the
+        per-position loss curves are drawn.
+        """
+        logits = self(idx)  # (B, T, V)
+        B, T, V = logits.shape
+        flat_logits, flat_targets = logits.reshape(B * T, V).float(), targets.reshape(B * T)  # (BT, V), (BT,)
+        ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction=reduction)
+        return ce.view(B, T) if reduction == "none" else ce  # (BT,) -> (B, T) per position
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        stop_tokens: Iterable[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n).
+
+        The prompt is read in one forward call, then each new token is fed alone through the
+        cache, so a step costs what one position costs, never the whole prefix again.
+        temperature=0 is greedy decoding. A row that emits one of `stop_tokens` is finished: its
+        later positions repeat that token, and generation ends once every row is finished.
+        Runs in eval mode (no dropout) and restores the previous mode.
+        """
+        B, T = idx.shape
+        limit = self.max_context
+        if limit is not None and T + max_new_tokens - 1 > limit:  # the last token needs no forward
+            raise UserError(
+                f"a {T}-token prompt plus {max_new_tokens} new tokens exceeds this {self.family} "
+                f"model's {limit}-token context; shorten the prompt or ask for fewer tokens."
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            stops = torch.tensor(sorted(set(stop_tokens or ())), dtype=idx.dtype, device=idx.device)
+            done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+            fill = torch.zeros(B, dtype=idx.dtype, device=idx.device)  # the stop token of finished rows
+            cache = self.new_cache(B)
+            logits = self(idx, cache)[:, -1]  # (B, V)
+            out = [idx]
+            for step in range(max_new_tokens):
+                nxt = sample(logits, temperature, top_k, generator)  # (B,)
+                nxt = torch.where(done, fill, nxt)
+                stopped = torch.isin(nxt, stops) & ~done
+                fill, done = torch.where(stopped, nxt, fill), done | stopped
+                out.append(nxt[:, None])
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                logits = self(nxt[:, None], cache)[:, -1]  # (B, V): one new token through the cache
+            return torch.cat(out, dim=1)
+        finally:
+            self.train(was_training)
+
+    def num_params(self) -> int:
+        """Number of parameters; tied tensors count once (nn.Module.parameters deduplicates)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write config.json and model.safetensors into `directory` (created if needed).
+
+        Each file is written under a temporary name and then renamed, so an interrupted save never
+        leaves a half-written checkpoint under the real names. Tied weights are stored once.
+        """
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"family": self.family, **to_dict(self.config)}
+        tmp = path / (WEIGHTS_FILE + ".tmp")
+        safetensors.torch.save_model(self, str(tmp), metadata={"family": self.family})
+        os.replace(tmp, path / WEIGHTS_FILE)
+        tmp = path / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, path / CONFIG_FILE)
+        return path
+
+    @classmethod
+    def from_checkpoint(
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
+    ) -> LanguageModel:
+        """Rebuild the model saved in `directory`, whatever its family, in eval mode."""
+        path = Path(directory)
+        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise UserError(
+                f"{path} is not a model checkpoint (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                "pass the directory a run saved its model into."
+            )
+        data = json.loads(config_path.read_text())
+        family = data.pop("family", None)
+        _fill_families()
+        if family not in FAMILIES:
+            raise UserError(
+                f"checkpoint {path} has model family {family!r}, which is not one of "
+                f"{', '.join(sorted(FAMILIES))}; it was written by another version of repro."
+            )
+        model_cls = FAMILIES[family]
+        if cls is not LanguageModel and not issubclass(model_cls, cls):
+            raise UserError(f"checkpoint {path} holds a {family} model, not a {cls.__name__}.")
+        model = model_cls(from_dict(model_cls.config_class, data))
+        safetensors.torch.load_model(model, str(weights_path), device=str(device))
+        return model.to(device).eval()
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, V): argmax at temperature 0, else sample from
+    softmax(logits / temperature) restricted to the top_k most likely tokens. Returns (B,)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
