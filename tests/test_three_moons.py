@@ -1,5 +1,6 @@
 """Three moons: the pinned data split, the model's causality and cache, and the paper's effect."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -63,7 +64,9 @@ def test_cpu_preset_reproduces_the_disentanglement_effect(tmp_path):
     run_dir = runtime.launch(exp, preset="cpu", out=tmp_path / "runs")
     df = results.collect(tmp_path / "runs", "three-moons")
     exp.report(df, tmp_path / "report")
-    table = (tmp_path / "report" / "table.csv").read_text()
-    heldout = [line for line in table.splitlines() if line.startswith("heldout")]
-    assert len(heldout) == 2 and all(",reproduced" in line for line in heldout), table
+    table = pd.read_csv(tmp_path / "report" / "table.csv")
+    heldout = table[table.triple.str.startswith("heldout")]
+    assert len(heldout) == 2 and heldout.verdict.str.startswith("reproduced").all(), table.to_string()
+    structure = pd.read_csv(tmp_path / "report" / "table_1.csv")
+    assert structure[structure.model == "3head"].verdict.eq("reproduced").all(), structure.to_string()
     assert (run_dir / "rows.jsonl").exists()
