@@ -127,6 +127,17 @@ class RunContext:
         }
         return results.make_row(**{**base, **fields})
 
+    def metric_curve(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one logged scalar from metrics.jsonl, the last value per step
+        (a resumed run logs the steps after its last checkpoint twice)."""
+        values: dict[int, float] = {}
+        if self.tracker.path.exists():
+            for line in self.tracker.path.read_text().splitlines():
+                record = json.loads(line)
+                if key in record:
+                    values[record["step"]] = record[key]
+        return sorted(values.items())
+
     def state_path(self, name: str) -> Path:
         path = self.run_dir / "state" / f"{name}.pt"
         path.parent.mkdir(exist_ok=True)
