@@ -82,6 +82,9 @@ def train(
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         start, losses = saved["step"], saved["losses"]
+        torch.set_rng_state(saved["rng"])  # dropout masks continue exactly where the killed run was
+        if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
     runner: nn.Module = model
     if world_size > 1:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -139,6 +142,8 @@ def train(
                     "optimizer": opt.state_dict(),
                     "step": done,
                     "losses": losses,
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 }
                 ctx.save_state(state_name, state)
     evaluate(steps)

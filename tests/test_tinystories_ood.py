@@ -1,0 +1,92 @@
+"""tinystories-ood end to end on generated text: rows, checkpoints that load for evaluation, the
+report, and a killed run that resumes on the same loss curve."""
+
+import random
+
+import pandas as pd
+import pytest
+
+from repro import registry, results, runtime
+from repro.data.text import TokenWindows
+from repro.eval.models import load_model
+
+NAMES = ["Lily", "Tom", "Sam", "Mia", "Ben"]
+THINGS = ["ball", "cat", "tree", "cake", "boat"]
+
+
+def _stories(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        a, b = rng.choice(NAMES), rng.choice(THINGS)
+        lines.append(f"Once upon a time, {a} had a {b}. {a} loved the {b} very much. The end.")
+    return "\n".join(lines) + "\n"
+
+
+def _wiki(n: int) -> str:
+    return "".join(f" = Topic {i} = \n\n The topic number {i} is a subject of study .\n\n" for i in range(n))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "train.txt").write_text(_stories(300, 0))
+    (root / "valid.txt").write_text(_stories(60, 1))
+    (root / "wiki.txt").write_text(_wiki(40))
+    return root
+
+
+def _overrides(corpus):
+    return [
+        f"data.path={corpus}",
+        f"data.cache_dir={corpus.parent / 'cache'}",
+        f"ood.path={corpus / 'wiki.txt'}",
+        "ood.val_fraction=1.0",
+    ]
+
+
+def test_smoke_run_report_and_checkpoints(corpus, tmp_path):
+    exp = registry.get("tinystories-ood")
+    run_dir = runtime.launch(exp, preset="smoke", overrides=_overrides(corpus), out=tmp_path / "runs")
+    df = results.collect(tmp_path / "runs", "tinystories-ood")
+    assert set(df.model) == {"gpt2-L1", "mosaic-L1", "gpt2-L2", "mosaic-L2"}
+    val = df[(df.split == "validation") & (df.metric == "loss")]
+    assert len(val) >= 4 * 3 and val.value.between(0.1, 10).all()  # evaluated every 10 of 30 steps
+    positions = df[(df.metric == "position_loss") & (df.split == "ood")]
+    assert len(positions) == 4 * 32  # one value per position of the 32-token window, per model
+    paths = exp.report(df, tmp_path / "report")
+    assert {p.name for p in paths} >= {"table.md", "fig_loss_curves.png", "fig_position_loss.png"}
+    table = pd.read_csv(tmp_path / "report" / "table.csv")
+    assert table.claim.str.startswith("(c) OOD").sum() == 2
+    for name in ("gpt2-L1", "mosaic-L2"):  # a checkpoint loads without the run, with its tokenizer
+        model = load_model(str(run_dir / "checkpoints" / name))
+        text = model.generate(model.tokenizer.encode("Once upon a time,"), 8)
+        assert isinstance(text, str)
+
+
+def test_killed_run_resumes_on_the_same_curve(corpus, tmp_path, monkeypatch):
+    exp = registry.get("tinystories-ood")
+    overrides = [*_overrides(corpus), "depths=1", "families=mosaic"]
+    runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "clean")
+
+    real_batch = TokenWindows.batch
+
+    def killed_at_17(self, step, *args, **kwargs):
+        if step == 17:
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(TokenWindows, "batch", killed_at_17)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "killed")
+    monkeypatch.setattr(TokenWindows, "batch", real_batch)
+    runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "killed")  # resumes at step 10
+
+    def curve(root):
+        df = results.collect(root, "tinystories-ood")
+        return df[(df.split == "train") & (df.metric == "loss")].sort_values("step").value.to_numpy()
+
+    clean, resumed = curve(tmp_path / "clean"), curve(tmp_path / "killed")
+    assert len(clean) == len(resumed) > 3
+    assert resumed == pytest.approx(clean, rel=1e-5)
