@@ -57,9 +57,7 @@ def list_experiments() -> None:
 @user_errors
 def run(
     name: str = typer.Argument(..., help="Experiment name (see `repro list`)."),
-    preset: str = typer.Option(
-        "cpu", help="smoke (seconds, tests) | cpu (minutes, default) | paper (GPU scale)."
-    ),
+    preset: str = typer.Option("cpu", help="smoke (seconds, tests) | cpu (minutes, default) | paper (GPU scale)."),
     overrides: Optional[list[str]] = typer.Option(  # noqa: UP045  (typer needs Optional here)
         None, "--set", help="Override a config value, e.g. --set steps=100 --set eval.sequences=32."
     ),
@@ -108,14 +106,49 @@ def report(
         if df.empty:
             if all_:
                 continue
-            raise UserError(
-                f"no finished runs of '{exp.name}' under {runs}/; run `repro run {exp.name}` first."
-            )
+            raise UserError(f"no finished runs of '{exp.name}' under {runs}/; run `repro run {exp.name}` first.")
         chosen = results.pick_preset(df, preset)
         paths = exp.report(df[df.preset == chosen].reset_index(drop=True), out / exp.name)
         console.print(f"[green]report[/] {exp.name} ({chosen}): " + ", ".join(str(p) for p in paths))
     index = results.write_index(out, registry.each())
     console.print(f"index: {index}")
+
+
+bench_app = typer.Typer(help="Benchmarks: ratios against a baseline measured in the same run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train(
+    families: str = typer.Option("gpt2,mosaic", help="Model families; the first is the baseline."),
+    n_layer: int = typer.Option(4, help="Blocks."),
+    n_embd: int = typer.Option(256, help="Width."),
+    n_head: int = typer.Option(4, help="Heads."),
+    block_size: int = typer.Option(256, help="Context length."),
+    batch_size: int = typer.Option(16, help="Sequences per step."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary."),
+    rounds: int = typer.Option(3, help="Interleaved measurement rounds."),
+    steps: int = typer.Option(4, help="Timed steps per round."),
+    compile: bool = typer.Option(False, help="torch.compile both models."),
+    out: Path = typer.Option(Path("reports/bench"), help="Where the table goes."),
+) -> None:
+    """Training tokens/s of each model family at the same shape, measured in one run."""
+    from repro.bench import ThroughputConfig, training_throughput, write_throughput_report
+
+    cfg = ThroughputConfig(
+        families=tuple(f.strip() for f in families.split(",") if f.strip()),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        block_size=block_size,
+        batch_size=batch_size,
+        vocab_size=vocab_size,
+        rounds=rounds,
+        steps=steps,
+        compile=compile,
+    )
+    write_throughput_report(training_throughput(cfg), cfg, out)
 
 
 def main() -> None:

@@ -76,3 +76,12 @@ def test_smoke_run_writes_the_run_directory_and_report(tmp_path):
 def test_report_without_runs_says_what_to_do(tmp_path):
     result = runner.invoke(app, ["report", "three-moons", "--runs", str(tmp_path)])
     assert result.exit_code == 2 and "repro run three-moons" in result.output
+
+
+def test_bench_train_writes_a_ratio_table(tmp_path):
+    args = ["bench", "train", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16"]
+    args += ["--batch-size", "2", "--vocab-size", "64", "--rounds", "1", "--steps", "1", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = next(tmp_path.glob("train_throughput_*/table.csv")).read_text()
+    assert "ratio vs gpt2" in table and "mosaic" in table
