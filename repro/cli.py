@@ -154,3 +154,7 @@ def bench_train(
 def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     app()
+
+
+if __name__ == "__main__":
+    main()

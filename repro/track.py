@@ -118,6 +118,9 @@ def progress(total: int, description: str) -> Iterator[_Bar]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, console=console, transient=False) as prog:
+    import torch.distributed as dist
+
+    quiet = dist.is_available() and dist.is_initialized() and dist.get_rank() != 0  # one bar under torchrun
+    with Progress(*columns, console=console, transient=False, disable=quiet) as prog:
         task = prog.add_task(description, total=total, info="")
         yield _Bar(prog, task)
