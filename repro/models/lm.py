@@ -46,6 +46,7 @@ def register_family(name: str) -> Callable[[type[LanguageModel]], type[LanguageM
 def _fill_families() -> None:
     """Import the model modules so that their @register_family calls have run."""
     import repro.models.mosaic  # noqa: F401
+    import repro.models.mosaic_v2  # noqa: F401
     import repro.models.transformer  # noqa: F401
 
 
@@ -91,6 +92,11 @@ class LanguageModel(nn.Module):
     def max_context(self) -> int | None:
         """The longest sequence the model can read (learned positions), or None when unbounded."""
         return None
+
+    def drop_long_term_memory(self, drop: bool = True) -> None:
+        """Remove (or, with drop=False, restore) the long-term memory at inference: the Memory
+        Mosaics v2 ablation (its Tables 2, 9, 10). Families without one refuse."""
+        raise UserError(f"a {self.family} model has no long-term memory to drop; only mosaic_v2 has one.")
 
     def loss(
         self, idx: torch.Tensor, targets: torch.Tensor, reduction: Literal["mean", "none"] = "mean"

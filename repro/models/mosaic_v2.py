@@ -1,0 +1,368 @@
+"""Memory Mosaics v2 (arXiv 2507.03285, NeurIPS 2025): reference memory-mosaics.md §4.
+
+Three changes to v1 (§4.1), each cited where it is built below:
+
+1. adaptive bandwidth beta = beta1 * n^alpha + beta0, n the number of pairs the query sees in that
+   memory, with App. Table 6's reparameterisation and init (`AdaptiveBandwidth`);
+2. a gated, time-variant key extractor k_bar_T = g_T W_phi x_T + lambda_T k_bar_{T-1}, g_T =
+   exp(W_g x_T), lambda_T = exp(-|W_lambda x_T|), k_T = Norm(k_bar_T) (`GatedKeys`,
+   `gated_leaky_scan`); the value extractor is v1's (`ValueExtractor`);
+3. three memory levels: a short-term memory over pairs [t-h+1, t-1], a long-term memory over pairs
+   [1, t-m] (m ~ U[m_min, m_max] per training forward, m = m_min at inference), both concatenated
+   and projected by W_o, and a SwiGLU persistent memory; no position encoding anywhere.
+
+The Table 6 init (truncated normals) is `repro.models.transformer.v2_init`, shared with the Llama
+baseline. Memories call `repro.models.memory.associative_recall` (the `memory_retrieval` kernel)
+for whole training sequences; for long inputs without gradients, and after a decoding cache, they
+chunk over queries here so no T x T matrix is ever built and memory grows linearly with T.
+`drop_long_term_memory()` is the paper's Table 2 ablation switch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from repro.errors import UserError
+from repro.models.lm import DecodeCache, LanguageModel, register_family
+from repro.models.memory import associative_recall
+from repro.models.mosaic import _merge_heads, _split_heads
+from repro.models.transformer import RMSNorm, SwiGLU, v2_init
+
+BETA_LOG_MAX = 10.0  # Table 6: beta0 = e^min(theta, 10), beta1 = e^min(theta, 10)
+ALPHA_MAX = 1.0  # Table 6: alpha = min(|theta|, 1)
+VALUE_LOG_MAX = 15.0  # Table 6 / §4.1.2: alpha_psi = e^min(|theta|, 15)
+GATE_LOG_MAX = 30.0  # ours: clamp on W_g x before exp, a float32 overflow guard (never hit at init)
+
+
+@dataclass
+class MosaicV2Config:
+    """Defaults are the large model (§4.2): 32 layers, d 4096, 32 heads, SwiGLU d' 14336, context
+    4096, h = 256, m ~ U[64, 256]; vocab 128256 (Llama 3's, which makes the paper's 9.9B come out)."""
+
+    n_layer: int = 32
+    n_head: int = 32
+    n_embd: int = 4096
+    block_size: int = 4096  # training context; no position encoding, so inputs may be longer
+    vocab_size: int = 128256
+    ffn_size: int = 14336  # persistent memory (SwiGLU) hidden size d': 6144 small, 14336 large
+    dropout: float = 0.0  # residual branches; the paper gives none
+    bias: bool = False
+    short_window: int = 256  # h: the short-term memory holds pairs t-h+1 .. t-1
+    long_skip_min: int = 64  # m at inference, and the low end of its training range
+    long_skip_max: int = 256  # m ~ U[m_min, m_max] during training
+    long_term: bool = True  # False: no long-term memory at all (the 8.3B row of §4.2)
+    query_chunk: int = 1024  # queries per retrieval chunk for long inputs without gradients
+    norm_eps: float = 1e-5
+
+
+def gated_leaky_scan(
+    x: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, state: torch.Tensor | None = None, chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y_t = g_t x_t + lam_t y_{t-1}, y_{-1} = state (0 when None): v2's gated key average (§4.1.2).
+
+    x: (B, H, T, D); g, lam: (B, H, T) with g > 0 and 0 < lam <= 1; state: (B, H, D) or None.
+    Returns y (B, H, T, D) and y_{T-1} (B, H, D), in float32 (float64 stays float64).
+
+    Chunked parallel scan: inside a chunk, y_t = sum_{tau<=t} exp(L_t - L_tau) g_tau x_tau +
+    exp(L_t) state with L_t the running sum of log lam, a (chunk x chunk) matrix whose exponents
+    are all <= 0 (masked before exp, so nothing overflows); across chunks the recurrence carries the
+    state. Memory is O(T) and autograd gives the backward. A Triton `leaky_scan` can replace it.
+    """
+    B, H, T, D = x.shape
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):  # the sums need full precision under AMP
+        x, g = x.to(dtype), g.to(dtype)
+        log_lam = torch.log(lam.to(dtype).clamp_min(torch.finfo(dtype).tiny))  # (B, H, T), <= 0
+        C = max(1, min(chunk, T))
+        causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()  # tau <= t
+        if state is not None:
+            state = state.to(dtype)
+        outs = []
+        for s in range(0, T, C):
+            xc = g[:, :, s : s + C, None] * x[:, :, s : s + C]  # (B, H, c, D): g_tau x_tau
+            c = xc.shape[2]
+            cum = log_lam[:, :, s : s + c].cumsum(-1)  # (B, H, c): L_t
+            lag = cum[..., :, None] - cum[..., None, :]  # (B, H, c, c): L_t - L_tau
+            w = torch.exp(lag.masked_fill(~causal[:c, :c], float("-inf")))
+            yc = w @ xc  # (B, H, c, c) @ (B, H, c, D) -> (B, H, c, D)
+            if state is not None:
+                yc = yc + torch.exp(cum)[..., None] * state[:, :, None, :]  # decayed entering state
+            state = yc[:, :, -1]
+            outs.append(yc)
+        return torch.cat(outs, dim=2), state
+
+
+def visible_pairs(positions: torch.Tensor, window: int | None, skip: int) -> torch.Tensor:
+    """n at each absolute query position: pairs j with t - window < j <= t - skip, j >= 0."""
+    hi = positions - skip
+    lo = (positions - window + 1).clamp(min=0) if window is not None else torch.zeros_like(positions)
+    return (hi - lo + 1).clamp(min=0)
+
+
+class AdaptiveBandwidth(nn.Module):
+    """beta(n) = beta1 n^alpha + beta0 per head (§4.1.1, App. Table 6): beta0 = e^min(theta0, 10),
+    beta1 = e^min(theta1, 10), both theta 1.5 at init (e^1.5 ~ 4.48); alpha = min(|theta_a|, 1),
+    theta_a = 1/3 at init (the AMISE rate). So beta0 >= 0, beta1 > 0, 0 <= alpha <= 1."""
+
+    def __init__(self, n_head: int):
+        super().__init__()
+        self.theta0 = nn.Parameter(torch.full((n_head,), 1.5))
+        self.theta1 = nn.Parameter(torch.full((n_head,), 1.5))
+        self.theta_alpha = nn.Parameter(torch.full((n_head,), 1.0 / 3.0))
+
+    def forward(self, n: torch.Tensor) -> torch.Tensor:
+        """n (T,) pair counts -> beta (1, H, T). n = 0 (an empty memory, output 0 anyway) is
+        raised to 1 so that d(n^alpha)/d(alpha) = n^alpha log n stays finite."""
+        beta0 = torch.exp(self.theta0.clamp(max=BETA_LOG_MAX))[:, None]  # (H, 1)
+        beta1 = torch.exp(self.theta1.clamp(max=BETA_LOG_MAX))[:, None]
+        alpha = self.theta_alpha.abs().clamp(max=ALPHA_MAX)[:, None]
+        return (beta1 * n.clamp(min=1).to(beta0.dtype)[None] ** alpha + beta0)[None]  # (1, H, T)
+
+
+class GatedKeys(nn.Module):
+    """k_T = Norm(k_bar_T), k_bar_T = g_T W_phi x_T + lambda_T k_bar_{T-1}, g_T = exp(W_g x_T),
+    lambda_T = exp(-|W_lambda x_T|): one scalar gate pair per head (§4.1.2). Keys are also queries,
+    as in v1."""
+
+    def __init__(self, cfg: MosaicV2Config):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.w_phi = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.w_g = nn.Linear(cfg.n_embd, cfg.n_head, bias=cfg.bias)
+        self.w_lambda = nn.Linear(cfg.n_embd, cfg.n_head, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype, new state (B, H, D)."""
+        u = _split_heads(self.w_phi(x), self.n_head)  # (B, H, T, D)
+        g = torch.exp(self.w_g(x).float().clamp(max=GATE_LOG_MAX)).transpose(1, 2)  # (B, T, H) -> (B, H, T)
+        lam = torch.exp(-self.w_lambda(x).float().abs()).transpose(1, 2)  # (B, H, T)
+        avg, state = gated_leaky_scan(u, g, lam, state)
+        return F.normalize(avg, dim=-1).to(u.dtype), state
+
+
+class ValueExtractor(nn.Module):
+    """v1's value extractor (§4.1.2, "unchanged from v1"; `repro.models.mosaic.ContextMemory`):
+    v_T = alpha_psi Norm(gamma W_psi x_T + (1 - gamma) W_psi x_{T+1}), per head, gamma ~ U(0, 1);
+    with Table 6's scale alpha_psi = e^min(|theta|, 15), theta = 0 at init (scale 1)."""
+
+    def __init__(self, cfg: MosaicV2Config):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.w_psi = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.mix = nn.Parameter(torch.rand(cfg.n_head))  # gamma
+        self.scale = nn.Parameter(torch.zeros(cfg.n_head))  # theta of alpha_psi
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return _split_heads(self.w_psi(x), self.n_head)  # (B, H, T, D): W_psi x_t
+
+    def forward(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
+        """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
+        gamma = self.mix.view(1, -1, 1, 1)
+        alpha = torch.exp(self.scale.abs().clamp(max=VALUE_LOG_MAX)).view(1, -1, 1, 1)
+        return (alpha * F.normalize(gamma * now + (1 - gamma) * ahead, dim=-1)).to(now.dtype)
+
+
+@dataclass
+class MemoryCacheV2:
+    """One memory's decoding state after tokens 0..t-1. The short-term memory keeps only the pairs
+    a future query can see (the last h-1), so its work per new token is bounded."""
+
+    key_state: torch.Tensor | None = None  # (B, H, D) gated average at t-1 (float32)
+    keys: torch.Tensor | None = None  # (B, H, n, D) unit keys of tokens start..t-1
+    values: torch.Tensor | None = None  # (B, H, n-1, D) values of pairs start..t-2 (pair j needs x_{j+1})
+    value_proj: torch.Tensor | None = None  # (B, H, D) W_psi x_{t-1}
+    start: int = 0  # absolute position of keys[:, :, 0]
+
+
+@dataclass
+class MosaicV2LayerCache:
+    short: MemoryCacheV2 = field(default_factory=MemoryCacheV2)
+    long: MemoryCacheV2 = field(default_factory=MemoryCacheV2)
+
+
+@dataclass
+class MosaicV2Cache(DecodeCache):
+    layers: list[MosaicV2LayerCache] = field(default_factory=list)
+
+
+def chunked_recall(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    beta: torch.Tensor,
+    first_query: int,
+    key_start: int,
+    window: int | None,
+    skip: int,
+    chunk: int,
+) -> torch.Tensor:
+    """Queries at absolute positions first_query.. read keys at key_start.. with the mask
+    t - window < j <= t - skip, `chunk` queries at a time (only the keys a chunk can see are sliced),
+    so no T x T matrix exists and memory is O(chunk x T). q (B, H, Tq, D) unit; keys, values
+    (B, H, N, D); beta (1, H, Tq). Rows with nothing visible return 0. Returns (B, H, Tq, Dv)."""
+    B, H, Tq, _ = q.shape
+    N = keys.shape[2]
+    outs = []
+    for s in range(0, Tq, chunk):
+        qc = (q[:, :, s : s + chunk] * beta[..., s : s + chunk, None]).to(q.dtype)  # (B, H, c, D)
+        c = qc.shape[2]
+        t = torch.arange(first_query + s, first_query + s + c, device=q.device)  # (c,)
+        hi = t - skip
+        lo = t - window + 1 if window is not None else torch.zeros_like(t)
+        a, b = max(int(lo[0]), key_start), min(int(hi[-1]), key_start + N - 1)  # keys this chunk sees
+        if b < a:
+            outs.append(values.new_zeros(B, H, c, values.shape[-1]))
+            continue
+        j = torch.arange(a, b + 1, device=q.device)[None]  # (1, n)
+        mask = (j <= hi[:, None]) & (j >= lo[:, None])  # (c, n)
+        empty = ~mask.any(-1, keepdim=True)  # (c, 1)
+        kk, vv = keys[:, :, a - key_start : b - key_start + 1], values[:, :, a - key_start : b - key_start + 1]
+        out = F.scaled_dot_product_attention(qc, kk, vv, attn_mask=mask | empty, scale=1.0)
+        outs.append(out.masked_fill(empty, 0.0))
+    return torch.cat(outs, dim=2)
+
+
+class MemoryV2(nn.Module):
+    """One contextual associative memory of v2 with its own W_phi, W_psi and beta (§4.1.3):
+    short-term (window=h, skip 1: pairs t-h+1..t-1) or long-term (window None, skip m: pairs
+    0..t-m). Output: the heads (B, H, T, D), before W_o."""
+
+    def __init__(self, cfg: MosaicV2Config, window: int | None):
+        super().__init__()
+        self.window, self.chunk = window, cfg.query_chunk
+        self.keys = GatedKeys(cfg)
+        self.values = ValueExtractor(cfg)
+        self.bandwidth = AdaptiveBandwidth(cfg.n_head)
+
+    def forward(self, x: torch.Tensor, skip: int, cache: MemoryCacheV2 | None = None) -> torch.Tensor:
+        T = x.shape[1]
+        t0 = 0 if cache is None or cache.keys is None else cache.start + cache.keys.shape[2]
+        k, key_state = self.keys(x, None if cache is None else cache.key_state)  # (B, H, T, D)
+        u = self.values.project(x)  # (B, H, T, D)
+        positions = torch.arange(t0, t0 + T, device=x.device)
+        beta = self.bandwidth(visible_pairs(positions, self.window, skip))  # (1, H, T)
+        if t0 == 0:
+            ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 unused
+            v = self.values(u, ahead)
+            if torch.is_grad_enabled() or self.chunk >= T:  # the kernel (T x T on its torch backend)
+                y = associative_recall(k, k, v, beta, normalize=False, kernel="dot", window=self.window, skip=skip)
+            else:
+                y = chunked_recall(k, k, v, beta, 0, 0, self.window, skip, self.chunk)
+            keys, values, start = k, v[:, :, :-1], 0  # pair T-1 waits for x_T
+        else:
+            before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
+            values = torch.cat([cache.values, self.values(before, u)], dim=2)  # pairs start..t0+T-2
+            keys, start = torch.cat([cache.keys, k], dim=2), cache.start  # (B, H, n + T, D)
+            y = chunked_recall(k, keys[:, :, :-1], values, beta, t0, start, self.window, skip, self.chunk)
+        if cache is not None:
+            drop = 0 if self.window is None else max(0, t0 + T - self.window + 1 - start)  # never visible again
+            cache.keys, cache.values, cache.start = keys[:, :, drop:], values[:, :, drop:], start + drop
+            cache.key_state, cache.value_proj = key_state, u[:, :, -1]
+        return y
+
+
+class MosaicV2Block(nn.Module):
+    """x += W_o [short(RMSNorm(x)) | long(RMSNorm(x))]; x += SwiGLU(RMSNorm(x)) (§4.1.3). The norm
+    is not named in the reference; we use the Llama baseline's RMSNorm pre-norm."""
+
+    def __init__(self, cfg: MosaicV2Config):
+        super().__init__()
+        self.mem_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.short = MemoryV2(cfg, window=cfg.short_window)
+        self.long = MemoryV2(cfg, window=None) if cfg.long_term else None
+        self.wo = nn.Linear(cfg.n_embd * (2 if cfg.long_term else 1), cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.ffn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.pmem = SwiGLU(cfg.n_embd, cfg.ffn_size, cfg.bias, cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, skip: int, use_long: bool, cache: MosaicV2LayerCache | None = None
+    ) -> torch.Tensor:
+        h = self.mem_norm(x)
+        heads = [_merge_heads(self.short(h, 1, None if cache is None else cache.short))]  # (B, T, C)
+        if self.long is not None:
+            if use_long:
+                heads.append(_merge_heads(self.long(h, skip, None if cache is None else cache.long)))
+            else:  # Table 2 ablation: W_o sees zeros where the long-term heads were
+                heads.append(torch.zeros_like(heads[0]))
+        x = x + self.resid_dropout(self.wo(torch.cat(heads, dim=-1)))  # (B, T, 2C) -> (B, T, C)
+        return x + self.pmem(self.ffn_norm(x))
+
+
+@register_family("mosaic_v2")
+class MemoryMosaicV2(LanguageModel):
+    """Memory Mosaics v2 language model: token embedding (no position encoding, §4.1), n_layer v2
+    blocks, final RMSNorm, untied classifier (untied as in Llama: the paper's 9.9B needs it)."""
+
+    config_class = MosaicV2Config
+
+    def __init__(self, config: MosaicV2Config):
+        super().__init__(config)
+        cfg = config
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_head={cfg.n_head} must divide n_embd={cfg.n_embd}")
+        if not 1 <= cfg.long_skip_min <= cfg.long_skip_max:
+            raise ValueError(f"need 1 <= long_skip_min <= long_skip_max, got {cfg.long_skip_min}, {cfg.long_skip_max}")
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList([MosaicV2Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        v2_init(self, self.blocks, cfg.n_embd)
+        self.use_long_term = cfg.long_term  # runtime switch, not saved: see drop_long_term_memory
+
+    def drop_long_term_memory(self, drop: bool = True) -> None:
+        """The paper's ablation (Tables 2, 9, 10): remove the long-term memory after training (its
+        W_o inputs become 0). Set it before decoding starts; `drop=False` puts it back."""
+        if not self.config.long_term:
+            raise UserError("this mosaic_v2 model was built without long-term memory (long_term=false).")
+        self.use_long_term = not drop
+
+    def long_skip(self) -> int:
+        """m: drawn from U[m_min, m_max] (torch's global generator) at each training forward, so
+        every layer of one step shares it; m_min at inference (§4.1.3)."""
+        c = self.config
+        if self.training and c.long_skip_max > c.long_skip_min:
+            return int(torch.randint(c.long_skip_min, c.long_skip_max + 1, ()))
+        return c.long_skip_min
+
+    def new_cache(self, batch_size: int) -> MosaicV2Cache:
+        return MosaicV2Cache(batch_size, layers=[MosaicV2LayerCache() for _ in range(self.config.n_layer)])
+
+    def forward(self, idx: torch.Tensor, cache: MosaicV2Cache | None = None) -> torch.Tensor:
+        skip = self.long_skip()
+        x = self.wte(idx)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, skip, self.use_long_term, None if cache is None else cache.layers[i])
+        if cache is not None:
+            cache.length += idx.shape[1]
+        return self.lm_head(self.norm(x))  # (B, T, V)
+
+    def flops_per_token(self, context: int) -> float:
+        """Forward FLOPs per token averaged over a `context`-token sequence, by the rule of
+        `Llama.flops_per_token`: 2 per matmul weight (W_phi, W_psi, W_g, W_lambda per memory, W_o,
+        SwiGLU, classifier) plus 4 d per visible pair per memory per layer (short: min(t, h-1);
+        long: t-m+1 with m = m_min). Large config at context 256: 18.9 GFLOPs, 15.6 without
+        long-term memory (§4.2)."""
+        c = self.config
+        d, H, L = c.n_embd, c.n_head, c.n_layer
+        n_mem = 2 if c.long_term else 1
+        matmul = L * (n_mem * (2 * d * d + 2 * d * H) + n_mem * d * d + 3 * d * c.ffn_size) + d * c.vocab_size
+        t = torch.arange(context, device="cpu")  # plain numbers, also under a meta device context
+        pairs = visible_pairs(t, c.short_window, 1).double().mean().item()
+        if c.long_term:
+            pairs += visible_pairs(t, None, c.long_skip_min).double().mean().item()
+        return 2 * matmul + 4 * d * L * pairs
+
+
+def mosaic_v2_ffn_for(n_params_per_layer: int, cfg: MosaicV2Config) -> int:
+    """The SwiGLU width d' that gives a v2 block `n_params_per_layer` matmul weights (used to pair
+    a mosaic with a transformer at equal parameters; rounded down)."""
+    d, H = cfg.n_embd, cfg.n_head
+    n_mem = 2 if cfg.long_term else 1
+    rest = n_mem * (2 * d * d + 2 * d * H) + n_mem * d * d
+    return max(1, math.floor((n_params_per_layer - rest) / (3 * d)))
