@@ -1,0 +1,726 @@
+"""Persistent-knowledge evaluation through lm-evaluation-harness (MMv2 Table 1 and Table 2).
+
+Memory Mosaics v2 compares models on 19 common benchmarks (Table 1: large transformer 52.2, MMv2
+52.2 on average) and shows that removing long-term memory after training barely changes 13 of them
+(Table 2: 56.8 -> 56.6, transformer 57.1) while the other 6 drop (42.1 -> 34.9, transformer 41.4).
+
+`ReproLM` is an lm-eval model over `EvalModel`, so every model `load_model` knows (repro checkpoints,
+`hf:NAME`, `gguf:FILE`) runs lm-eval tasks. It is registered as lm-eval model "repro"; lm-eval
+0.4.13's own CLI does not discover plugins, so `python -m repro.eval.harness ARGS` runs that CLI with
+the model registered (`--model repro --model_args path=CHECKPOINT`). `command` is `repro eval
+harness`: results go to a run directory and `reports/harness/` puts them beside the paper's numbers.
+
+lm-eval is an optional extra (`eval`: `pip install lm-eval`); nothing here imports it at import time.
+Known deviations: the thesis does not say which lm-eval variant, shot count or metric it used per
+task (acc vs acc_norm, which squad/math/bbh); `PAPER19` pins our choice. lm-eval has no
+race-middle task; ours is lm-eval's `race` config read from the dataset's "middle" subset.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+import typer
+
+from repro.errors import UserError
+from repro.eval.models import EvalModel, load_model
+
+INSTALL_HINT = "pip install lm-eval (repro's `eval` extra)"  # no brackets: the CLI prints rich markup
+SHIPPED_TASKS = Path(__file__).resolve().parent / "harness_tasks"
+EXPERIMENT = "harness"
+DEFAULT_MAX_LENGTH = 4096  # rolling windows for models without a context limit (MMv2 trains at 4k)
+BATCH_TOKENS = 8192  # positions per scoring call: the (B, T, V) logits of a 50k vocabulary stay ~1.6 GB
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One of the paper's 19 tasks: the lm-eval task we run, the metric[,filter] we read, the paper's
+    large-model scores (transformer, MMv2; Tables 2/9) and whether it is in Table 2's group of 13."""
+
+    name: str
+    task: str
+    metric: str
+    transformer: float
+    mmv2: float
+    in_13: bool
+
+
+PAPER19 = [
+    Benchmark("obqa", "openbookqa", "acc_norm", 45.8, 45.4, True),
+    Benchmark("arc-easy", "arc_easy", "acc_norm", 77.3, 78.0, True),
+    Benchmark("winogrande", "winogrande", "acc", 72.3, 71.2, True),
+    Benchmark("arc-challenge", "arc_challenge", "acc_norm", 52.6, 51.8, True),
+    Benchmark("piqa", "piqa", "acc_norm", 80.8, 80.4, True),
+    Benchmark("boolq", "boolq", "acc", 72.6, 73.1, True),
+    Benchmark("hellaswag", "hellaswag", "acc_norm", 79.2, 78.6, True),
+    Benchmark("nq", "nq_open", "exact_match,remove_whitespace", 31.9, 30.9, True),
+    Benchmark("siqa", "social_iqa", "acc", 49.3, 48.6, True),
+    Benchmark("tqa", "triviaqa", "exact_match,remove_whitespace", 61.5, 62.0, True),
+    Benchmark("gsm8k", "gsm8k", "exact_match,strict-match", 32.4, 27.4, True),
+    Benchmark("mmlu-alt", "mmlu", "acc", 49.0, 48.2, True),
+    Benchmark("humaneval+", "humaneval_plus", "pass@1,create_test", 38.3, 43.0, True),
+    Benchmark("squad", "squadv2", "f1", 76.3, 78.2, False),
+    Benchmark("bbh", "bbh", "exact_match,get-answer", 45.6, 47.8, False),
+    Benchmark("math", "minerva_math", "exact_match", 8.7, 8.8, False),
+    Benchmark("mbpp", "mbpp", "pass_at_1", 9.8, 9.6, False),
+    Benchmark("race-middle", "race_middle", "acc", 62.6, 61.6, False),
+    Benchmark("race-high", "race", "acc", 45.6, 46.5, False),
+]
+TABLE1_AVG = {"transformer": 52.2, "mmv2": 52.2}  # large models, 19 tasks (small: 37.8 vs 38.0)
+TABLE2 = {  # averages: transformer, MMv2, MMv2 with long-term memory removed after training
+    "13 tasks": (57.1, 56.8, 56.6),
+    "other 6": (41.4, 42.1, 34.9),
+}
+
+
+# ---- the token-level work, on EvalModel only (no lm-eval needed) ---------------------------------
+
+
+@torch.no_grad()
+def score_tokens(
+    model: EvalModel, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, advance: Any = None
+) -> list[tuple[float, bool]]:
+    """(log P(continuation | context), greedy?) for each (context ids, continuation ids).
+
+    Longest first, up to `batch_size` rows (and BATCH_TOKENS positions) per forward call, right-
+    padded: the models are causal, so padding after a row's last token changes no logit we read.
+    """
+    limit = model.max_context
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    start = 0
+    while start < len(order):
+        longest = min(len(pairs[order[start]][0]) + len(pairs[order[start]][1]), limit or 10**9)
+        n = max(1, min(batch_size, BATCH_TOKENS // longest))
+        chunk, start = order[start : start + n], start + n
+        rows = []
+        for i in chunk:
+            ctx, cont = pairs[i]
+            if not cont:
+                results[i] = (0.0, True)
+                continue
+            if limit is not None and len(cont) > limit:
+                raise UserError(f"a {len(cont)}-token continuation exceeds {model.name}'s {limit}-token context.")
+            ids = ctx + cont
+            ids = ids[-(limit + 1) :] if limit is not None else ids  # keep the nearest context
+            rows.append((i, ids[:-1], cont))
+        if not rows:
+            continue
+        width = max(len(inp) for _, inp, _ in rows)
+        x = torch.full((len(rows), width), model.tokenizer.eot_id, dtype=torch.long)  # (B, T)
+        for b, (_, inp, _) in enumerate(rows):
+            x[b, : len(inp)] = torch.tensor(inp)
+        logits = model._forward(x.to(model.device))  # (B, T, V)
+        for b, (i, inp, cont) in enumerate(rows):
+            picked = logits[b, len(inp) - len(cont) : len(inp)].float()  # (n, V): predicts cont
+            target = torch.tensor(cont, device=picked.device)
+            logp = F.log_softmax(picked, dim=-1).gather(1, target[:, None]).sum().item()
+            results[i] = (logp, bool((picked.argmax(-1) == target).all()))
+        if advance is not None:
+            advance(len(rows))
+    return results  # type: ignore[return-value]
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+@torch.no_grad()
+def _greedy(model: EvalModel, prompts: list[list[int]], max_new: int, stops: list[str]) -> list[str]:
+    """Greedy continuations of equal-length prompts, decoded together, each cut at its first stop
+    string; decoding ends once every row has met a stop string or end-of-text. Models with the
+    LanguageModel interface decode through their cache; others re-read the sequence each step."""
+    net, eot = model._forward, model.tokenizer.eot_id
+    x = torch.tensor(prompts, device=model.device)  # (B, T)
+    cache = net.new_cache(len(prompts)) if hasattr(net, "new_cache") else None
+    logits = (net(x, cache) if cache is not None else net(x))[:, -1]  # (B, V)
+    new: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for step in range(max_new):
+        nxt = logits.argmax(-1)  # (B,)
+        for b, tok in enumerate(nxt.tolist()):
+            if done[b]:
+                continue
+            if tok == eot:
+                done[b] = True
+                continue
+            new[b].append(tok)
+            done[b] = any(s and s in model.tokenizer.decode(new[b]) for s in stops)
+        if all(done) or step == max_new - 1:
+            break
+        if cache is not None:
+            logits = net(nxt[:, None], cache)[:, -1]  # one new token through the cache
+        else:
+            x = torch.cat([x, nxt[:, None]], dim=1)  # (B, T + 1)
+            logits = net(x)[:, -1]
+    return [_cut(model.tokenizer.decode(ids), stops) for ids in new]
+
+
+def generate_texts(
+    model: EvalModel,
+    prompts: list[list[int]],
+    max_new: int,
+    stops: list[str],
+    batch_size: int = 8,
+    advance: Any = None,
+) -> list[str]:
+    """Greedy continuations (without the prompt) cut at the first stop string. Prompts are left-
+    truncated so prompt + max_new fits the context; prompts of equal length decode as one batch."""
+    limit = model.max_context
+    if limit is not None:
+        max_new = max(1, min(max_new, limit - 1))
+        prompts = [p[-(limit - max_new) :] for p in prompts]
+    prompts = [p or [model.tokenizer.eot_id] for p in prompts]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_length[len(p)].append(i)
+    out = [""] * len(prompts)
+    for idx in by_length.values():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            for i, text in zip(chunk, _greedy(model, [prompts[i] for i in chunk], max_new, stops), strict=True):
+                out[i] = text
+            if advance is not None:
+                advance(len(chunk))
+    return out
+
+
+def drop_long_term_memory(model: EvalModel) -> None:
+    """Remove long-term memory after training (MMv2 Table 2), through the LanguageModel's own
+    `drop_long_term_memory()`; a model without one has no long-term memory to remove."""
+    drop = getattr(model._forward, "drop_long_term_memory", None)
+    if drop is None:
+        raise UserError(
+            f"{model.name} has no long-term memory to remove; --no-long-term applies to Memory Mosaics v2 "
+            "checkpoints (models whose class defines drop_long_term_memory)."
+        )
+    drop()
+
+
+# ---- the lm-eval model -------------------------------------------------------------------------
+
+
+def require_lm_eval() -> None:
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError(f"lm-evaluation-harness is not installed; install it with {INSTALL_HINT}.")
+
+
+_LM_CLASS: type | None = None
+
+
+def lm_class() -> type:
+    """The lm-eval model class (defined on first use, so lm-eval stays optional), registered as
+    lm-eval model "repro"."""
+    global _LM_CLASS
+    if _LM_CLASS is not None:
+        return _LM_CLASS
+    require_lm_eval()
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import model_registry, register_model
+    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    from repro.track import progress
+
+    class ReproLM(TemplateLM):
+        """lm-eval model over EvalModel. `model_args`: path (a repro checkpoint directory,
+        hf:NAME or gguf:FILE), device, batch_size, max_length (rolling windows of unbounded
+        models), no_long_term (remove MMv2's long-term memory)."""
+
+        def __init__(
+            self,
+            path: str | None = None,
+            pretrained: str | None = None,
+            device: str | None = None,
+            batch_size: int | str | None = 8,
+            max_length: int | None = None,
+            no_long_term: bool = False,
+            model: EvalModel | None = None,
+            **_: Any,  # lm-eval's CLI also passes max_batch_size and others we don't use
+        ):
+            super().__init__()
+            if model is None:
+                spec = path or pretrained
+                if not spec:
+                    raise UserError("the repro lm-eval model needs model_args path=CHECKPOINT (or hf:NAME, gguf:FILE).")
+                from repro.runtime import pick_device
+
+                if device and device.startswith("cuda") and not torch.cuda.is_available():
+                    device = "cpu"  # lm-eval's CLI asks for cuda:0 unless told otherwise
+                model = load_model(spec, str(pick_device(device or "auto")))
+            if no_long_term:
+                drop_long_term_memory(model)
+            self.model = model
+            self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" -> 8
+            self.max_length = int(max_length or model.max_context or DEFAULT_MAX_LENGTH)
+            self._device = model.device
+
+        @property
+        def eot_token_id(self) -> int:
+            return self.model.tokenizer.eot_id
+
+        @property
+        def tokenizer_name(self) -> str:
+            return self.model.name
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+            return self.model.tokenizer.encode(string)
+
+        def tok_decode(self, tokens: list[int], **kwargs: Any) -> str:
+            return self.model.tokenizer.decode(tokens)
+
+        def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list:
+            with progress(len(requests), "loglikelihood") as bar:
+                return score_tokens(self.model, [r[1:] for r in requests], self.batch_size, bar.advance)
+
+        def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
+            """Whole-document log-likelihoods: windows of max_length in which every token is
+            predicted exactly once, scored together across documents."""
+            pairs, owner = [], []
+            for i, req in enumerate(requests):
+                windows = get_rolling_token_windows(
+                    self.tok_encode(req.args[0]), self.prefix_token_id, self.max_length, context_len=1
+                )
+                for window in windows:
+                    pairs.append(make_disjoint_window(window))
+                    owner.append(i)
+            totals = [0.0] * len(requests)
+            with progress(len(pairs), "rolling loglikelihood") as bar:
+                scores = score_tokens(self.model, pairs, self.batch_size, bar.advance)
+            for i, (logp, _) in zip(owner, scores, strict=True):
+                totals[i] += logp
+            return totals
+
+        def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+            """Greedy generation (sampling settings are ignored) until a stop string, end-of-text or
+            max_gen_toks; requests sharing generation settings are batched."""
+            groups: dict[str, list[int]] = defaultdict(list)
+            settings = []
+            for i, req in enumerate(requests):
+                kwargs = normalize_gen_kwargs(dict(req.args[1]), default_max_gen_toks=256)
+                stops = handle_stop_sequences(kwargs.get("until"), eos=None)
+                settings.append((stops, int(kwargs["max_gen_toks"])))
+                groups[json.dumps(settings[-1])].append(i)
+            out = [""] * len(requests)
+            with progress(len(requests), "generate_until") as bar:
+                texts = [self._generate(requests, idx, settings[idx[0]], bar.advance) for idx in groups.values()]
+            for idx, group_texts in zip(groups.values(), texts, strict=True):
+                for i, text in zip(idx, group_texts, strict=True):
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            return out
+
+        def _generate(self, requests: list, idx: list[int], setting: tuple, advance: Any) -> list[str]:
+            stops, max_new = setting
+            prompts = [self.tok_encode(requests[i].args[0]) for i in idx]
+            return generate_texts(self.model, prompts, max_new, stops, self.batch_size, advance)
+
+        def get_model_info(self) -> dict[str, Any]:
+            return {"model": self.model.name, "max_length": self.max_length}
+
+    ReproLM.__module__ = __name__  # so "repro.eval.harness:ReproLM" names it (lazy registry paths)
+    if "repro" not in model_registry:
+        register_model("repro")(ReproLM)
+    _LM_CLASS = ReproLM
+    return ReproLM
+
+
+def __getattr__(name: str) -> Any:
+    """`from repro.eval.harness import ReproLM` (and an entry point naming it) define the class."""
+    if name == "ReproLM":
+        return lm_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def lm_eval_main() -> None:
+    """lm-eval's own CLI with the "repro" model registered: `python -m repro.eval.harness --model
+    repro --model_args path=CHECKPOINT --tasks NAME --include_path DIR`."""
+    try:
+        lm_class()
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None  # one sentence, exit code 1, no traceback
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+# ---- tasks: names, the offline rule ---------------------------------------------------------------
+
+
+def expand_tasks(spec: str) -> list[str]:
+    """`paper19` and/or comma-separated lm-eval task names, in order, without repeats."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        for name in [b.task for b in PAPER19] if part == "paper19" else [part] if part else []:
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise UserError("--tasks is empty; give paper19 or lm-eval task names separated by commas.")
+    return names
+
+
+def _local_names(dirs: list[Path]) -> set[str]:
+    """Task, group and tag names defined by the YAML files under `dirs` (read as text: the files
+    may hold !function tags)."""
+    names = set()
+    for d in dirs:
+        for path in d.rglob("*.yaml"):
+            for m in re.finditer(r"^(task|group|tag):\s*['\"]?([\w.+-]+)", path.read_text(), re.M):
+                names.add(m.group(2))
+    return names
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (False at once when HF_HUB_OFFLINE/HF_DATASETS_OFFLINE
+    is set)."""
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _first_line(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= 120 else line[:119] + "…"
+
+
+def _race_middle() -> dict[str, Any]:
+    """lm-eval's `race` task (high school) on the dataset's middle-school subset."""
+    import lm_eval.tasks
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(Path(lm_eval.tasks.__file__).parent / "race" / "race.yaml", resolve_func=True)
+    return {**cfg, "task": "race_middle", "dataset_name": "middle"}
+
+
+def load_tasks(names: list[str], include_path: Path | None) -> tuple[Any, list[Any]]:
+    """(TaskManager, task specs for simple_evaluate), each task loaded once here. Local tasks
+    (shipped, --include-path) load without the network; built-in ones need the hub, which is probed
+    first so an offline run fails fast, in one sentence, unless their data is in the local cache."""
+    dirs = [SHIPPED_TASKS, *([include_path] if include_path else [])]
+    builtin = [n for n in names if n not in _local_names(dirs)]
+    if builtin and not hub_reachable():
+        # datasets and huggingface_hub read these when first imported: then the cache is used
+        # and a missing dataset fails at once instead of after a minute of retries
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+            os.environ[var] = "1"
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=[str(d) for d in dirs], include_defaults=bool(builtin))
+    unknown = [n for n in names if n != "race_middle" and n not in tm.all_tasks]
+    if unknown:
+        raise UserError(
+            f"unknown lm-eval task(s) {', '.join(unknown)}; see `lm-eval ls tasks`, or pass --include-path "
+            "with your task YAMLs."
+        )
+    specs, missing, broken = [], [], []
+    for name in names:
+        spec = _race_middle() if name == "race_middle" else name
+        try:
+            tm.load([spec])  # fetches (or finds cached) data and metric code now, to name what fails
+        except OSError as e:  # ConnectionError, or FileNotFoundError of a hub dataset or `evaluate` metric
+            if hub_reachable():
+                broken.append(f"{name} ({_first_line(e)})")
+            else:
+                missing.append(name)
+        except ImportError as e:  # e.g. minerva_math needs lm-eval's [math] extra
+            broken.append(f"{name} (missing packages: {e.name or _first_line(e)})")
+        specs.append(spec)
+    if missing:
+        raise UserError(
+            f"the Hugging Face hub is unreachable and {', '.join(missing)} need data or metric code from it that "
+            "is not in the local cache; run once with network access to cache it, or evaluate local tasks "
+            "(--tasks repro_local, or --include-path DIR with JSONL task YAMLs)"
+            + (f"; and cannot load {'; '.join(broken)}." if broken else ".")
+        )
+    if broken:
+        raise UserError(f"cannot load task(s): {'; '.join(broken)}.")
+    return tm, specs
+
+
+# ---- `repro eval harness`: run directory, rows, report ----------------------------------------------
+
+
+@dataclass
+class HarnessConfig:
+    model: str
+    tasks: list[str]
+    limit: int | None
+    num_fewshot: int | None
+    no_long_term: bool
+    batch_size: int
+    device: str
+    include_path: str | None
+    lm_eval_version: str
+
+
+def _slug(text: str, width: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")[:width] or "x"
+
+
+def model_label(spec: str) -> str:
+    """A short name for tables, known before loading: the GGUF/HF name, or family:directory for our
+    checkpoints (as EvalModel.name)."""
+    if spec.startswith("gguf:"):
+        return Path(spec[5:]).stem
+    if spec.startswith("hf:"):
+        return spec[3:].rstrip("/").split("/")[-1]
+    try:
+        family = json.loads((Path(spec) / "config.json").read_text()).get("family", "unknown")
+    except (OSError, ValueError):
+        family = "unknown"  # load_model says what is wrong with the directory
+    return f"{family}:{Path(spec).resolve().name}"
+
+
+def run_dir_for(out: Path, label: str, cfg: HarnessConfig, task_spec: str) -> Path:
+    """out/harness/<full|limitN>/<model>__<tasks>[__kK][__no-ltm]/s0 (runs/<exp>/<preset>/<variant>/s<seed>)."""
+    preset = "full" if cfg.limit is None else f"limit{cfg.limit}"
+    variant = f"{_slug(label)}__{_slug(task_spec.replace(',', '+'), 60)}"
+    if cfg.num_fewshot is not None:
+        variant += f"__k{cfg.num_fewshot}"
+    if cfg.no_long_term:
+        variant += "__no-ltm"
+    return out / EXPERIMENT / preset / variant / "s0"
+
+
+def result_rows(res: dict[str, Any], preset: str, variant: str, label: str, hub: bool) -> list[dict[str, Any]]:
+    """Tidy rows from lm-eval's result dict: every "metric,filter" score and its stderr, the number
+    of documents, and for multiple-choice tasks the chance level (mean of 1 / #choices)."""
+    from repro.results import make_row
+
+    def row(split: str, metric: str, value: float, **extra: Any) -> dict[str, Any]:
+        return make_row(
+            experiment=EXPERIMENT, preset=preset, variant=variant, model=label, seed=0,
+            split=split, metric=metric, value=value, step=0, **extra,
+        )  # fmt: skip
+
+    rows = [row("_env", "hub_reachable", float(hub))]
+    scores = {**res.get("groups", {}), **res["results"]}
+    for task, metrics in scores.items():
+        for key, value in metrics.items():
+            metric, _, filt = key.partition(",")
+            if not filt or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            rows.append(row(task, metric, value, slice_key="filter", slice_value=filt))
+        n = res.get("n-samples", {}).get(task, {}).get("effective")
+        if n is not None:
+            rows.append(row(task, "n", n))
+        samples = res.get("samples", {}).get(task)
+        if samples and res["configs"].get(task, {}).get("output_type") == "multiple_choice":
+            rows.append(row(task, "chance", sum(1 / len(s["arguments"]) for s in samples) / len(samples)))
+    return rows
+
+
+def command(
+    model: str = typer.Option(..., "--model", help="A repro checkpoint directory, hf:NAME or gguf:FILE."),
+    tasks: str = typer.Option(
+        "paper19",
+        "--tasks",
+        help="paper19 (the paper's 19 benchmarks) and/or lm-eval task names, comma-separated; "
+        "repro_local runs the shipped offline tasks.",
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N documents per task (a quick look)."),  # noqa: UP045
+    num_fewshot: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--num-fewshot", help="Few-shot examples per prompt (default: each task's own)."
+    ),
+    no_long_term: bool = typer.Option(
+        False, "--no-long-term", help="Remove long-term memory after training (MMv2 models), as in Table 2."
+    ),
+    include_path: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--include-path", help="Folder of extra lm-eval task YAMLs (local JSONL tasks run offline)."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward call."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Root of the run directories."),
+    reports: Path = typer.Option(Path("reports"), "--reports", help="Where reports/harness/ is written."),
+    force: bool = typer.Option(False, "--force", help="Evaluate again even if the run directory is finished."),
+) -> Path:
+    """Evaluate a model with lm-evaluation-harness: the paper's Table 1 (with --no-long-term, Table 2).
+
+    Results go to runs/harness/<full|limitN>/<model>__<tasks>/s0/, the report to reports/harness/table.md.
+
+    Built-in tasks need the Hugging Face hub (or its local cache); repro_local and --include-path tasks run offline.
+    """
+    from importlib.metadata import version
+
+    from repro import config as cfglib
+    from repro import results
+    from repro.runtime import environment, pick_device
+    from repro.track import console
+
+    require_lm_eval()
+    names = expand_tasks(tasks)
+    if include_path is not None and not include_path.is_dir():
+        raise UserError(f"--include-path {include_path} is not a directory.")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be a positive number of documents.")
+    dev = str(pick_device(device))
+    cfg = HarnessConfig(
+        model, names, limit, num_fewshot, no_long_term, batch_size, dev,
+        str(include_path.resolve()) if include_path else None, version("lm-eval"),
+    )  # fmt: skip
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notices would flood the console
+    label = model_label(model)
+    run_dir = run_dir_for(out, label, cfg, tasks)
+    rows_path = run_dir / "rows.jsonl"
+    if rows_path.exists() and not force:
+        console.print(f"[green]already done[/]: {run_dir} (pass --force to evaluate again)")
+    else:
+        tm, specs = load_tasks(names, include_path)  # fails fast (one sentence) before the model loads
+        hub, started = hub_reachable(), time.time()
+        em = load_model(model, dev)
+        if no_long_term:
+            drop_long_term_memory(em)
+        import lm_eval
+
+        console.print(f"[bold]evaluating[/] {label} on {', '.join(names)} -> {run_dir}")
+        res = lm_eval.simple_evaluate(
+            model=lm_class()(model=em, batch_size=batch_size),
+            tasks=specs,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=tm,
+            bootstrap_iters=1000,
+            verbosity="ERROR",
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfglib.dump_yaml(cfg, run_dir / "config.yaml")
+        (run_dir / "env.json").write_text(json.dumps({**environment(), "hf_hub_reachable": hub}, indent=2))
+        from lm_eval.utils import handle_non_serializable
+
+        kept = {k: v for k, v in res.items() if k != "samples"}
+        (run_dir / "results.json").write_text(json.dumps(kept, indent=2, default=handle_non_serializable))
+        rows = result_rows(res, run_dir.parts[-3], run_dir.parts[-2], label, hub)
+        results.write_rows(rows, rows_path)
+        console.print(f"[green]done[/] in {time.time() - started:.0f} s: {len(rows)} rows in {rows_path}")
+    paths = write_report(out, reports / EXPERIMENT)
+    console.print("report: " + ", ".join(str(p) for p in paths))
+    return run_dir
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _scores(df: Any) -> Any:
+    """One score per (model, long-term memory removed?, task, metric): the run with most documents
+    (full runs before --limit runs)."""
+    df = df[~df.metric.isin(["n", "chance", "hub_reachable"]) & ~df.metric.str.endswith("_stderr")].copy()
+    df["removed"] = df.variant.str.endswith("__no-ltm")
+    df["rank"] = df.preset.map(lambda p: -1e9 if p == "full" else -float(p.removeprefix("limit") or 0))
+    return df.sort_values("rank", kind="stable").drop_duplicates(["model", "removed", "split", "metric", "slice_value"])
+
+
+def _cell(sc: Any, model: str, removed: bool, task: str, metric: str, offline: bool) -> tuple[str, float | None]:
+    name, _, filt = metric.partition(",")
+    hit = sc[(sc.model == model) & (sc.removed == removed) & (sc.split == task) & (sc.metric == name)]
+    hit = hit[hit.slice_value == filt] if filt else hit
+    if hit.empty:
+        return ("not run (offline)" if offline else "not run"), None
+    return _pct(hit.value.iloc[0]), 100 * hit.value.iloc[0]
+
+
+def _mean(values: list[float | None], n: int) -> str:
+    got = [v for v in values if v is not None]
+    return f"{sum(got) / n:.1f}" if len(got) == n else f"n/a ({len(got)}/{n} run)"
+
+
+def write_report(runs: Path, out_dir: Path) -> list[Path]:
+    """reports/harness/table.md|csv: Table 1 (paper19, paper beside ours), Table 2 when a run
+    removed long-term memory, and every local task with its chance level. Reads run dirs only."""
+    from repro import results
+
+    df = results.collect(runs, EXPERIMENT)
+    sc = _scores(df) if not df.empty else df
+    hub = df[df.metric == "hub_reachable"] if not df.empty else df
+    models = sorted(set(sc.model)) if not df.empty else []
+    offline = {m: not hub[hub.model == m].value.any() for m in models}
+    ours: dict[str, dict[str, float | None]] = {m: {} for m in models}
+    table1 = []
+    for b in PAPER19:
+        entry = {
+            "benchmark": b.name, "lm-eval task": b.task, "metric": b.metric,
+            "paper: transformer (large)": f"{b.transformer:.1f}", "paper: MMv2 (large)": f"{b.mmv2:.1f}",
+        }  # fmt: skip
+        for m in models:
+            entry[f"ours: {m}"], ours[m][b.name] = _cell(sc, m, False, b.task, b.metric, offline[m])
+        if not models:
+            entry["ours"] = "not run"
+        table1.append(entry)
+    avg = {"benchmark": "average (19)", "lm-eval task": "", "metric": ""}
+    avg |= {
+        "paper: transformer (large)": f"{TABLE1_AVG['transformer']:.1f}",
+        "paper: MMv2 (large)": f"{TABLE1_AVG['mmv2']:.1f}",
+    }
+    avg |= {f"ours: {m}": _mean(list(ours[m].values()), 19) for m in models}
+    table1.append(avg if models else avg | {"ours": "not run"})
+
+    extra: dict[str, list[dict[str, Any]]] = {}
+    removed_models = sorted(set(sc[sc.removed].model)) if not df.empty else []
+    if removed_models:
+        table2 = []
+        for group, (t, mm, mm_removed) in TABLE2.items():
+            benches = [b for b in PAPER19 if b.in_13 == (group == "13 tasks")]
+            entry = {"tasks": group, "paper: transformer": f"{t:.1f}", "paper: MMv2": f"{mm:.1f}"}
+            entry["paper: MMv2 without LTM"] = f"{mm_removed:.1f}"
+            for m in removed_models:
+                for removed, tag in ((False, "with LTM"), (True, "without LTM")):
+                    vals = [_cell(sc, m, removed, b.task, b.metric, offline[m])[1] for b in benches]
+                    entry[f"ours: {m} {tag}"] = _mean(vals, len(benches))
+            table2.append(entry)
+        extra["Table 2: long-term memory removed after training"] = table2
+
+    paper_tasks = {b.task for b in PAPER19}
+    local = []
+    if not df.empty:
+        for _, r in sc[~sc.split.isin(paper_tasks) & (sc.split != "_env")].iterrows():
+            sub = df[(df.variant == r.variant) & (df.preset == r.preset) & (df.split == r.split)]
+            chance = sub[sub.metric == "chance"].value
+            n = sub[sub.metric == "n"].value
+            local.append({
+                "model": r.model, "long-term memory": "removed" if r.removed else "kept", "task": r.split,
+                "metric": f"{r.metric} ({r.slice_value})", "ours": _pct(r.value),
+                "chance": _pct(chance.iloc[0]) if len(chance) else "-",
+                "documents": int(n.iloc[0]) if len(n) else "-", "run": f"{r.preset}/{r.variant}",
+            })  # fmt: skip
+    if local:
+        extra["Local tasks (run offline)"] = local
+    notes = [
+        "- Scores in percent. Paper: Memory Mosaics v2 (Zhang & Bottou 2025), Tables 1, 2 and 9: large "
+        "models (~8-10B parameters, 1T training tokens, 32k fine-tuned). Ours: the models evaluated here; at CPU "
+        "scale the absolute numbers are not comparable, only the MMv2-vs-transformer and with/without-LTM "
+        "differences are.",
+        "- The thesis does not publish its lm-eval variants, shot counts or metrics; the `lm-eval task` and "
+        "`metric` columns are our choice (acc_norm where lm-eval reports it for the paper's MC tasks). "
+        "`mmlu-alt` is run as `mmlu`; `race_middle` is lm-eval's race task on the dataset's middle subset.",
+        "- Built-in tasks need their datasets from the Hugging Face hub (or its local cache); 'not run "
+        "(offline)' marks benchmarks a model could not be evaluated on because the hub was unreachable.",
+        "- Generated from runs/harness/ by `repro eval harness`.",
+    ]
+    return results.write_table(
+        table1, out_dir, "lm-evaluation-harness: persistent knowledge (MMv2 Table 1)", notes, extra
+    )
+
+
+if __name__ == "__main__":
+    lm_eval_main()
