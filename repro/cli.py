@@ -114,6 +114,23 @@ def report(
     console.print(f"index: {index}")
 
 
+eval_app = typer.Typer(
+    help="Evaluate a model: a repro checkpoint directory, hf:NAME_OR_DIR, or gguf:FILE.", no_args_is_help=True
+)
+app.add_typer(eval_app, name="eval")
+
+
+def _register_evaluations() -> None:
+    """Each evaluation module defines its Typer command; the CLI only names and guards it."""
+    from repro.eval import harness, icl, ruler
+
+    eval_app.command("ruler")(user_errors(ruler.command))
+    eval_app.command("icl")(user_errors(icl.command))
+    eval_app.command("harness")(user_errors(harness.command))
+
+
+_register_evaluations()
+
 bench_app = typer.Typer(help="Benchmarks: ratios against a baseline measured in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
