@@ -82,7 +82,8 @@ def train(
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         start, losses = saved["step"], saved["losses"]
-        torch.set_rng_state(saved["rng"])  # dropout masks continue exactly where the killed run was
+        if "rng" in saved:  # dropout masks continue exactly where the killed run was
+            torch.set_rng_state(saved["rng"])
         if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
     runner: nn.Module = model
