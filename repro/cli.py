@@ -168,6 +168,36 @@ def bench_train(
     write_throughput_report(training_throughput(cfg), cfg, out)
 
 
+@bench_app.command("kernels")
+@user_errors
+def bench_kernels(
+    lengths: str = typer.Option("1k,2k,4k,8k,16k,32k", help="Sequence lengths (1k = 1024)."),
+    batch: int = typer.Option(4, help="Batch size."),
+    heads: int = typer.Option(16, help="Heads."),
+    dim: int = typer.Option(64, help="Head dimension."),
+    dtype: str = typer.Option("bfloat16", help="bfloat16 | float16 | float32."),
+    reps: int = typer.Option(100, help="Timed repetitions per point."),
+    out: Path = typer.Option(Path("reports/kernels"), help="Where bench.md / bench.json go."),
+) -> None:
+    """Kernels vs the reference and SDPA: correctness first (prints nothing else if it fails), then time,
+    peak memory, TFLOP/s and GB/s as a fraction of the GPU's peak. On CPU: the torch backends only."""
+    import torch
+
+    from repro.kernels.bench import run_benchmark
+
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise UserError(f"--dtype {dtype}: choose bfloat16, float16 or float32.")
+    try:
+        sizes = tuple(int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in lengths.split(","))
+    except ValueError:
+        raise UserError(f"--lengths {lengths}: expected numbers such as 1k,4k,32768.") from None
+    try:
+        run_benchmark(sizes, batch, heads, dim, getattr(torch, dtype), reps, echo=typer.echo, out_dir=out)
+    except RuntimeError as e:  # the correctness gate failed: the numbers would mean nothing
+        typer.echo(f"benchmark refused: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     app()

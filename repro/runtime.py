@@ -64,9 +64,7 @@ def init_distributed() -> int:
 def _git_sha() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -75,6 +73,7 @@ def _git_sha() -> str | None:
 def environment() -> dict[str, Any]:
     """What produced a run: code version, library versions, hardware, kernel backend."""
     from repro.kernels import backend as kernel_backend
+    from repro.kernels import choices as kernel_choices
 
     env: dict[str, Any] = {
         "git_sha": _git_sha(),
@@ -85,6 +84,7 @@ def environment() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "kernel_backend": kernel_backend(),
+        "kernels": kernel_choices(),  # the backend each op uses in this run
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -184,9 +184,7 @@ def launch(
     cfg_dict = cfglib.to_dict(cfg)
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
-        raise UserError(
-            f"{run_dir} holds an unfinished run with a different config; pass --force to restart it."
-        )
+        raise UserError(f"{run_dir} holds an unfinished run with a different config; pass --force to restart it.")
     resuming = cfg_path.exists()
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,9 +192,7 @@ def launch(
         (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
     seed_everything(seed)
     device = pick_device(getattr(cfg, "device", "auto"))
-    tracker = Tracker(
-        run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb, enabled=rank == 0
-    )
+    tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb, enabled=rank == 0)
     ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
     verb = "resuming" if resuming else "running"
     if rank == 0:
@@ -213,9 +209,7 @@ def launch(
     cfg_dict = cfglib.to_dict(cfg)
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
-        raise UserError(
-            f"{run_dir} holds an unfinished run with a different config; pass --force to restart it."
-        )
+        raise UserError(f"{run_dir} holds an unfinished run with a different config; pass --force to restart it.")
     resuming = cfg_path.exists()
     cfglib.dump_yaml(cfg, cfg_path)
     (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))

@@ -1,14 +1,15 @@
-"""Test environment: never the network, never W&B, Triton (if present) in interpreter mode."""
+"""Test environment: never the network, never W&B, Triton (if present) interpreted without a GPU."""
 
 import os
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # Triton runs interpreted on CPU tensors; must precede any triton import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,9 +7,7 @@ import torch
 from repro.kernels import register
 
 
-def visible_mask(
-    T: int, *, window: int | None, skip: int, device: torch.device | None = None
-) -> torch.Tensor:
+def visible_mask(T: int, *, window: int | None, skip: int, device: torch.device | None = None) -> torch.Tensor:
     """(T, T) bool: query t sees key j iff t - window < j <= t - skip."""
     t = torch.arange(T, device=device)[:, None]
     j = torch.arange(T, device=device)[None, :]

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repro import kernels
 from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask, register_family
 from repro.models.memory import associative_recall, recall_all
 
@@ -135,39 +136,16 @@ class MosaicConfig:
 
 
 def leaky_average(
-    x: torch.Tensor, decay_rate: torch.Tensor, state: torch.Tensor | None = None, chunk: int = 64
+    x: torch.Tensor, decay_rate: torch.Tensor, state: torch.Tensor | None = None, *, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y_t = sum_{tau <= t} exp(-lambda_h (t - tau)) x_tau + exp(-lambda_h (t + 1)) state, per head.
 
     x: (B, H, T, D); decay_rate lambda: (H,), >= 0; state: (B, H, D), the average just before x
-    (a decoding cache), or None. Returns y (B, H, T, D) and the new state y_{T-1} (B, H, D), both
-    in float32 (float64 stays float64).
-
-    Runs in chunks of `chunk` steps: inside a chunk a (chunk x chunk) decay matrix, across chunks
-    the recurrence carries the state. Every exponent is <= 0, so nothing overflows, and memory is
-    O(T) rather than the official regular version's T x T matrix.
+    (a decoding cache), or None. Returns y (B, H, T, D) and the new state y_{T-1} (B, H, D), in
+    float32 (float64 stays float64). This is the `leaky_scan` kernel with unit gates and a per-head
+    constant decay exp(-lambda_h): O(T) memory, unlike the official regular version's T x T matrix.
     """
-    B, H, T, D = x.shape
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    with torch.autocast(x.device.type, enabled=False):  # the sums need full precision under AMP
-        x, lam = x.to(dtype), decay_rate.to(dtype)
-        C = max(1, min(chunk, T))
-        i = torch.arange(C, device=x.device, dtype=dtype)
-        lag = i[:, None] - i[None, :]  # (C, C): t - tau inside a chunk
-        within = torch.exp(-lam.view(H, 1, 1) * lag.clamp(min=0)).masked_fill(lag < 0, 0.0)  # (H, C, C)
-        carry = torch.exp(-lam.view(H, 1) * (i + 1))  # (H, C): decay of the state entering a chunk
-        if state is not None:
-            state = state.to(dtype)
-        outs = []
-        for s in range(0, T, C):
-            xc = x[:, :, s : s + C]  # (B, H, c, D)
-            c = xc.shape[2]
-            yc = within[:, :c, :c] @ xc  # (H, c, c) @ (B, H, c, D) -> (B, H, c, D)
-            if state is not None:
-                yc = yc + carry[:, :c, None] * state[:, :, None, :]  # (H, c, 1) * (B, H, 1, D)
-            state = yc[:, :, -1]  # the average at the chunk's last step is the next chunk's state
-            outs.append(yc)
-        return torch.cat(outs, dim=2), state
+    return kernels.leaky_scan(x, None, torch.exp(-decay_rate), state, backend=backend)
 
 
 def _split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -202,9 +180,7 @@ class LeakyAverageKeys(nn.Module):
     def beta(self) -> torch.Tensor:
         return torch.exp(2 * torch.clamp(EXP_SCALE * self.bandwidth, max=MAX_LOG_SCALE))  # (H,)
 
-    def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype (the autocast dtype under
         AMP), and the new running average (B, H, D) in float32."""
         k = _split_heads(self.proj(x), self.n_head)  # (B, H, T, D)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repro import kernels
 from repro.errors import UserError
 from repro.models.lm import DecodeCache, LanguageModel, register_family
 from repro.models.memory import associative_recall
@@ -61,40 +62,20 @@ class MosaicV2Config:
 
 
 def gated_leaky_scan(
-    x: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, state: torch.Tensor | None = None, chunk: int = 64
+    x: torch.Tensor,
+    g: torch.Tensor,
+    lam: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y_t = g_t x_t + lam_t y_{t-1}, y_{-1} = state (0 when None): v2's gated key average (§4.1.2).
 
-    x: (B, H, T, D); g, lam: (B, H, T) with g > 0 and 0 < lam <= 1; state: (B, H, D) or None.
-    Returns y (B, H, T, D) and y_{T-1} (B, H, D), in float32 (float64 stays float64).
-
-    Chunked parallel scan: inside a chunk, y_t = sum_{tau<=t} exp(L_t - L_tau) g_tau x_tau +
-    exp(L_t) state with L_t the running sum of log lam, a (chunk x chunk) matrix whose exponents
-    are all <= 0 (masked before exp, so nothing overflows); across chunks the recurrence carries the
-    state. Memory is O(T) and autograd gives the backward. A Triton `leaky_scan` can replace it.
+    x: (B, H, T, D); g, lam: (B, H, T) with g > 0 and 0 <= lam <= 1; state: (B, H, D) or None.
+    Returns y (B, H, T, D) and y_{T-1} (B, H, D), in float32 (float64 stays float64). The
+    `leaky_scan` kernel (chunked torch on CPU, Triton on CUDA), exact at lam = 0.
     """
-    B, H, T, D = x.shape
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    with torch.autocast(x.device.type, enabled=False):  # the sums need full precision under AMP
-        x, g = x.to(dtype), g.to(dtype)
-        log_lam = torch.log(lam.to(dtype).clamp_min(torch.finfo(dtype).tiny))  # (B, H, T), <= 0
-        C = max(1, min(chunk, T))
-        causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()  # tau <= t
-        if state is not None:
-            state = state.to(dtype)
-        outs = []
-        for s in range(0, T, C):
-            xc = g[:, :, s : s + C, None] * x[:, :, s : s + C]  # (B, H, c, D): g_tau x_tau
-            c = xc.shape[2]
-            cum = log_lam[:, :, s : s + c].cumsum(-1)  # (B, H, c): L_t
-            lag = cum[..., :, None] - cum[..., None, :]  # (B, H, c, c): L_t - L_tau
-            w = torch.exp(lag.masked_fill(~causal[:c, :c], float("-inf")))
-            yc = w @ xc  # (B, H, c, c) @ (B, H, c, D) -> (B, H, c, D)
-            if state is not None:
-                yc = yc + torch.exp(cum)[..., None] * state[:, :, None, :]  # decayed entering state
-            state = yc[:, :, -1]
-            outs.append(yc)
-        return torch.cat(outs, dim=2), state
+    return kernels.leaky_scan(x, g, lam, state, backend=backend)
 
 
 def visible_pairs(positions: torch.Tensor, window: int | None, skip: int) -> torch.Tensor:

@@ -1,0 +1,353 @@
+"""Every kernel backend against its reference specification (the flash-linear-attention recipe).
+
+Odd shapes (T = 63, 200, 1000; D = 60, 64), outputs and every gradient under a random upstream
+gradient, fp32 and bf16 tolerance tiers scored by relative RMS error, output buffers poisoned with NaN
+so a kernel that skips a row fails loudly. Triton runs under TRITON_INTERPRET=1 on CPU (set in
+conftest.py) with tiny shapes; those tests skip cleanly when triton is not installed. The `gpu` tests
+repeat the comparison at real sizes on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from repro import kernels
+from repro.models.mosaic import leaky_average
+
+# relative RMS error allowed, per input dtype (fla uses 5e-3 for fp32-ish, up to 2e-2 for half precision)
+RATIO = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+RATIO_IDS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MASKS = [(None, 1), (8, 1), (None, 5), (20, 3), (None, 0)]  # (window, skip): v1, v2 short-term, v2 long-term...
+
+
+def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, ratio: float, atol: float = 1e-6) -> None:
+    """Pass if the largest absolute error is below `atol`, else require ||ref - got|| / ||ref|| < ratio."""
+    ref, got = ref.detach().double(), got.detach().double()
+    assert ref.shape == got.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert not torch.isnan(got).any(), f"{name}: NaN in the result"
+    err = (ref - got).abs().max().item()
+    if err <= atol:
+        return
+    rel = ((ref - got).norm() / ref.norm().clamp_min(1e-12)).item()
+    assert rel < ratio, f"{name}: relative RMS error {rel:.2e} >= {ratio:.0e} (max abs error {err:.2e})"
+
+
+@pytest.fixture
+def nan_poison(monkeypatch):
+    """torch.empty / empty_like / new_empty return NaN-filled float tensors (fla's conftest trick)."""
+    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
+
+    def poison(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: poison(new_empty(self, *a, **k)))
+
+
+@pytest.fixture
+def triton_ops():
+    """The Triton modules of both ops, or a skip when triton is not installed (CI without `gpu`)."""
+    pytest.importorskip("triton")
+    from repro.kernels.leaky_scan import triton as scan
+    from repro.kernels.memory_retrieval import triton as retrieval
+
+    return retrieval, scan
+
+
+# ------------------------------------------------------------------------------------------------
+# memory_retrieval
+
+
+def _retrieval_case(B, H, T, D, Dv, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, d, generator=g) for d in (D, D, Dv))
+    q = q * 0.5 * torch.rand(B, H, T, 1, generator=g) * 4  # a per-query bandwidth folded into q (v2)
+    do = torch.randn(B, H, T, Dv, generator=g)
+    return [x.to(device=device, dtype=dtype) for x in (q, k, v, do)]
+
+
+def _retrieval_grads(backend, q, k, v, do, window, skip):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out = kernels.memory_retrieval(q, k, v, window=window, skip=skip, backend=backend)
+    (out * do).sum().backward()
+    return {"out": out, "dq": q.grad, "dk": k.grad, "dv": v.grad}
+
+
+def _check_retrieval(backend, B, H, T, D, Dv, window, skip, dtype, device="cpu"):
+    q, k, v, do = _retrieval_case(B, H, T, D, Dv, dtype, device)
+    ref = _retrieval_grads("reference", q.float(), k.float(), v.float(), do.float(), window, skip)  # fp32 truth
+    got = _retrieval_grads(backend, q, k, v, do, window, skip)
+    ratio = RATIO[dtype]
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        ratio *= 2  # Triton 3.7's interpreter truncates fp32 -> bf16 (GPUs round to nearest): twice the error
+    for name in ref:
+        assert got[name].dtype == dtype, name
+        assert_close(f"{backend} {name}", ref[name], got[name], ratio)
+    if skip > 0:  # the first `skip` rows see nothing: exactly zero
+        assert torch.all(got["out"][:, :, :skip] == 0)
+
+
+TORCH_RETRIEVAL = [(63, 60, 2, w, s) for w, s in MASKS] + [(1000, 64, 1, 20, 3), (1000, 64, 1, None, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("T", "D", "H", "window", "skip"), TORCH_RETRIEVAL)
+def test_retrieval_torch_backend(T, D, H, window, skip, dtype, nan_poison):
+    _check_retrieval("torch", 1, H, T, D, 32 if T > 100 else D, window, skip, dtype)
+
+
+def test_retrieval_torch_backend_stays_banded(monkeypatch):
+    """The windowed path never builds a T x T mask: each SDPA call sees one (block, block + window) band."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape[-2], k.shape[-2]))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    from repro.kernels.memory_retrieval import torch_sdpa
+
+    T, window, block = 1000, 16, 128
+    q, k, v, _ = _retrieval_case(1, 1, T, 8, 8, torch.float32)
+    out = torch_sdpa.memory_retrieval(q, k, v, window=window, skip=1, block=block)
+    assert len(calls) == math.ceil((T - 1) / block)
+    assert all(nq <= block and nk <= block + window for nq, nk in calls)
+    ref = kernels.memory_retrieval(q, k, v, window=window, skip=1, backend="reference")
+    assert_close("banded", ref, out, 1e-5)
+
+
+# Triton under the interpreter: every mask at (63, 60); the v2 masks at (200, 64) with Dv != D; bf16.
+TRITON_RETRIEVAL = [(63, 60, 60, w, s, torch.float32) for w, s in MASKS] + [
+    (200, 64, 32, 16, 1, torch.float32),
+    (200, 64, 64, 80, 1, torch.float32),  # a window wider than two blocks: unmasked interior blocks
+    (200, 61, 64, None, 7, torch.float32),  # D = 60 + 1: the raw-key Gaussian augmentation
+    (63, 60, 60, None, 1, torch.bfloat16),
+    (200, 64, 32, 16, 1, torch.bfloat16),
+    (63, 60, 60, 8, 1, torch.float16),
+]
+
+
+@pytest.mark.parametrize(
+    ("T", "D", "Dv", "window", "skip", "dtype"),
+    TRITON_RETRIEVAL,
+    ids=[f"T{c[0]}-D{c[1]}-Dv{c[2]}-w{c[3]}-s{c[4]}-{str(c[5])[6:]}" for c in TRITON_RETRIEVAL],
+)
+def test_retrieval_triton_interpreted(T, D, Dv, window, skip, dtype, triton_ops, nan_poison):
+    _check_retrieval("triton", 1, 1, T, D, Dv, window, skip, dtype)
+
+
+def test_retrieval_triton_path_ran_and_compiles(triton_ops):
+    """The triton backend launches its kernels (counted), and torch.compile traces around the op."""
+    retrieval, _ = triton_ops
+    q, k, v, do = _retrieval_case(1, 1, 40, 16, 16, torch.float32)
+    before = dict(retrieval.LAUNCHES)
+    eager = _retrieval_grads("triton", q, k, v, do, 8, 1)
+    assert retrieval.LAUNCHES["fwd"] == before.get("fwd", 0) + 1
+    assert retrieval.LAUNCHES["bwd"] == before.get("bwd", 0) + 1
+
+    def step(q, k, v):
+        return kernels.memory_retrieval(q, k, v, window=8, skip=1, backend="triton") * 2.0
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
+    out = compiled(qq, kk, vv)
+    (out * do).sum().backward()
+    assert_close("compiled out", 2 * eager["out"], out, 1e-6)
+    assert_close("compiled dq", 2 * eager["dq"], qq.grad, 1e-6)
+
+
+def test_retrieval_custom_op_contract(triton_ops):
+    """torch.library.opcheck: fake (meta) shapes, schema and autograd registration agree with the op."""
+    retrieval, _ = triton_ops
+    q, k, v, _ = _retrieval_case(1, 1, 20, 8, 8, torch.float32)
+    torch.library.opcheck(retrieval._fwd, (q.requires_grad_(), k.requires_grad_(), v, None, 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# leaky_scan
+
+
+def _scan_case(B, H, T, D, dtype, *, v1=False, state=True, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, H, T, D, generator=g)
+    gate = None if v1 else torch.exp(0.5 * torch.randn(B, H, T, generator=g))  # exp(W_g x_t)
+    lam = torch.rand(H, generator=g) if v1 else torch.exp(-torch.randn(B, H, T, generator=g).abs())  # exp(-|W x|)
+    if not v1:
+        lam[..., T // 2] = 0.0  # a full reset: exact in every backend
+    s0 = torch.randn(B, H, D, generator=g) if state else None
+    dy, dfinal = torch.randn(B, H, T, D, generator=g), torch.randn(B, H, D, generator=g)
+    to = {"device": device}
+    return (
+        x.to(dtype=dtype, **to),
+        None if gate is None else gate.to(**to),
+        lam.to(**to),
+        None if s0 is None else s0.to(**to),
+        dy.to(**to),
+        dfinal.to(**to),
+    )
+
+
+def _scan_grads(backend, x, gate, lam, s0, dy, dfinal):
+    x, gate, lam, s0 = (None if t is None else t.detach().clone().requires_grad_() for t in (x, gate, lam, s0))
+    y, final = kernels.leaky_scan(x, gate, lam, s0, backend=backend)
+    ((y * dy).sum() + (final * dfinal).sum()).backward()
+    out = {"y": y, "final": final, "dx": x.grad, "dlam": lam.grad}
+    if gate is not None:
+        out["dg"] = gate.grad
+    if s0 is not None:
+        out["dstate"] = s0.grad
+    return out
+
+
+def _check_scan(backend, B, H, T, D, dtype, *, v1=False, state=True, device="cpu"):
+    case = _scan_case(B, H, T, D, dtype, v1=v1, state=state, device=device)
+    ref = _scan_grads("reference", case[0].float(), *case[1:])
+    got = _scan_grads(backend, *case)
+    assert got["y"].dtype == got["final"].dtype == torch.float32  # fp32 state whatever the input
+    assert got["dx"].dtype == dtype
+    for name in ref:
+        # bf16 inputs are exact in fp32; only dx is rounded to bf16 on the way out
+        ratio = RATIO[dtype] if name == "dx" else RATIO[torch.float32]
+        assert_close(f"{backend} {name}", ref[name], got[name], ratio)
+
+
+VARIANTS = {"v2-state": (False, True), "v2": (False, False), "v1": (True, True)}
+TORCH_SCAN = [(T, D, name, dtype) for T, D in [(63, 60), (200, 64)] for name in VARIANTS for dtype in RATIO_IDS] + [
+    (1000, 60, "v2-state", "fp32"),
+    (1000, 60, "v1", "bf16"),
+]
+
+
+@pytest.mark.parametrize(("T", "D", "variant", "dtype"), TORCH_SCAN)
+def test_scan_torch_backend(T, D, variant, dtype, nan_poison):
+    v1, state = VARIANTS[variant]
+    dtype = RATIO_IDS[dtype]
+    _check_scan("torch", 1, 2, T, D, dtype, v1=v1, state=state)
+
+
+TRITON_SCAN = [
+    (63, 60, False, True, torch.float32),
+    (200, 64, False, False, torch.float32),
+    (63, 60, True, True, torch.float32),
+    (63, 64, False, True, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(
+    ("T", "D", "v1", "state", "dtype"),
+    TRITON_SCAN,
+    ids=[f"T{c[0]}-D{c[1]}-{'v1' if c[2] else 'v2'}-{'s' if c[3] else 'nos'}-{str(c[4])[6:]}" for c in TRITON_SCAN],
+)
+def test_scan_triton_interpreted(T, D, v1, state, dtype, triton_ops, nan_poison):
+    _check_scan("triton", 1, 1, T, D, dtype, v1=v1, state=state)
+
+
+def test_scan_triton_path_ran_and_compiles(triton_ops):
+    _, scan = triton_ops
+    x, gate, lam, s0, dy, dfinal = _scan_case(1, 1, 20, 8, torch.float32)
+    before = dict(scan.LAUNCHES)
+    eager = _scan_grads("triton", x, gate, lam, s0, dy, dfinal)
+    assert scan.LAUNCHES["fwd"] == before.get("fwd", 0) + 1
+    assert scan.LAUNCHES["bwd"] == before.get("bwd", 0) + 1
+    compiled = torch.compile(lambda *a: kernels.leaky_scan(*a, backend="triton"), backend="aot_eager", fullgraph=True)
+    xx = x.clone().requires_grad_()
+    y, final = compiled(xx, gate, lam, s0)
+    ((y * dy).sum() + (final * dfinal).sum()).backward()
+    assert_close("compiled y", eager["y"], y, 1e-6)
+    assert_close("compiled dx", eager["dx"], xx.grad, 1e-6)
+
+
+def test_scan_custom_op_contract(triton_ops):
+    _, scan = triton_ops
+    x, gate, lam, s0, _, _ = _scan_case(1, 1, 12, 8, torch.float32)
+    torch.library.opcheck(scan._fwd, (x.requires_grad_(), gate, lam.requires_grad_(), s0))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_scan_v1_is_the_leaky_average(backend):
+    """v1: g = 1 and lam_h = exp(-decay_h) constant in time give mosaic.leaky_average exactly."""
+    x = torch.randn(2, 3, 50, 8, dtype=torch.float64)
+    decay, s0 = torch.rand(3, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
+    y, final = kernels.leaky_scan(x, None, torch.exp(-decay), s0, backend=backend)
+    y_avg, final_avg = leaky_average(x, decay, s0)
+    torch.testing.assert_close(y, y_avg)
+    torch.testing.assert_close(final, final_avg)
+
+
+def test_scan_state_carries_across_calls():
+    """Scanning [a, b] equals scanning a, then b from a's final state (the decoding cache)."""
+    x, gate, lam, _, _, _ = _scan_case(1, 2, 40, 8, torch.float32, state=False)
+    y, final = kernels.leaky_scan(x, gate, lam, backend="torch")
+    y1, s1 = kernels.leaky_scan(x[:, :, :25], gate[:, :, :25], lam[:, :, :25], backend="torch")
+    y2, s2 = kernels.leaky_scan(x[:, :, 25:], gate[:, :, 25:], lam[:, :, 25:], s1, backend="torch")
+    torch.testing.assert_close(torch.cat([y1, y2], dim=2), y)
+    torch.testing.assert_close(s2, final)
+
+
+def test_every_op_is_dispatched():
+    assert set(kernels.choices()) == {"leaky_scan", "memory_retrieval"}
+    assert all(kernels.choices()[op] in kernels.BACKENDS for op in kernels.choices())
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU, real sizes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize(("window", "skip"), [(None, 1), (256, 1), (None, 64)])
+@pytest.mark.parametrize(("T", "D"), [(1000, 60), (4096, 64), (2047, 65)])
+def test_retrieval_triton_gpu(T, D, window, skip, dtype, nan_poison):
+    _check_retrieval("triton", 2, 4, T, D, D, window, skip, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("v1", "state"), [(False, True), (True, False)], ids=["v2-state", "v1"])
+@pytest.mark.parametrize(("T", "D"), [(1000, 60), (4096, 64)])
+def test_scan_triton_gpu(T, D, v1, state, dtype, nan_poison):
+    _check_scan("triton", 2, 4, T, D, dtype, v1=v1, state=state, device="cuda")
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_h100(triton_ops):
+    """The interpreter skips the compiler: compile every kernel to an sm_90 cubin (no GPU needed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "repro.kernels.compile_check", "--quick"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_bench_rows_dry_run_on_cpu():
+    """The GPU benchmark's row builders, run on CPU with the torch backends and a wall-clock timer."""
+    import time
+
+    from repro.kernels import bench
+
+    def measure(fn, reps):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3, 0.0
+
+    args = {"impl_names": ("torch", "reference"), "device": "cpu", "measure": measure}
+    rows = bench._retrieval_rows(300, 1, 1, 16, torch.float32, (1e12, 1e11), 1, mem_limit=2**30, **args)
+    rows += bench._scan_rows(300, 1, 1, 16, torch.float32, (1e12, 1e11), 1, **args)
+    assert {(r.op, r.impl, r.mode) for r in rows} >= {
+        ("memory_retrieval", "torch", "fwd+bwd"),
+        ("leaky_scan", "reference", "fwd"),
+    }
+    assert all(r.ms is not None and r.frac_peak is not None for r in rows)
+    table = bench.format_table(rows)
+    assert table.count("\n") == len(rows) + 1
+    assert not bench.verify(("torch",), "cpu", torch.float32, shapes=((100, 60),))
+    assert not bench.verify(("torch",), "cpu", torch.bfloat16, shapes=((100, 60),))
