@@ -1,4 +1,4 @@
-"""AdamW with decay groups, and learning-rate schedules."""
+"""AdamW (or SGD with momentum) with decay groups, and learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -14,31 +14,43 @@ import torch.nn as nn
 class OptimConfig:
     lr: float = 1e-3
     min_lr: float = 0.0  # the schedule's final value
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    schedule: Literal["constant", "linear", "cosine", "multistep"] = "cosine"
     warmup_steps: int = 0
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    milestones: tuple[float, ...] = ()  # multistep: fractions of the run where lr is multiplied by gamma
+    gamma: float = 0.1
+    decay_all: bool = False  # weight decay on gains and biases too (RRL's pretraining decays BN)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """Weight decay on matrices and embeddings (dim >= 2), none on scalars, gains and biases."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Weight decay on matrices, kernels and embeddings (dim >= 2), none on scalars, gains and biases
+    unless `decay_all`."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": cfg.weight_decay if cfg.decay_all else 0.0},
     ]
     groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
-    """Linear warmup to `lr`, then constant, linear or cosine decay to `min_lr` at `total`."""
+    """Linear warmup to `lr`, then constant, linear or cosine decay to `min_lr` at `total`, or
+    `multistep`: `lr` times `gamma` per milestone passed (milestones as fractions of `total`)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "multistep":
+        return cfg.lr * cfg.gamma ** sum(step >= round(m * total) for m in cfg.milestones)
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     if cfg.schedule == "linear":
         return cfg.lr + (cfg.min_lr - cfg.lr) * frac
