@@ -90,9 +90,7 @@ def write_table(
         if heading:
             lines += [f"## {heading}", ""]
         lines += ["| " + " | ".join(df.columns) + " |", "| " + " | ".join("---" for _ in df.columns) + " |"]
-        lines += [
-            "| " + " | ".join(fmt(v).replace("|", "/") for v in r.values) + " |" for _, r in df.iterrows()
-        ]
+        lines += ["| " + " | ".join(fmt(v).replace("|", "/") for v in r.values) + " |" for _, r in df.iterrows()]
         lines.append("")
     md_path.write_text("\n".join([*lines, *notes, ""]))
     return paths
@@ -120,6 +118,14 @@ def figure_style() -> None:
     )
 
 
+EVALUATION_REPORTS = {
+    "ruler": "repro eval ruler",
+    "icl": "repro eval icl",
+    "harness": "repro eval harness",
+    "kernels": "repro bench kernels",
+}
+
+
 def write_index(reports: Path, experiments: list[Any]) -> Path:
     """`reports/index.md`: every experiment, its paper reference and whether a report exists."""
     lines = ["# Reports", "", "| experiment | paper | claim | report |", "| --- | --- | --- | --- |"]
@@ -127,6 +133,13 @@ def write_index(reports: Path, experiments: list[Any]) -> Path:
         table = reports / exp.name / "table.md"
         link = f"[{exp.name}/table.md]({exp.name}/table.md)" if table.exists() else "not yet run"
         lines.append(f"| `{exp.name}` | {exp.paper_ref} | {exp.claim} | {link} |")
+    lines += ["", "## Evaluations and benchmarks", "", "| report | written by |", "| --- | --- |"]
+    for name, command in EVALUATION_REPORTS.items():
+        page = next((reports / name / f for f in ("table.md", "README.md") if (reports / name / f).exists()), None)
+        if page is not None:
+            lines.append(f"| [{name}]({page.relative_to(reports)}) | `{command}` |")
+    for table in sorted(reports.glob("bench/*/table.md")):
+        lines.append(f"| [{table.parent.name}]({table.relative_to(reports)}) | `repro bench train` |")
     lines += ["", "Regenerate with `repro report --all` (reads run directories under `runs/`).", ""]
     path = reports / "index.md"
     reports.mkdir(parents=True, exist_ok=True)
