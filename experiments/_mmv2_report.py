@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from repro import results
 from repro.experiments.mmv2_pretrain import FAMILIES, LABELS, STAGES
 
 
@@ -148,33 +149,15 @@ def memory_table(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def plot_losses(df: pd.DataFrame, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    def curve(name: str, split: str) -> pd.Series:
+        sub = df[(df.model == name) & (df.split == split) & (df.metric == "loss")]
+        return sub.groupby("step").value.mean()
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), squeeze=False)
-    for ax, stage in zip(axes[0], STAGES, strict=True):
-        for i, family in enumerate(FAMILIES):
-            name = f"{family}-{stage}"
-            for split, style in (("train", "-"), ("validation", "o-")):
-                sub = df[(df.model == name) & (df.split == split) & (df.metric == "loss")]
-                sub = sub.groupby("step").value.mean()
-                if len(sub):
-                    ax.plot(
-                        sub.index,
-                        sub.to_numpy(),
-                        style,
-                        color=f"C{i}",
-                        ms=3,
-                        lw=1,
-                        alpha=0.6 if split == "train" else 1.0,
-                        label=f"{LABELS[family]} {split}",
-                    )
-        ax.set_title(stage)
-        ax.set_xlabel("step")
-    axes[0, 0].set_ylabel("cross-entropy (nats/token)")
-    axes[0, 0].legend()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    panels = {
+        stage: [(LABELS[f], curve(f"{f}-{stage}", "train"), curve(f"{f}-{stage}", "validation")) for f in FAMILIES]
+        for stage in STAGES
+    }
+    return results.plot_loss_curves(panels, path)
 
 
 def plot_extrapolation(ext: pd.DataFrame, path: Path) -> Path:

@@ -319,32 +319,18 @@ def _size_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
     return entries
 
 
-def _smooth(x: np.ndarray, k: int = 5) -> np.ndarray:
-    return np.convolve(x, np.ones(k) / k, mode="valid") if len(x) > k else x
-
-
 def _plot_losses(df: pd.DataFrame, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    def curve(split: str, family: str, depth: int) -> pd.Series:
+        sub = _by(df, split, "loss").query("family == @family and depth == @depth")
+        return sub.set_index("step").value.sort_index()
 
-    depths = sorted(df.depth.unique())
-    fig, axes = plt.subplots(1, len(depths), figsize=(4.5 * len(depths), 3.4), squeeze=False, sharey=True)
-    for ax, depth in zip(axes[0], depths, strict=True):
-        for i, family in enumerate(FAMILIES):
-            color = f"C{i}"
-            tr = _by(df, "train", "loss").query("family == @family and depth == @depth").sort_values("step")
-            va = _by(df, "validation", "loss").query("family == @family and depth == @depth").sort_values("step")
-            if len(tr):
-                ax.plot(tr.step.to_numpy()[: len(_smooth(tr.value.to_numpy()))], _smooth(tr.value.to_numpy()),
-                        color=color, alpha=0.5, lw=1, label=f"{LABELS[family]} train")  # fmt: skip
-            if len(va):
-                ax.plot(va.step, va.value, "o-", color=color, ms=3, label=f"{LABELS[family]} validation")
-        ax.set_title(f"{depth} block{'s' if depth > 1 else ''}")
-        ax.set_xlabel("step")
-    axes[0, 0].set_ylabel("cross-entropy (nats/token)")
-    axes[0, 0].legend()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    panels = {
+        f"{depth} block{'s' if depth > 1 else ''}": [
+            (LABELS[f], curve("train", f, depth), curve("validation", f, depth)) for f in FAMILIES
+        ]
+        for depth in sorted(df.depth.unique())
+    }
+    return results.plot_loss_curves(panels, path, smooth=5)
 
 
 def _plot_positions(df: pd.DataFrame, path: Path) -> Path:

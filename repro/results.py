@@ -126,6 +126,31 @@ EVALUATION_REPORTS = {
 }
 
 
+def plot_loss_curves(panels: dict[str, list[tuple[str, pd.Series, pd.Series]]], path: Path, smooth: int = 1) -> Path:
+    """Training-curve figure shared by the LM experiments: one panel per title, and per line a
+    (label, train loss by step, validation loss by step); train thin (moving average of `smooth`
+    logged points), validation with markers, one colour per line."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False, sharey=True)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for i, (label, train, val) in enumerate(lines):
+            if len(train):
+                k = smooth if len(train) > smooth else 1
+                values = np.convolve(train.to_numpy(), np.ones(k) / k, mode="valid")
+                ax.plot(train.index[: len(values)], values, color=f"C{i}", alpha=0.5, lw=1, label=f"{label} train")
+            if len(val):
+                ax.plot(val.index, val.to_numpy(), "o-", color=f"C{i}", ms=3, label=f"{label} validation")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0, 0].set_ylabel("cross-entropy (nats/token)")
+    axes[0, 0].legend()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_index(reports: Path, experiments: list[Any]) -> Path:
     """`reports/index.md`: every experiment, its paper reference and whether a report exists."""
     lines = ["# Reports", "", "| experiment | paper | claim | report |", "| --- | --- | --- | --- |"]
