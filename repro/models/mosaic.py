@@ -17,8 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro import kernels
-from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask, register_family
+from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask
 from repro.models.memory import associative_recall, recall_all
+from repro.models.registry import register_model
 
 
 class ComplexLinear(nn.Module):
@@ -120,11 +121,13 @@ MAX_LOG_SCALE = 5.0  # clamp on 10 kappa: the key scale exp(10 kappa) stays fp16
 
 @dataclass
 class MosaicConfig:
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 512  # training context; no position encoding, so inputs may be longer
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
+    """Defaults: the small `debug` size; `small` (the registry's variant) is the paper's GPT-2 shape."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    block_size: int = 128  # training context; no position encoding, so inputs may be longer
+    vocab_size: int = 512
     bias: bool = False  # biases in Linear and LayerNorm layers
     pmem_size: int | None = None  # persistent pairs per head; None: 3.5 n_embd rounded (2688 at d=768)
     ic_dropout: float = 0.05  # dropout on the memories' attention weights
@@ -341,7 +344,6 @@ class MosaicBlock(nn.Module):
         return x + self.pmem(self.ln_2(x), cache)
 
 
-@register_family("mosaic")
 class MemoryMosaic(LanguageModel):
     """Memory Mosaics v1 language model: token embedding (no position encoding: the leaky averages
     carry order), n_layer mosaic blocks, final LayerNorm, tied head, logits scaled by 1/sqrt(d)."""
@@ -387,3 +389,16 @@ class MemoryMosaic(LanguageModel):
         # scaling the (B, T, C) input of the linear head instead of its (B, T, V) output: same logits, V/C
         # times fewer multiplications (the vocabulary is much larger than the width)
         return self.lm_head(self.ln_f(x) * (1.0 / math.sqrt(self.config.n_embd)))  # (B, T, V)
+
+
+# The paper's shape is GPT-2 small's (reference 1.2: d 768, 12 heads, context 512, vocab 50304); pmem
+# 3.5 d = 2688 pairs. `dropout` sets both dropouts, so one set of shape overrides builds either family.
+MOSAIC_SMALL = dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=50304)
+register_model(
+    "mosaic",
+    MosaicConfig,
+    MemoryMosaic,
+    {"debug": {}, "small": MOSAIC_SMALL},
+    label="Memory Mosaic",
+    aliases={"dropout": ("ic_dropout", "hd_dropout")},
+)

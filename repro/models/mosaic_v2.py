@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.errors import UserError
-from repro.models.lm import DecodeCache, LanguageModel, register_family
+from repro.models.lm import DecodeCache, LanguageModel
 from repro.models.memory import associative_recall
 from repro.models.mosaic import _merge_heads, _split_heads
+from repro.models.registry import register_model
 from repro.models.transformer import RMSNorm, SwiGLU, v2_init
 
 BETA_LOG_MAX = 10.0  # Table 6: beta0 = e^min(theta, 10), beta1 = e^min(theta, 10)
@@ -42,20 +43,21 @@ GATE_LOG_MAX = 30.0  # ours: clamp on W_g x before exp, a float32 overflow guard
 
 @dataclass
 class MosaicV2Config:
-    """Defaults are the large model (§4.2): 32 layers, d 4096, 32 heads, SwiGLU d' 14336, context
-    4096, h = 256, m ~ U[64, 256]; vocab 128256 (Llama 3's, which makes the paper's 9.9B come out)."""
+    """Defaults: the small `debug` size. The paper's sizes (§4.2) are the registry's variants
+    (bottom of this file): `large` is 32 layers, d 4096, 32 heads, SwiGLU d' 14336, context 4096,
+    h = 256, m ~ U[64, 256], vocab 128256 (Llama 3's, which makes the paper's 9.9B come out)."""
 
-    n_layer: int = 32
-    n_head: int = 32
-    n_embd: int = 4096
-    block_size: int = 4096  # training context; no position encoding, so inputs may be longer
-    vocab_size: int = 128256
-    ffn_size: int = 14336  # persistent memory (SwiGLU) hidden size d': 6144 small, 14336 large
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    block_size: int = 128  # training context; no position encoding, so inputs may be longer
+    vocab_size: int = 512
+    ffn_size: int = 192  # persistent memory (SwiGLU) hidden size d': 6144 small, 14336 large
     dropout: float = 0.0  # residual branches; the paper gives none
     bias: bool = False
-    short_window: int = 256  # h: the short-term memory holds pairs t-h+1 .. t-1
-    long_skip_min: int = 64  # m at inference, and the low end of its training range
-    long_skip_max: int = 256  # m ~ U[m_min, m_max] during training
+    short_window: int = 16  # h: the short-term memory holds pairs t-h+1 .. t-1 (paper 256)
+    long_skip_min: int = 4  # m at inference, and the low end of its training range (paper 64)
+    long_skip_max: int = 16  # m ~ U[m_min, m_max] during training (paper 256)
     long_term: bool = True  # False: no long-term memory at all (the 8.3B row of §4.2)
     query_chunk: int = 1024  # queries per retrieval chunk for long inputs without gradients
     norm_eps: float = 1e-5
@@ -275,7 +277,6 @@ class MosaicV2Block(nn.Module):
         return x + self.pmem(self.ffn_norm(x))
 
 
-@register_family("mosaic_v2")
 class MemoryMosaicV2(LanguageModel):
     """Memory Mosaics v2 language model: token embedding (no position encoding, §4.1), n_layer v2
     blocks, final RMSNorm, untied classifier (untied as in Llama: the paper's 9.9B needs it)."""
@@ -347,3 +348,13 @@ def mosaic_v2_ffn_for(n_params_per_layer: int, cfg: MosaicV2Config) -> int:
     n_mem = 2 if cfg.long_term else 1
     rest = n_mem * (2 * d * d + 2 * d * H) + n_mem * d * d
     return max(1, math.floor((n_params_per_layer - rest) / (3 * d)))
+
+
+# §4.2: the llama-1.5B and llama-8B scales, h = 256, m ~ U[64, 256], vocab 128256, context 4096.
+_PAPER = dict(block_size=4096, vocab_size=128256, short_window=256, long_skip_min=64, long_skip_max=256)
+MOSAIC_V2_SIZES = {
+    "small": dict(n_layer=24, n_head=16, n_embd=2048, ffn_size=6144, **_PAPER),
+    "large": dict(n_layer=32, n_head=32, n_embd=4096, ffn_size=14336, **_PAPER),
+    "large-no-long-term": dict(n_layer=32, n_head=32, n_embd=4096, ffn_size=14336, long_term=False, **_PAPER),
+}
+register_model("mosaic_v2", MosaicV2Config, MemoryMosaicV2, {"debug": {}, **MOSAIC_V2_SIZES}, label="Memory Mosaics v2")

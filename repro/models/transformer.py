@@ -3,8 +3,9 @@ model (RoPE, RMSNorm, SwiGLU, multi-head attention; Memory Mosaics v2's baseline
 
 Learned position embeddings, pre-LN blocks (causal self-attention, then a 4x GELU MLP), a final
 LayerNorm and a head tied to the token embedding. Init follows GPT-2: std 0.02, residual projections
-0.02/sqrt(2L). Defaults are the official baseline's (`Library/baseline`, reference 1.2): 12 layers,
-12 heads, d 768, context 512, dropout 0.05, no biases, tanh-approximated GELU.
+0.02/sqrt(2L). The config's defaults are the small `debug` size; the registry's `small` variant is the
+official baseline's (`Library/baseline`, reference 1.2): 12 layers, 12 heads, d 768, context 512,
+vocab 50304; dropout 0.05, no biases and tanh-approximated GELU at every size.
 
 Decoding keeps a KV cache; position embeddings limit any sequence to `block_size` tokens.
 """
@@ -19,16 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro.errors import UserError
-from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask, register_family
+from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask
+from repro.models.registry import register_model
 
 
 @dataclasses.dataclass
 class GPTConfig:
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 512  # longest sequence: the size of the position-embedding table
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    block_size: int = 128  # longest sequence: the size of the position-embedding table
+    vocab_size: int = 512
     dropout: float = 0.05  # attention weights, residual branches and embeddings
     bias: bool = False  # biases in Linear and LayerNorm layers
 
@@ -102,7 +104,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-@register_family("gpt2")
 class GPT(LanguageModel):
     config_class = GPTConfig
 
@@ -165,12 +166,14 @@ class GPT(LanguageModel):
 
 @dataclasses.dataclass
 class LlamaConfig:
-    n_layer: int = 32
-    n_head: int = 32
-    n_embd: int = 4096
-    block_size: int = 4096  # training context; RoPE sets no hard limit, so inputs may be longer
-    vocab_size: int = 128256  # the Llama 3 tokenizer: what makes the paper's 8.8B come out (§4.2)
-    ffn_size: int = 14336  # SwiGLU hidden size d' (§4.2: 6144 small, 14336 large)
+    """Defaults: the small `debug` size; the paper's sizes are the registry's variants (below)."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    block_size: int = 128  # training context; RoPE sets no hard limit, so inputs may be longer
+    vocab_size: int = 512
+    ffn_size: int = 192  # SwiGLU hidden size d' (§4.2: 6144 small, 14336 large)
     dropout: float = 0.0  # residual branches; the paper gives none
     bias: bool = False
     rope_theta: float = 10000.0
@@ -281,7 +284,6 @@ class LlamaBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-@register_family("llama")
 class Llama(LanguageModel):
     """Llama-style decoder (RoPE, RMSNorm, SwiGLU, multi-head attention, untied head): the v2 paper's
     transformer baseline. Decoding keeps a KV cache; RoPE has no length limit (max_context None),
@@ -319,3 +321,16 @@ class Llama(LanguageModel):
         matmul = L * (4 * d * d + 3 * d * f) + d * c.vocab_size
         mean_keys = (context + 1) / 2
         return 2 * matmul + 4 * d * L * mean_keys
+
+
+# GPT-2 small: the official baseline of Memory Mosaics v1 (reference 1.2); the v1 paper varies depth.
+GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=50304)
+register_model("gpt2", GPTConfig, GPT, {"debug": {}, "small": GPT2_SMALL}, label="GPT-2")
+
+# §4.2 of Memory Mosaics v2: the llama-1.5B and llama-8B scales with the Llama 3 vocabulary (128256,
+# what makes the paper's 8.8B come out) and the 4096-token training context.
+LLAMA_SIZES = {
+    "small": dict(n_layer=24, n_head=16, n_embd=2048, ffn_size=6144, block_size=4096, vocab_size=128256),
+    "large": dict(n_layer=32, n_head=32, n_embd=4096, ffn_size=14336, block_size=4096, vocab_size=128256),
+}
+register_model("llama", LlamaConfig, Llama, {"debug": {}, **LLAMA_SIZES}, label="Transformer (Llama)")
