@@ -5,7 +5,6 @@ file. Family-specific behaviour (a mosaic's strictly causal memory, v2's windows
 per-family test files."""
 
 import pytest
-import torch
 
 from repro.errors import UserError
 from repro.models import registry

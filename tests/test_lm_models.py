@@ -13,9 +13,9 @@ import torch
 
 from repro.errors import UserError
 from repro.models import registry
+from repro.models.gpt2 import GPT, GPTConfig
 from repro.models.lm import LanguageModel
 from repro.models.mosaic import MemoryMosaic, MosaicConfig, leaky_average
-from repro.models.transformer import GPT, GPTConfig
 
 V = 61  # a small vocabulary, not a multiple of anything
 

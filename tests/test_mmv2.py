@@ -11,6 +11,7 @@ import torch
 
 from repro.errors import UserError
 from repro.models import registry
+from repro.models.llama import Llama, LlamaConfig
 from repro.models.lm import LanguageModel
 from repro.models.memory import associative_recall
 from repro.models.mosaic_v2 import (
@@ -20,7 +21,6 @@ from repro.models.mosaic_v2 import (
     gated_leaky_scan,
     visible_pairs,
 )
-from repro.models.transformer import Llama, LlamaConfig
 
 V = 61
 

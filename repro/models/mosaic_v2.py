@@ -11,7 +11,7 @@ Three changes to v1 (§4.1), each cited where it is built below:
    [1, t-m] (m ~ U[m_min, m_max] per training forward, m = m_min at inference), both concatenated
    and projected by W_o, and a SwiGLU persistent memory; no position encoding anywhere.
 
-The Table 6 init (truncated normals) is `repro.models.transformer.v2_init`, shared with the Llama
+The Table 6 init (truncated normals) is `repro.models.layers.v2_init`, shared with the Llama
 baseline. Memories call `repro.models.memory.associative_recall` (the `memory_retrieval` kernel)
 for whole training sequences; for long inputs without gradients, and after a decoding cache, they
 chunk over queries here so no T x T matrix is ever built and memory grows linearly with T.
@@ -29,11 +29,10 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.errors import UserError
+from repro.models.layers import RMSNorm, SwiGLU, merge_heads, split_heads, v2_init
 from repro.models.lm import DecodeCache, LanguageModel
 from repro.models.memory import associative_recall
-from repro.models.mosaic import _merge_heads, _split_heads
 from repro.models.registry import register_model
-from repro.models.transformer import RMSNorm, SwiGLU, v2_init
 
 BETA_LOG_MAX = 10.0  # Table 6: beta0 = e^min(theta, 10), beta1 = e^min(theta, 10)
 ALPHA_MAX = 1.0  # Table 6: alpha = min(|theta|, 1)
@@ -121,7 +120,7 @@ class GatedKeys(nn.Module):
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype, new state (B, H, D)."""
-        u = _split_heads(self.w_phi(x), self.n_head)  # (B, H, T, D)
+        u = split_heads(self.w_phi(x), self.n_head)  # (B, H, T, D)
         g = torch.exp(self.w_g(x).float().clamp(max=GATE_LOG_MAX)).transpose(1, 2)  # (B, T, H) -> (B, H, T)
         lam = torch.exp(-self.w_lambda(x).float().abs()).transpose(1, 2)  # (B, H, T)
         avg, state = gated_leaky_scan(u, g, lam, state)
@@ -141,7 +140,7 @@ class ValueExtractor(nn.Module):
         self.scale = nn.Parameter(torch.zeros(cfg.n_head))  # theta of alpha_psi
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return _split_heads(self.w_psi(x), self.n_head)  # (B, H, T, D): W_psi x_t
+        return split_heads(self.w_psi(x), self.n_head)  # (B, H, T, D): W_psi x_t
 
     def forward(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
         """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
@@ -267,10 +266,10 @@ class MosaicV2Block(nn.Module):
         self, x: torch.Tensor, skip: int, use_long: bool, cache: MosaicV2LayerCache | None = None
     ) -> torch.Tensor:
         h = self.mem_norm(x)
-        heads = [_merge_heads(self.short(h, 1, None if cache is None else cache.short))]  # (B, T, C)
+        heads = [merge_heads(self.short(h, 1, None if cache is None else cache.short))]  # (B, T, C)
         if self.long is not None:
             if use_long:
-                heads.append(_merge_heads(self.long(h, skip, None if cache is None else cache.long)))
+                heads.append(merge_heads(self.long(h, skip, None if cache is None else cache.long)))
             else:  # Table 2 ablation: W_o sees zeros where the long-term heads were
                 heads.append(torch.zeros_like(heads[0]))
         x = x + self.resid_dropout(self.wo(torch.cat(heads, dim=-1)))  # (B, T, 2C) -> (B, T, C)
