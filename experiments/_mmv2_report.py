@@ -1,5 +1,6 @@
 """Tables and figures of the `mmv2-pretrain` report (split from the experiment module for length):
-claim rows with verdicts, the length-extrapolation, speed and memory tables, and the two figures."""
+claim rows with verdicts, the length-extrapolation, speed and memory tables, and the two figures.
+It reads rows only and imports nothing from the experiment: the families and stages are arguments."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from repro import results
-from repro.experiments.mmv2_pretrain import FAMILIES, LABELS, STAGES
+from repro.models import registry as models
 
 
 def extrapolation_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -148,26 +149,29 @@ def memory_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_losses(df: pd.DataFrame, path: Path) -> Path:
+def plot_losses(df: pd.DataFrame, path: Path, families: tuple[str, ...], stages: tuple[str, ...]) -> Path:
     def curve(name: str, split: str) -> pd.Series:
         sub = df[(df.model == name) & (df.split == split) & (df.metric == "loss")]
         return sub.groupby("step").value.mean()
 
     panels = {
-        stage: [(LABELS[f], curve(f"{f}-{stage}", "train"), curve(f"{f}-{stage}", "validation")) for f in FAMILIES]
-        for stage in STAGES
+        stage: [
+            (models.label(f), curve(f"{f}-{stage}", "train"), curve(f"{f}-{stage}", "validation")) for f in families
+        ]
+        for stage in stages
     }
     return results.plot_loss_curves(panels, path)
 
 
-def plot_extrapolation(ext: pd.DataFrame, path: Path) -> Path:
+def plot_extrapolation(ext: pd.DataFrame, path: Path, families: tuple[str, ...]) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     styles = {"pretrain": "--", "finetune": "-", "finetune-nolong": ":"}
     for m in ext.index:
         family, stage = m.split("-", 1)
-        color = f"C{FAMILIES.index(family)}" if family in FAMILIES else "k"
+        known = family in families
+        color = f"C{families.index(family)}" if known else "k"
         ax.plot(
             ext.columns,
             ext.loc[m].to_numpy(),
@@ -175,7 +179,7 @@ def plot_extrapolation(ext: pd.DataFrame, path: Path) -> Path:
             marker="o",
             ms=3,
             color=color,
-            label=f"{LABELS.get(family, family)}, {stage}",
+            label=f"{models.label(family) if known else family}, {stage}",
         )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation length (tokens)")

@@ -38,17 +38,15 @@ import torch
 from repro import results
 from repro.data.text import TextDataConfig, prepare_lm_data
 from repro.eval.lm import mean_loss
-from repro.experiments.tinystories_ood import lm_loss
-from repro.models.lm import LanguageModel
-from repro.models.mosaic_v2 import MemoryMosaicV2, MosaicV2Config, mosaic_v2_ffn_for
-from repro.models.transformer import Llama, LlamaConfig
+from repro.models import registry as models
+from repro.models.lm import LanguageModel, next_token_loss
+from repro.models.mosaic_v2 import mosaic_v2_ffn_for
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 
-FAMILIES = ("llama", "mosaic_v2")
-LABELS = {"llama": "Transformer (Llama)", "mosaic_v2": "Memory Mosaics v2"}
+FAMILIES = ("llama", "mosaic_v2")  # the pair this experiment compares
 STAGES = ("pretrain", "finetune")
 # §4.2: (params, GFLOPs/token at context 256) of the large models
 PAPER_SIZES = {"transformer": (8.8e9, 16.7), "mosaic_v2": (9.9e9, 18.9), "mosaic_v2 w/o long-term": (8.3e9, 15.6)}
@@ -123,8 +121,9 @@ def build_model(family: str, shape: ShapeV2, vocab_size: int, block_size: int, l
         dropout=shape.dropout,
     )
     if family == "llama":
-        return Llama(LlamaConfig(**common, ffn_size=shape.ffn_size, rope_theta=shape.rope_theta))
-    cfg = MosaicV2Config(
+        return models.build_model("llama", **common, ffn_size=shape.ffn_size, rope_theta=shape.rope_theta)
+    cfg = models.model_config(
+        "mosaic_v2",
         **common,
         short_window=shape.short_window,
         long_skip_min=shape.long_skip_min,
@@ -133,17 +132,17 @@ def build_model(family: str, shape: ShapeV2, vocab_size: int, block_size: int, l
         query_chunk=shape.query_chunk,
     )
     d = shape.n_embd
-    cfg.ffn_size = shape.mosaic_ffn_size or mosaic_v2_ffn_for(4 * d * d + 3 * d * shape.ffn_size, cfg)
-    return MemoryMosaicV2(cfg)
+    ffn_size = shape.mosaic_ffn_size or mosaic_v2_ffn_for(4 * d * d + 3 * d * shape.ffn_size, cfg)
+    return models.build_model("mosaic_v2", **{**vars(cfg), "ffn_size": ffn_size})
 
 
 def paper_models() -> dict[str, LanguageModel]:
     """The large models of §4.2 on the meta device (shapes only, nothing allocated)."""
     with torch.device("meta"):
         return {
-            "transformer": Llama(LlamaConfig()),
-            "mosaic_v2": MemoryMosaicV2(MosaicV2Config()),
-            "mosaic_v2 w/o long-term": MemoryMosaicV2(MosaicV2Config(long_term=False)),
+            "transformer": models.build_model("llama", "large"),
+            "mosaic_v2": models.build_model("mosaic_v2", "large"),
+            "mosaic_v2 w/o long-term": models.build_model("mosaic_v2", "large-no-long-term"),
         }
 
 
@@ -382,7 +381,7 @@ class MMv2Pretrain(Experiment):
                 train(
                     model,
                     batch_fn,
-                    lm_loss,
+                    next_token_loss,
                     stage.optim,
                     stage.steps,
                     ctx,
@@ -527,6 +526,6 @@ class MMv2Pretrain(Experiment):
             "'fixed-mmap' pin MALLOC_MMAP_THRESHOLD_=65536 (what the model holds), 'glibc-default' show heap growth.",
         ]
         paths = results.write_table(entries, out_dir, "Memory Mosaics v2 vs Llama: paper vs ours", notes, extra)
-        paths.append(plot_losses(df, out_dir / "fig_loss_curves.png"))
-        paths.append(plot_extrapolation(ext, out_dir / "fig_extrapolation.png"))
+        paths.append(plot_losses(df, out_dir / "fig_loss_curves.png", FAMILIES, STAGES))
+        paths.append(plot_extrapolation(ext, out_dir / "fig_extrapolation.png", FAMILIES))
         return paths

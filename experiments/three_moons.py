@@ -28,7 +28,7 @@ import torch
 
 from repro import results
 from repro.data.moons import FIGURE_TRAIN_TRIPLE, HELDOUT_TRIPLE, TRAIN_TRIPLES, Sky
-from repro.models.mosaic import MoonMemory, MoonMemoryConfig
+from repro.models.moon_memory import MoonMemory, MoonMemoryConfig
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.track import progress
@@ -139,9 +139,7 @@ class ThreeMoons(Experiment):
                 residual = (m(x) - x[:, 1:]).clamp(-cfg.clip_residual, cfg.clip_residual)
                 return residual.pow(2).mean()
 
-            losses = train(
-                model, batch_fn, loss_fn, cfg.optim, cfg.steps, ctx, model_name, checkpoint_every=100
-            )
+            losses = train(model, batch_fn, loss_fn, cfg.optim, cfg.steps, ctx, model_name, checkpoint_every=100)
             rows.append(
                 ctx.row(
                     model=model_name,
@@ -154,9 +152,7 @@ class ThreeMoons(Experiment):
             for split, triple in SPLITS.items():
                 curve = ctx.load_state(f"{model_name}.eval.{split}")
                 if curve is None:
-                    curve = evaluate(
-                        model, sky, triple, cfg.eval, seed=ctx.seed, label=f"eval {model_name} {split}"
-                    )
+                    curve = evaluate(model, sky, triple, cfg.eval, seed=ctx.seed, label=f"eval {model_name} {split}")
                     ctx.save_state(f"{model_name}.eval.{split}", curve)
                 for c, mae, official in curve:
                     for metric, value in (("gen_mae", mae), ("gen_mae_official", official)):
@@ -256,9 +252,7 @@ def drop_verdict(drops: list[int], periods: list[float], lcm: float, n_head: int
         early = [p for p in periods if hit(p) and abs(p - lcm) > 0.1 * lcm]
         if hit(lcm) and not early:
             return "reproduced: one drop, at the full period"
-        return "differs: " + (
-            "no drop at the full period" if not hit(lcm) else f"drops at moon periods {early}"
-        )
+        return "differs: " + ("no drop at the full period" if not hit(lcm) else f"drops at moon periods {early}")
     missed = [round(p) for p in periods if not hit(p)]
     return "reproduced: a drop at each moon's period" if not missed else f"differs: no drop near {missed}"
 
@@ -320,14 +314,10 @@ def _weight_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
                 {
                     "model": model,
                     "map": mat.strip("|"),
-                    "paper": "close to a block permutation"
-                    if model != "1head"
-                    else "no claim (one head, all moons)",
+                    "paper": "close to a block permutation" if model != "1head" else "no claim (one head, all moons)",
                     "ours: row weight on its top moon": f"{share:.0%}",
                     "ours: top moons form a permutation": "yes" if perm else "no",
-                    "verdict": ("reproduced" if perm and share > 0.8 else "differs")
-                    if model == "3head"
-                    else "-",
+                    "verdict": ("reproduced" if perm and share > 0.8 else "differs") if model == "3head" else "-",
                 }
             )
     return entries
@@ -404,9 +394,7 @@ def evaluate(
             pred = model.generate(x[:, :c], cfg.gen_steps + 1)  # predictions of x_c ... x_{c+gen_steps}
             truth = x[:, c : c + cfg.gen_steps]
             mae = (pred[:, : cfg.gen_steps] - truth).abs().mean().item()
-            official = (
-                (pred[:, 1:] - truth).abs().mean().item()
-            )  # official code compares with x one step early
+            official = (pred[:, 1:] - truth).abs().mean().item()  # official code compares with x one step early
             curve.append((c, mae, official))
             bar.advance()
     return curve

@@ -25,21 +25,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from repro import results
 from repro.data.text import TextDataConfig, prepare_lm_data
 from repro.eval.lm import mean_loss, per_position_loss
-from repro.models.lm import LanguageModel
-from repro.models.mosaic import MemoryMosaic, MosaicConfig
-from repro.models.transformer import GPT, GPTConfig
+from repro.models import registry as models
+from repro.models.lm import LanguageModel, next_token_loss
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 
-FAMILIES = ("gpt2", "mosaic")
-LABELS = {"gpt2": "GPT-2", "mosaic": "Memory Mosaic"}
+FAMILIES = ("gpt2", "mosaic")  # the pair this experiment compares
 
 
 @dataclass
@@ -81,24 +78,6 @@ class TinyStoriesOODConfig:
     ood: TextDataConfig = field(default_factory=lambda: TextDataConfig(dataset="simple-wiki", val_fraction=1.0))
     eval: EvalShape = field(default_factory=EvalShape)
     device: str = "auto"
-
-
-def build_model(family: str, depth: int, shape: ModelShape, vocab_size: int) -> LanguageModel:
-    """GPT-2 or Memory Mosaic of one shape; pmem_size defaults to 3.5 d for parameter parity."""
-    common = dict(n_layer=depth, n_head=shape.n_head, n_embd=shape.n_embd, block_size=shape.block_size)
-    if family == "gpt2":
-        return GPT(GPTConfig(**common, vocab_size=vocab_size, dropout=shape.dropout, bias=shape.bias))
-    cfg = MosaicConfig(
-        **common, vocab_size=vocab_size, bias=shape.bias, ic_dropout=shape.dropout, hd_dropout=shape.dropout
-    )
-    return MemoryMosaic(cfg)
-
-
-def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy through forward() (so DDP and torch.compile wrappers apply)."""
-    x, y = batch
-    logits = model(x)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1)
 
 
 @register
@@ -166,7 +145,8 @@ class TinyStoriesOOD(Experiment):
             for family in cfg.families:
                 name = f"{family}-L{depth}"
                 torch.manual_seed(ctx.seed * 100 + depth)
-                model = build_model(family, depth, cfg.model, vocab)
+                # the same shape for both families; the mosaic's pmem_size stays 3.5 d (parameter parity)
+                model = models.build_model(family, n_layer=depth, vocab_size=vocab, **vars(cfg.model))
 
                 def batch_fn(i: int) -> tuple[torch.Tensor, torch.Tensor]:
                     return data["train"].batch(i, cfg.batch_size, T, seed=ctx.seed)
@@ -174,7 +154,7 @@ class TinyStoriesOOD(Experiment):
                 def eval_fn(m: torch.nn.Module) -> dict[str, float]:
                     return {"val_loss": mean_loss(m, *val, batch_size=cfg.eval.batch_size)}
 
-                train(model, batch_fn, lm_loss, cfg.optim, cfg.steps, ctx, name, loop=cfg.loop,
+                train(model, batch_fn, next_token_loss, cfg.optim, cfg.steps, ctx, name, loop=cfg.loop,
                       eval_fn=eval_fn, tokens_per_batch=cfg.batch_size * T)  # fmt: skip
                 ckpt = ctx.run_dir / "checkpoints" / name
                 model.save(ckpt)
@@ -326,7 +306,7 @@ def _plot_losses(df: pd.DataFrame, path: Path) -> Path:
 
     panels = {
         f"{depth} block{'s' if depth > 1 else ''}": [
-            (LABELS[f], curve("train", f, depth), curve("validation", f, depth)) for f in FAMILIES
+            (models.label(f), curve("train", f, depth), curve("validation", f, depth)) for f in FAMILIES
         ]
         for depth in sorted(df.depth.unique())
     }
@@ -345,7 +325,7 @@ def _plot_positions(df: pd.DataFrame, path: Path) -> Path:
             for i, family in enumerate(FAMILIES):
                 curve = _curve(df, split, family, depth)
                 if len(curve):
-                    ax.plot(np.arange(len(curve)), curve, color=f"C{i}", lw=1, label=LABELS[family])
+                    ax.plot(np.arange(len(curve)), curve, color=f"C{i}", lw=1, label=models.label(family))
             ax.set_title(f"{title}, {depth} block{'s' if depth > 1 else ''}")
             ax.set_xlabel("position in document (tokens)")
     for r in range(2):

@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 
 from repro import results
+from repro.models.lm import next_token_loss
+from repro.models.registry import build_model
 from repro.runtime import environment, pick_device
 from repro.track import console, progress
 
@@ -35,16 +37,14 @@ class ThroughputConfig:
 
 def training_throughput(cfg: ThroughputConfig) -> pd.DataFrame:
     """Training tokens/s (forward + backward + AdamW) of each family at the same shape."""
-    from repro.experiments.tinystories_ood import ModelShape, build_model, lm_loss
-
     device = pick_device(cfg.device)
-    shape = ModelShape(n_embd=cfg.n_embd, n_head=cfg.n_head, block_size=cfg.block_size, dropout=0.0)
+    shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size, dropout=0.0)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=g).to(device)
     batch = (x[:, :-1], x[:, 1:])
     runners: dict[str, Any] = {}
     for family in cfg.families:
-        model = build_model(family, cfg.n_layer, shape, cfg.vocab_size).to(device)
+        model = build_model(family, vocab_size=cfg.vocab_size, **shape).to(device)
         runner = torch.compile(model) if cfg.compile else model
         runners[family] = (model, runner, torch.optim.AdamW(model.parameters(), lr=1e-4))
 
@@ -55,7 +55,7 @@ def training_throughput(cfg: ThroughputConfig) -> pd.DataFrame:
         start = time.perf_counter()
         for _ in range(steps):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = lm_loss(runner, batch)
+                loss = next_token_loss(runner, batch)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

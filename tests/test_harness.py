@@ -17,8 +17,7 @@ from repro.data.tokenizer import byte_tokenizer
 from repro.errors import UserError
 from repro.eval import harness
 from repro.eval.models import EvalModel, load_model
-from repro.models.mosaic import MemoryMosaic, MosaicConfig
-from repro.models.transformer import GPT, GPTConfig
+from repro.models.registry import build_model
 
 V = 257  # byte tokenizer: 256 bytes + end-of-text
 # 8 questions whose choices all have two bytes (so a uniform model ties every choice), the right
@@ -108,7 +107,7 @@ def _evaluate(model: EvalModel, tasks_dir: Path, **kw) -> dict:
 def _tiny_checkpoint(path: Path, family: str = "gpt2") -> Path:
     torch.manual_seed(0)
     shape = dict(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=V)
-    model = MemoryMosaic(MosaicConfig(**shape, pmem_size=8)) if family == "mosaic" else GPT(GPTConfig(**shape))
+    model = build_model(family, **shape, **({"pmem_size": 8} if family == "mosaic" else {}))
     model.save(path)
     byte_tokenizer().save(path)
     return path
@@ -198,11 +197,10 @@ def test_command_writes_a_run_and_the_paper19_report(tmp_path):
 
 def test_long_term_memory_removal_is_reported_as_table_2(tmp_path):
     pytest.importorskip("lm_eval")
-    v2 = pytest.importorskip("repro.models.mosaic_v2")
     torch.manual_seed(0)
-    cfg = v2.MosaicV2Config(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=V, ffn_size=32)
+    shape = dict(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=V, ffn_size=32)
     ckpt = tmp_path / "v2"
-    v2.MemoryMosaicV2(cfg).save(ckpt)
+    build_model("mosaic_v2", "large", **shape).save(ckpt)  # the paper's h = 256 and m ~ U[64, 256]
     byte_tokenizer().save(ckpt)
     pair = [(list(b"Question: What is 12 + 7?\nAnswer:" * 4), list(b" 19"))]  # longer than the skip m
     model = load_model(str(ckpt))

@@ -278,11 +278,11 @@ def test_real_banking77_one_shot_prompt():
 def test_command_end_to_end_on_a_checkpoint(tmp_path):
     from repro.cli import user_errors
     from repro.data.tokenizer import byte_tokenizer
-    from repro.models.transformer import GPT, GPTConfig
+    from repro.models.registry import build_model
 
     torch.manual_seed(0)
     ckpt = tmp_path / "gpt2-tiny"
-    GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=200, vocab_size=320)).save(ckpt)
+    build_model("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=200, vocab_size=320).save(ckpt)
     byte_tokenizer().save(ckpt)
     app = typer.Typer()
     app.command()(user_errors(icl.command))

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from repro.errors import UserError
-from repro.models.lm import FAMILIES, LanguageModel
+from repro.models import registry
+from repro.models.gpt2 import GPT, GPTConfig
+from repro.models.lm import LanguageModel
 from repro.models.mosaic import MemoryMosaic, MosaicConfig, leaky_average
-from repro.models.transformer import GPT, GPTConfig
 
 V = 61  # a small vocabulary, not a multiple of anything
 
@@ -37,8 +38,8 @@ def _tokens(B=2, T=30, seed=1) -> torch.Tensor:
 @pytest.mark.parametrize(("n_layer", "mosaic_m", "gpt_m"), [(1, 45.7, 46.1), (12, 123.6, 124.0)])
 def test_parameter_parity_at_paper_shapes(n_layer, mosaic_m, gpt_m):
     with torch.device("meta"):  # shapes only: nothing is allocated
-        mm = MemoryMosaic(MosaicConfig(n_layer=n_layer))
-        gpt = GPT(GPTConfig(n_layer=n_layer))
+        mm = registry.build_model("mosaic", "small", n_layer=n_layer)
+        gpt = registry.build_model("gpt2", "small", n_layer=n_layer)
     n_mm, n_gpt = mm.num_params(), gpt.num_params()
     assert abs(n_mm - mosaic_m * 1e6) / (mosaic_m * 1e6) < 0.005
     assert abs(n_gpt - gpt_m * 1e6) / (gpt_m * 1e6) < 0.005
@@ -165,7 +166,7 @@ def test_checkpoint_round_trip_from_a_fresh_directory(family, tmp_path):
     shutil.rmtree(tmp_path / "run")
     assert json.loads((fresh / "config.json").read_text())["family"] == family
     loaded = LanguageModel.from_checkpoint(fresh)
-    assert type(loaded) is FAMILIES[family] and loaded.config == model.config
+    assert type(loaded) is registry.family(family).model_class and loaded.config == model.config
     wte = loaded.transformer.wte if family == "gpt2" else loaded.wte
     assert loaded.lm_head.weight is wte.weight  # still tied after loading
     idx = _tokens(T=20)

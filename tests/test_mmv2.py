@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from repro.errors import UserError
-from repro.models.lm import FAMILIES, LanguageModel
+from repro.models import registry
+from repro.models.llama import Llama, LlamaConfig
+from repro.models.lm import LanguageModel
 from repro.models.memory import associative_recall
 from repro.models.mosaic_v2 import (
     MemoryMosaicV2,
@@ -19,7 +21,6 @@ from repro.models.mosaic_v2 import (
     gated_leaky_scan,
     visible_pairs,
 )
-from repro.models.transformer import Llama, LlamaConfig
 
 V = 61
 
@@ -161,7 +162,7 @@ def test_checkpoint_round_trip(family, tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     model.save(tmp_path)
     loaded = LanguageModel.from_checkpoint(tmp_path)
-    assert type(loaded) is FAMILIES[family] and loaded.config == model.config
+    assert type(loaded) is registry.family(family).model_class and loaded.config == model.config
     idx = _tokens(T=20)
     assert torch.equal(loaded(idx), model(idx))
     assert loaded.generate(idx[:, :5], 4).shape == (2, 9)

@@ -252,11 +252,11 @@ def _app() -> typer.Typer:
 def test_smoke_run_on_a_tiny_checkpoint(tmp_path: Path, data_dir: Path):
     import torch
 
-    from repro.models.transformer import GPT, GPTConfig
+    from repro.models.registry import build_model
 
     torch.manual_seed(0)
     ckpt = tmp_path / "gpt"
-    GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=768, vocab_size=257)).save(ckpt)
+    build_model("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=768, vocab_size=257).save(ckpt)
     byte_tokenizer().save(ckpt)
     common = ["--model", str(ckpt), "--samples", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data_dir)]
     common += ["--reports", str(tmp_path / "reports")]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from repro.data.moons import HELDOUT_TRIPLE, TRAIN_TRIPLES, Sky, full_period, smallest_lcm_triples
-from repro.models.mosaic import MoonMemory, MoonMemoryConfig
+from repro.models.moon_memory import MoonMemory, MoonMemoryConfig
 
 
 def test_pinned_split_is_nine_smallest_full_periods():

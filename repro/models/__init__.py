@@ -1,1 +1,8 @@
-"""Model families: associative memory (shared), Memory Mosaics, transformers, ResNets."""
+"""Model families: GPT-2, Llama, Memory Mosaics v1 and v2 (language models), the three-moons memory,
+ResNets; shared layers (`layers`) and the shared associative memory (`memory`).
+
+Importing this package registers every language-model family with `repro.models.registry` (each
+model file calls `register_model` when imported); the registry itself imports no model file.
+"""
+
+from repro.models import gpt2, llama, mosaic, mosaic_v2  # noqa: F401  (register the LM families)

@@ -6,8 +6,10 @@ decoding: the prompt is read once, then one token per step through the cache), `
 `LanguageModel.from_checkpoint`.
 
 A checkpoint is a directory holding `config.json` (the config dataclass plus a "family" key) and
-`model.safetensors`. Loading needs only this package: the family names the class through `FAMILIES`,
-which the model modules fill with `@register_family` when they are imported.
+`model.safetensors`. Loading needs only this package: the family names the class through the model
+registry (`repro.models.registry`), which the model files fill when `repro.models` is imported.
+
+`next_token_loss(model, batch)` is the one training loss of every language model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,27 +29,27 @@ import torch.nn.functional as F
 from repro.config import from_dict, to_dict
 from repro.errors import UserError
 
-FAMILIES: dict[str, type[LanguageModel]] = {}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def register_family(name: str) -> Callable[[type[LanguageModel]], type[LanguageModel]]:
-    """Class decorator: make `name` the family written into, and read back from, config.json."""
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: Literal["mean", "none"] = "mean"
+) -> torch.Tensor:
+    """Next-token cross-entropy of logits (B, T, V) against targets (B, T), in float32; targets of -1
+    are ignored. reduction="none" gives the (B, T) per-position losses (0 where ignored)."""
+    B, T, V = logits.shape
+    flat_logits, flat_targets = logits.reshape(B * T, V).float(), targets.reshape(B * T)  # (BT, V), (BT,)
+    ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction=reduction)
+    return ce.view(B, T) if reduction == "none" else ce  # (BT,) -> (B, T) per position
 
-    def deco(cls: type[LanguageModel]) -> type[LanguageModel]:
-        cls.family = name
-        FAMILIES[name] = cls
-        return cls
 
-    return deco
+def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The training loss of every language model: mean next-token cross-entropy of batch (x, y).
 
-
-def _fill_families() -> None:
-    """Import the model modules so that their @register_family calls have run."""
-    import repro.models.mosaic  # noqa: F401
-    import repro.models.mosaic_v2  # noqa: F401
-    import repro.models.transformer  # noqa: F401
+    Calls model(x), not model.loss, so DDP, FSDP and torch.compile wrappers apply."""
+    x, y = batch
+    return cross_entropy(model(x), y)
 
 
 @dataclasses.dataclass
@@ -70,7 +72,8 @@ def offset_causal_mask(
 
 
 class LanguageModel(nn.Module):
-    """Base class: subclasses set `config_class`, define `forward` and `new_cache`, and register."""
+    """Base class: subclasses define `forward` and `new_cache`; `repro.models.registry.register_model`
+    sets their `family` and `config_class`."""
 
     family: ClassVar[str]
     config_class: ClassVar[type]
@@ -106,11 +109,7 @@ class LanguageModel(nn.Module):
         reduction="none" gives the (B, T) per-position losses (0 where ignored), from which the
         per-position loss curves are drawn.
         """
-        logits = self(idx)  # (B, T, V)
-        B, T, V = logits.shape
-        flat_logits, flat_targets = logits.reshape(B * T, V).float(), targets.reshape(B * T)  # (BT, V), (BT,)
-        ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction=reduction)
-        return ce.view(B, T) if reduction == "none" else ce  # (BT,) -> (B, T) per position
+        return cross_entropy(self(idx), targets, reduction)
 
     @torch.no_grad()
     def generate(
@@ -181,9 +180,7 @@ class LanguageModel(nn.Module):
         return path
 
     @classmethod
-    def from_checkpoint(
-        cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
-    ) -> LanguageModel:
+    def from_checkpoint(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> LanguageModel:
         """Rebuild the model saved in `directory`, whatever its family, in eval mode."""
         path = Path(directory)
         config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
@@ -194,13 +191,14 @@ class LanguageModel(nn.Module):
             )
         data = json.loads(config_path.read_text())
         family = data.pop("family", None)
-        _fill_families()
-        if family not in FAMILIES:
+        from repro.models import registry  # the registry names the class; it never imports this module
+
+        if family not in registry.families():
             raise UserError(
                 f"checkpoint {path} has model family {family!r}, which is not one of "
-                f"{', '.join(sorted(FAMILIES))}; it was written by another version of repro."
+                f"{', '.join(registry.families())}; it was written by another version of repro."
             )
-        model_cls = FAMILIES[family]
+        model_cls = registry.family(family).model_class
         if cls is not LanguageModel and not issubclass(model_cls, cls):
             raise UserError(f"checkpoint {path} holds a {family} model, not a {cls.__name__}.")
         model = model_cls(from_dict(model_cls.config_class, data))

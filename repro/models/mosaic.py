@@ -1,118 +1,24 @@
-"""Memory Mosaics (v1): networks of associative memories.
+"""Memory Mosaics (v1) language model, as in the official `Library` (StackAssoMem), reference 1.2.
 
-This file starts with the three-moons model: one contextual memory layer acting on the raw 6-D
-observations, with "complex-linear" maps so that each 2x2 block mixes one moon's (sin, cos) pair as a
-complex multiply. Below it, the language-model mosaic (`MemoryMosaic`: contextual + persistent
-memories, reference 1.2) builds on the same `repro.models.memory` functions.
+Blocks of a contextual memory (keys from a leaky average, values that look one step ahead, strictly
+causal retrieval) and a persistent memory (a learned key/value table in the MLP's place), both built
+on the shared `repro.models.memory` functions. The three-moons memory is `repro.models.moon_memory`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from repro import kernels
-from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask, register_family
+from repro.models.layers import merge_heads, split_heads
+from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask
 from repro.models.memory import associative_recall, recall_all
-
-
-class ComplexLinear(nn.Module):
-    """An n x n complex matrix acting on n complex numbers stored as (re, im) pairs.
-
-    As a real 2n x 2n matrix, block (i, j) is [[a, -b], [b, a]] with a + ib = W[i, j].
-    """
-
-    def __init__(self, n: int):
-        super().__init__()
-        bound = 1 / math.sqrt(2 * n)  # nn.Linear's uniform bound for fan_in = 2n
-        self.re = nn.Parameter(torch.empty(n, n).uniform_(-bound, bound))
-        self.im = nn.Parameter(torch.empty(n, n).uniform_(-bound, bound))
-
-    def weight(self) -> torch.Tensor:
-        n = self.re.shape[0]
-        blocks = torch.stack(
-            [torch.stack([self.re, -self.im], dim=-1), torch.stack([self.im, self.re], dim=-1)], dim=-2
-        )  # (n, n, 2, 2): blocks[i, j] = [[a, -b], [b, a]]
-        return blocks.permute(0, 2, 1, 3).reshape(2 * n, 2 * n)
-
-    def magnitude(self) -> torch.Tensor:
-        """|W[i, j]| per complex block, (n, n): what the heat maps show."""
-        return torch.sqrt(self.re**2 + self.im**2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight().T
-
-
-@dataclass
-class MoonMemoryConfig:
-    n_moons: int = 3
-    n_head: int = 3  # 1 head with 6-D keys, or 3 heads with 2-D keys: same parameters
-    beta: float = 50.0  # fixed bandwidth
-    kernel: Literal["dot", "gaussian"] = "dot"  # official code: softmax(beta k.k) on raw keys
-    normalize: bool = False
-
-
-class MoonMemory(nn.Module):
-    """y_t = W_z sum_{j<t} softmax_j(beta k_t . k_j) v_j with k_t = W_phi x_t, v_j = W_psi x_{j+1}."""
-
-    def __init__(self, cfg: MoonMemoryConfig):
-        super().__init__()
-        dim = 2 * cfg.n_moons
-        if dim % cfg.n_head:
-            raise ValueError(f"n_head={cfg.n_head} must divide the observation size {dim}")
-        self.cfg = cfg
-        self.w_phi = ComplexLinear(cfg.n_moons)  # keys (= queries)
-        self.w_psi = ComplexLinear(cfg.n_moons)  # values, peeking one step ahead
-        self.w_z = ComplexLinear(cfg.n_moons)  # output
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        return x.view(B, T, self.cfg.n_head, C // self.cfg.n_head).transpose(1, 2)  # (B, H, T, d)
-
-    def _merge(self, y: torch.Tensor) -> torch.Tensor:
-        B, H, T, d = y.shape
-        return self.w_z(y.transpose(1, 2).reshape(B, T, H * d))  # (B, T, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T + 1, C) -> predictions of x[:, 1:] (B, T, C). Position 0 has no memory: 0."""
-        k = self._heads(self.w_phi(x[:, :-1]))  # (B, H, T, d)
-        v = self._heads(self.w_psi(x[:, 1:]))  # (B, H, T, d): pair j stores x_{j+1}
-        y = associative_recall(k, k, v, self.cfg.beta, normalize=self.cfg.normalize, kernel=self.cfg.kernel)
-        return self._merge(y)
-
-    @torch.no_grad()
-    def generate(self, prefix: torch.Tensor, steps: int) -> torch.Tensor:
-        """Feed `prefix` (B, c, C), then predict `steps` observations autoregressively (B, steps, C).
-
-        The cache holds keys of every observation so far and the values of completed pairs: pair j's
-        value needs x_{j+1}, so each new prediction completes the previous pair.
-        """
-        k = self._heads(self.w_phi(prefix))  # (B, H, c, d)
-        v = self._heads(self.w_psi(prefix[:, 1:]))  # (B, H, c - 1, d)
-        outs = []
-        for _ in range(steps):
-            y = recall_all(
-                k[..., -1:, :],
-                k[..., :-1, :],
-                v,
-                self.cfg.beta,
-                normalize=self.cfg.normalize,
-                kernel=self.cfg.kernel,
-            )  # (B, H, 1, d): the newest position reads every earlier pair
-            x_next = self._merge(y)  # (B, 1, C)
-            outs.append(x_next)
-            k = torch.cat([k, self._heads(self.w_phi(x_next))], dim=-2)
-            v = torch.cat([v, self._heads(self.w_psi(x_next))], dim=-2)
-        return torch.cat(outs, dim=1)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The language-model mosaic: Memory Mosaics v1 as in the official `Library` (StackAssoMem), ref. 1.2.
+from repro.models.registry import register_model
 
 EXP_SCALE = 10.0  # per-head scalars enter as 10|theta| or exp(10 p): the official reparametrisation
 MAX_LOG_SCALE = 5.0  # clamp on 10 kappa: the key scale exp(10 kappa) stays fp16-safe
@@ -120,11 +26,13 @@ MAX_LOG_SCALE = 5.0  # clamp on 10 kappa: the key scale exp(10 kappa) stays fp16
 
 @dataclass
 class MosaicConfig:
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 512  # training context; no position encoding, so inputs may be longer
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
+    """Defaults: the small `debug` size; `small` (the registry's variant) is the paper's GPT-2 shape."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    block_size: int = 128  # training context; no position encoding, so inputs may be longer
+    vocab_size: int = 512
     bias: bool = False  # biases in Linear and LayerNorm layers
     pmem_size: int | None = None  # persistent pairs per head; None: 3.5 n_embd rounded (2688 at d=768)
     ic_dropout: float = 0.05  # dropout on the memories' attention weights
@@ -146,16 +54,6 @@ def leaky_average(
     constant decay exp(-lambda_h): O(T) memory, unlike the official regular version's T x T matrix.
     """
     return kernels.leaky_scan(x, None, torch.exp(-decay_rate), state, backend=backend)
-
-
-def _split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
-    B, T, C = x.shape
-    return x.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
-
-
-def _merge_heads(y: torch.Tensor) -> torch.Tensor:
-    B, H, T, D = y.shape
-    return y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C): heads side by side
 
 
 class LeakyAverageKeys(nn.Module):
@@ -183,7 +81,7 @@ class LeakyAverageKeys(nn.Module):
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype (the autocast dtype under
         AMP), and the new running average (B, H, D) in float32."""
-        k = _split_heads(self.proj(x), self.n_head)  # (B, H, T, D)
+        k = split_heads(self.proj(x), self.n_head)  # (B, H, T, D)
         avg, state = leaky_average(k, EXP_SCALE * self.leak.abs(), state)
         return F.normalize(avg, dim=-1).to(k.dtype), state
 
@@ -234,7 +132,7 @@ class ContextMemory(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
         k, key_state = self.keys(x, None if cache is None else cache.key_state)  # (B, H, T, D)
-        u = _split_heads(self.value_proj(x), self.n_head)  # (B, H, T, D): W_psi x_t
+        u = split_heads(self.value_proj(x), self.n_head)  # (B, H, T, D): W_psi x_t
         beta = self.keys.beta()
         if cache is None or cache.keys is None:
             ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 is never read
@@ -251,7 +149,7 @@ class ContextMemory(nn.Module):
             cache.keys, cache.values = keys, values
         if cache is not None:
             cache.key_state, cache.value_proj = key_state, u[:, :, -1]
-        return self.resid_dropout(self.c_proj(_merge_heads(y)))
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
 
     def _recall(self, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """Strictly causal retrieval over one whole sequence. Unit keys make the Gaussian kernel a
@@ -323,7 +221,7 @@ class PersistentMemory(nn.Module):
             dropout_p=self.attn_dropout if self.training else 0.0,
         )  # (B, H, T, D)
         y = y * torch.exp(EXP_SCALE * self.value_scale).view(1, -1, 1, 1)
-        return self.resid_dropout(self.c_proj(_merge_heads(y)))
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
 
 
 class MosaicBlock(nn.Module):
@@ -341,7 +239,6 @@ class MosaicBlock(nn.Module):
         return x + self.pmem(self.ln_2(x), cache)
 
 
-@register_family("mosaic")
 class MemoryMosaic(LanguageModel):
     """Memory Mosaics v1 language model: token embedding (no position encoding: the leaky averages
     carry order), n_layer mosaic blocks, final LayerNorm, tied head, logits scaled by 1/sqrt(d)."""
@@ -387,3 +284,16 @@ class MemoryMosaic(LanguageModel):
         # scaling the (B, T, C) input of the linear head instead of its (B, T, V) output: same logits, V/C
         # times fewer multiplications (the vocabulary is much larger than the width)
         return self.lm_head(self.ln_f(x) * (1.0 / math.sqrt(self.config.n_embd)))  # (B, T, V)
+
+
+# The paper's shape is GPT-2 small's (reference 1.2: d 768, 12 heads, context 512, vocab 50304); pmem
+# 3.5 d = 2688 pairs. `dropout` sets both dropouts, so one set of shape overrides builds either family.
+MOSAIC_SMALL = dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=50304)
+register_model(
+    "mosaic",
+    MosaicConfig,
+    MemoryMosaic,
+    {"debug": {}, "small": MOSAIC_SMALL},
+    label="Memory Mosaic",
+    aliases={"dropout": ("ic_dropout", "hd_dropout")},
+)

@@ -11,7 +11,7 @@ Three changes to v1 (§4.1), each cited where it is built below:
    [1, t-m] (m ~ U[m_min, m_max] per training forward, m = m_min at inference), both concatenated
    and projected by W_o, and a SwiGLU persistent memory; no position encoding anywhere.
 
-The Table 6 init (truncated normals) is `repro.models.transformer.v2_init`, shared with the Llama
+The Table 6 init (truncated normals) is `repro.models.layers.v2_init`, shared with the Llama
 baseline. Memories call `repro.models.memory.associative_recall` (the `memory_retrieval` kernel)
 for whole training sequences; for long inputs without gradients, and after a decoding cache, they
 chunk over queries here so no T x T matrix is ever built and memory grows linearly with T.
@@ -29,10 +29,10 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.errors import UserError
-from repro.models.lm import DecodeCache, LanguageModel, register_family
+from repro.models.layers import RMSNorm, SwiGLU, merge_heads, split_heads, v2_init
+from repro.models.lm import DecodeCache, LanguageModel
 from repro.models.memory import associative_recall
-from repro.models.mosaic import _merge_heads, _split_heads
-from repro.models.transformer import RMSNorm, SwiGLU, v2_init
+from repro.models.registry import register_model
 
 BETA_LOG_MAX = 10.0  # Table 6: beta0 = e^min(theta, 10), beta1 = e^min(theta, 10)
 ALPHA_MAX = 1.0  # Table 6: alpha = min(|theta|, 1)
@@ -42,20 +42,21 @@ GATE_LOG_MAX = 30.0  # ours: clamp on W_g x before exp, a float32 overflow guard
 
 @dataclass
 class MosaicV2Config:
-    """Defaults are the large model (§4.2): 32 layers, d 4096, 32 heads, SwiGLU d' 14336, context
-    4096, h = 256, m ~ U[64, 256]; vocab 128256 (Llama 3's, which makes the paper's 9.9B come out)."""
+    """Defaults: the small `debug` size. The paper's sizes (§4.2) are the registry's variants
+    (bottom of this file): `large` is 32 layers, d 4096, 32 heads, SwiGLU d' 14336, context 4096,
+    h = 256, m ~ U[64, 256], vocab 128256 (Llama 3's, which makes the paper's 9.9B come out)."""
 
-    n_layer: int = 32
-    n_head: int = 32
-    n_embd: int = 4096
-    block_size: int = 4096  # training context; no position encoding, so inputs may be longer
-    vocab_size: int = 128256
-    ffn_size: int = 14336  # persistent memory (SwiGLU) hidden size d': 6144 small, 14336 large
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    block_size: int = 128  # training context; no position encoding, so inputs may be longer
+    vocab_size: int = 512
+    ffn_size: int = 192  # persistent memory (SwiGLU) hidden size d': 6144 small, 14336 large
     dropout: float = 0.0  # residual branches; the paper gives none
     bias: bool = False
-    short_window: int = 256  # h: the short-term memory holds pairs t-h+1 .. t-1
-    long_skip_min: int = 64  # m at inference, and the low end of its training range
-    long_skip_max: int = 256  # m ~ U[m_min, m_max] during training
+    short_window: int = 16  # h: the short-term memory holds pairs t-h+1 .. t-1 (paper 256)
+    long_skip_min: int = 4  # m at inference, and the low end of its training range (paper 64)
+    long_skip_max: int = 16  # m ~ U[m_min, m_max] during training (paper 256)
     long_term: bool = True  # False: no long-term memory at all (the 8.3B row of §4.2)
     query_chunk: int = 1024  # queries per retrieval chunk for long inputs without gradients
     norm_eps: float = 1e-5
@@ -119,7 +120,7 @@ class GatedKeys(nn.Module):
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype, new state (B, H, D)."""
-        u = _split_heads(self.w_phi(x), self.n_head)  # (B, H, T, D)
+        u = split_heads(self.w_phi(x), self.n_head)  # (B, H, T, D)
         g = torch.exp(self.w_g(x).float().clamp(max=GATE_LOG_MAX)).transpose(1, 2)  # (B, T, H) -> (B, H, T)
         lam = torch.exp(-self.w_lambda(x).float().abs()).transpose(1, 2)  # (B, H, T)
         avg, state = gated_leaky_scan(u, g, lam, state)
@@ -139,7 +140,7 @@ class ValueExtractor(nn.Module):
         self.scale = nn.Parameter(torch.zeros(cfg.n_head))  # theta of alpha_psi
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return _split_heads(self.w_psi(x), self.n_head)  # (B, H, T, D): W_psi x_t
+        return split_heads(self.w_psi(x), self.n_head)  # (B, H, T, D): W_psi x_t
 
     def forward(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
         """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
@@ -265,17 +266,16 @@ class MosaicV2Block(nn.Module):
         self, x: torch.Tensor, skip: int, use_long: bool, cache: MosaicV2LayerCache | None = None
     ) -> torch.Tensor:
         h = self.mem_norm(x)
-        heads = [_merge_heads(self.short(h, 1, None if cache is None else cache.short))]  # (B, T, C)
+        heads = [merge_heads(self.short(h, 1, None if cache is None else cache.short))]  # (B, T, C)
         if self.long is not None:
             if use_long:
-                heads.append(_merge_heads(self.long(h, skip, None if cache is None else cache.long)))
+                heads.append(merge_heads(self.long(h, skip, None if cache is None else cache.long)))
             else:  # Table 2 ablation: W_o sees zeros where the long-term heads were
                 heads.append(torch.zeros_like(heads[0]))
         x = x + self.resid_dropout(self.wo(torch.cat(heads, dim=-1)))  # (B, T, 2C) -> (B, T, C)
         return x + self.pmem(self.ffn_norm(x))
 
 
-@register_family("mosaic_v2")
 class MemoryMosaicV2(LanguageModel):
     """Memory Mosaics v2 language model: token embedding (no position encoding, §4.1), n_layer v2
     blocks, final RMSNorm, untied classifier (untied as in Llama: the paper's 9.9B needs it)."""
@@ -347,3 +347,13 @@ def mosaic_v2_ffn_for(n_params_per_layer: int, cfg: MosaicV2Config) -> int:
     n_mem = 2 if cfg.long_term else 1
     rest = n_mem * (2 * d * d + 2 * d * H) + n_mem * d * d
     return max(1, math.floor((n_params_per_layer - rest) / (3 * d)))
+
+
+# §4.2: the llama-1.5B and llama-8B scales, h = 256, m ~ U[64, 256], vocab 128256, context 4096.
+_PAPER = dict(block_size=4096, vocab_size=128256, short_window=256, long_skip_min=64, long_skip_max=256)
+MOSAIC_V2_SIZES = {
+    "small": dict(n_layer=24, n_head=16, n_embd=2048, ffn_size=6144, **_PAPER),
+    "large": dict(n_layer=32, n_head=32, n_embd=4096, ffn_size=14336, **_PAPER),
+    "large-no-long-term": dict(n_layer=32, n_head=32, n_embd=4096, ffn_size=14336, long_term=False, **_PAPER),
+}
+register_model("mosaic_v2", MosaicV2Config, MemoryMosaicV2, {"debug": {}, **MOSAIC_V2_SIZES}, label="Memory Mosaics v2")
