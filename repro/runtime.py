@@ -360,8 +360,7 @@ def launch(
             raise
         except UserError:
             if created and rank == 0:  # rejected input (bad data, say): leave nothing behind
-                lock.release()
-                _remove_new_run_dir(run_dir, out)
+                _remove_new_run_dir(run_dir, out)  # still locked: no one can start in it meanwhile
             raise
         finally:
             tracker.close()
