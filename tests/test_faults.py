@@ -276,7 +276,7 @@ def test_unwritable_output_location_is_one_sentence(tmp_path):
 
 
 def _tiny_checkpoint(path: Path) -> Path:
-    from repro.models.transformer import GPT, GPTConfig
+    from repro.models.gpt2 import GPT, GPTConfig
 
     torch.manual_seed(0)
     return GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=64)).save(path)
