@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from repro import results
-from repro.data.text import TextDataConfig, prepare_lm_data
+from repro.data.text import TextDataConfig, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.eval.lm import mean_loss
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
@@ -358,6 +358,10 @@ class MMv2Pretrain(Experiment):
             raise UserError(f"families: {sorted(unknown)} unknown; choose from {', '.join(FAMILIES)}.")
         if cfg.model.n_embd % cfg.model.n_head:
             raise UserError(f"model.n_head ({cfg.model.n_head}) must divide model.n_embd ({cfg.model.n_embd}).")
+
+    def memory_estimate(self, cfg: MMv2PretrainConfig) -> int:
+        vocab = vocab_lower_bound(cfg.data)
+        return max(logits_bytes(s.batch_size, s.block_size, vocab) for s in (cfg.pretrain, cfg.finetune))
 
     def run(self, cfg: MMv2PretrainConfig, ctx: RunContext) -> list[dict[str, Any]]:
         tokenizer, data = prepare_lm_data(cfg.data)

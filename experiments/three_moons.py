@@ -28,6 +28,7 @@ import torch
 
 from repro import results
 from repro.data.moons import FIGURE_TRAIN_TRIPLE, HELDOUT_TRIPLE, TRAIN_TRIPLES, Sky
+from repro.errors import RunFailed
 from repro.models.moon_memory import MoonMemory, MoonMemoryConfig
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
@@ -105,8 +106,12 @@ class ThreeMoons(Experiment):
         if cfg.data.block_size <= cfg.eval.gen_steps + 1:
             raise UserError(f"data.block_size ({cfg.data.block_size}) must exceed eval.gen_steps + 1.")
         for h in cfg.heads:
-            if 6 % h:
+            if h <= 0 or 6 % h:
                 raise UserError(f"heads: {h} does not divide the 6 observation dimensions; use 1, 2, 3 or 6.")
+
+    def memory_estimate(self, cfg: ThreeMoonsConfig) -> int:
+        """The float32 batch (B, T + 1, 6) and the predictions (B, T, 6), whatever the kernel."""
+        return 2 * 4 * cfg.batch_size * (cfg.data.block_size + 1) * 6
 
     def run(self, cfg: ThreeMoonsConfig, ctx: RunContext) -> list[dict[str, Any]]:
         sky = Sky(cfg.data.block_size, cfg.data.min_periods, cfg.data.grid_points)
@@ -153,6 +158,13 @@ class ThreeMoons(Experiment):
                 curve = ctx.load_state(f"{model_name}.eval.{split}")
                 if curve is None:
                     curve = evaluate(model, sky, triple, cfg.eval, seed=ctx.seed, label=f"eval {model_name} {split}")
+                    if not np.isfinite(np.asarray(curve, dtype=float)).all():
+                        # The clipped loss stays finite while the weights explode: generation shows it.
+                        big = max(p.abs().max().item() for p in model.parameters())
+                        raise RunFailed(
+                            f"{model_name}'s predictions are not finite ({split} evaluation; weights reach "
+                            f"{big:.3g}): its training diverged; try a lower optim.lr (now {cfg.optim.lr:g})"
+                        )
                     ctx.save_state(f"{model_name}.eval.{split}", curve)
                 for c, mae, official in curve:
                     for metric, value in (("gen_mae", mae), ("gen_mae_official", official)):

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from repro import results
-from repro.data.text import TextDataConfig, prepare_lm_data
+from repro.data.text import TextDataConfig, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.eval.lm import mean_loss, per_position_loss
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
@@ -130,6 +130,9 @@ class TinyStoriesOOD(Experiment):
             raise UserError(f"families: {sorted(unknown)} unknown; choose from {', '.join(FAMILIES)}.")
         if cfg.model.n_embd % cfg.model.n_head:
             raise UserError(f"model.n_head ({cfg.model.n_head}) must divide model.n_embd ({cfg.model.n_embd}).")
+
+    def memory_estimate(self, cfg: TinyStoriesOODConfig) -> int:
+        return logits_bytes(cfg.batch_size, cfg.model.block_size, vocab_lower_bound(cfg.data))
 
     def run(self, cfg: TinyStoriesOODConfig, ctx: RunContext) -> list[dict[str, Any]]:
         T = cfg.model.block_size

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from repro.errors import UserError
+from repro.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -22,17 +22,21 @@ app = typer.Typer(
 
 
 def user_errors(fn: Callable) -> Callable:
-    """A UserError becomes one sentence on stderr and exit code 2, never a traceback."""
+    """A UserError becomes one sentence on stderr and its exit code (2 for bad input, 1 for a run
+    that failed, 130/143 for an interrupted one), never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            from rich.markup import escape
+
             from repro.track import console
 
-            console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            prefix = "" if isinstance(e, Interrupted) else "[red]error:[/] "
+            console.print(f"{prefix}{escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
 
     return wrapper
 

@@ -4,6 +4,8 @@ types, and YAML dump/load for the run directory."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -30,7 +32,9 @@ def _plain(x: Any) -> Any:
 
 
 def dump_yaml(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from repro.files import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -156,3 +160,65 @@ def parse_value(raw: str, typ: Any, key: str) -> Any:
     if typ is str:
         return raw
     fail()
+
+
+# ---- range checks -------------------------------------------------------------------------------
+# Every experiment config is checked by these rules before a run directory is made; an experiment's
+# `check` adds its own constraints. The rules go by field name (the last part of the key; for a list,
+# each element by the list's name), so a new config is covered without annotations:
+#   numbers are finite and never negative; integers are positive unless the name says zero means
+#   something (off, none, no warm-up); learning rates and epochs are positive; probabilities and
+#   fractions lie in [0, 1]; a list whose default is non-empty must stay non-empty.
+_ZERO_ALLOWED = re.compile(r"(_every|warmup_steps|seed|wa_start|_skip_min|_skip_max)$")
+_LOG_EVERY = "log_every"  # a logging period of 0 would divide by zero
+_POSITIVE_FLOAT = re.compile(r"^(lr|lrs|(?!min_).+_lr|.*epochs|rope_theta|beta)$")
+_UNIT_INTERVAL = re.compile(r"^(dropouts?|.*_fraction|label_noise|.*_flips|holdout|beta1|beta2|momentum|milestones)$")
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"--seed {seed}: expected an integer from 0 to {SEED_LIMIT - 1}.")
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check every field of a (nested) config dataclass by the rules above; raise one UserError."""
+    for f in dataclasses.fields(cfg):
+        key, value = prefix + f.name, getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, key + ".")
+        elif isinstance(value, (tuple, list)):
+            default = _default(f)
+            if not value and default:
+                raise UserError(f"{key} is empty; give at least one value (the default is {_show(default)}).")
+            for item in value:
+                _check_value(key, f.name, item)
+        else:
+            _check_value(key, f.name, value)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _show(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _check_value(key: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key}={value} is not a finite number; give a finite value.")
+    if value < 0:
+        raise UserError(f"{key}={value} is negative; expected a value of 0 or more.")
+    if isinstance(value, int) and value == 0 and (name == _LOG_EVERY or not _ZERO_ALLOWED.search(name)):
+        raise UserError(f"{key}=0: expected a positive integer.")
+    if isinstance(value, float) and value == 0 and _POSITIVE_FLOAT.match(name):
+        raise UserError(f"{key}=0: expected a positive number.")
+    if _UNIT_INTERVAL.match(name) and value > 1:
+        raise UserError(f"{key}={value}: expected a number between 0 and 1.")

@@ -41,7 +41,14 @@ class Experiment:
         return presets[preset]
 
     def check(self, cfg: Any) -> None:
-        """Validate inputs (data paths, shapes) before anything is written. Raise UserError."""
+        """The experiment's own constraints (data paths, shapes that must divide), checked before
+        anything is written, after the generic range checks of `repro.config.validate`. Raise UserError."""
+
+    def memory_estimate(self, cfg: Any) -> int:
+        """A lower bound on the bytes one training step needs (0: no estimate), compared with the
+        machine's (or GPU's) memory before anything is allocated, so an absurd batch is refused at once
+        instead of after minutes of swapping. Count only tensors that must exist whatever the kernels."""
+        return 0
 
     def run(self, cfg: Any, ctx: Any) -> list[dict[str, Any]]:
         raise NotImplementedError

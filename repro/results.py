@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from repro import files
 from repro.errors import UserError
 
 # A tidy row: one number, and everything needed to know what it is.
@@ -31,11 +31,8 @@ def make_row(**fields: Any) -> dict[str, Any]:
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)  # atomic: rows.jsonl exists only for finished runs
+    """Atomic (rows.jsonl exists only for finished runs) and strict JSON: a non-finite value is null."""
+    files.write_jsonl(path, rows)
 
 
 def collect(runs: Path, experiment: str | None = None) -> pd.DataFrame:
@@ -43,8 +40,7 @@ def collect(runs: Path, experiment: str | None = None) -> pd.DataFrame:
     pattern = f"{experiment or '*'}/*/*/s*/rows.jsonl"
     frames = []
     for path in sorted(runs.glob(pattern)):
-        with path.open() as f:
-            frames.append(pd.DataFrame([json.loads(line) for line in f if line.strip()]))
+        frames.append(pd.DataFrame(files.read_jsonl(path)))
     if not frames:
         return pd.DataFrame(columns=[*ROW_FIELDS, *OPTIONAL_FIELDS])
     return pd.concat(frames, ignore_index=True)

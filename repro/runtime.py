@@ -1,22 +1,32 @@
 """Device, seeds, the environment record, and the run directory life cycle.
 
 A run directory is `OUT/<experiment>/<preset>/<variant>/s<seed>/` holding `config.yaml`,
-`env.json`, `metrics.jsonl`, `rows.jsonl` (written last, atomically: its presence means the run
-finished) and any `state/*.pt` a run saves to resume after a kill.
+`env.json` (the first start, then one entry per resume), `metrics.jsonl`, `rows.jsonl` (written last,
+atomically: its presence means the run finished), `failed.json` instead when training diverged, any
+`state/*.pt` a run saves to resume after a kill, and `.lock` (held by the one process writing it).
+
+What a run does before it writes anything: validate the config (types, ranges, the experiment's own
+constraints), the seed, the device and a memory estimate; then it makes the directory and takes its
+lock. SIGINT/SIGTERM during training checkpoint the current step and exit 130/143.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +35,8 @@ import numpy as np
 import torch
 
 from repro import config as cfglib
-from repro import results
-from repro.errors import UserError
+from repro import files, results
+from repro.errors import Interrupted, RunFailed, UserError
 from repro.registry import Experiment
 from repro.track import Tracker, console
 
@@ -131,11 +141,10 @@ class RunContext:
         """(step, value) pairs of one logged scalar from metrics.jsonl, the last value per step
         (a resumed run logs the steps after its last checkpoint twice)."""
         values: dict[int, float] = {}
-        if self.tracker.path.exists():
-            for line in self.tracker.path.read_text().splitlines():
-                record = json.loads(line)
-                if key in record:
-                    values[record["step"]] = record[key]
+        for record in files.read_jsonl(self.tracker.path):
+            if key in record:
+                value = record[key]
+                values[record["step"]] = float("nan") if value is None else value  # null: not finite
         return sorted(values.items())
 
     def state_path(self, name: str) -> Path:
@@ -145,18 +154,145 @@ class RunContext:
 
     def save_state(self, name: str, obj: Any) -> None:
         """Save a stage's result so a killed run resumes after it (written atomically)."""
-        path = self.state_path(name)
-        tmp = path.with_suffix(".tmp")
-        torch.save(obj, tmp)
-        tmp.replace(path)
+        files.atomic_write(self.state_path(name), lambda tmp: torch.save(obj, tmp))
 
     def load_state(self, name: str) -> Any | None:
         path = self.state_path(name)
-        return torch.load(path, weights_only=False) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception as e:  # written atomically, so only damage from outside gets here
+            raise UserError(
+                f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to redo that stage, "
+                "or rerun with --force."
+            ) from e
 
 
 def run_dir_for(out: Path, experiment: str, preset: str, variant: str, seed: int) -> Path:
     return out / experiment / preset / variant / f"s{seed}"
+
+
+def check_memory(needed: int, device: torch.device) -> None:
+    """Refuse a run whose estimated need (a lower bound, in bytes) exceeds the device's memory."""
+    if needed <= 0:
+        return
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        where = "GPU"
+    else:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        where = "machine"
+    if needed > total:
+        raise UserError(
+            f"one training step needs at least {needed / 2**30:.1f} GiB but this {where} has "
+            f"{total / 2**30:.1f} GiB; lower batch_size (or the sequence length)."
+        )
+
+
+# ---- signals: a checkpoint at the current step, then exit 130 (SIGINT) or 143 (SIGTERM) -----------
+# The handler only records the signal while the training loop runs (it checkpoints at the end of the
+# step and raises Interrupted); anywhere else, or on a second signal, it raises Interrupted at once.
+_pending_signal: int | None = None
+_deferring = 0
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _pending_signal
+    if _deferring and _pending_signal is None:
+        _pending_signal = signum
+        return
+    raise Interrupted("interrupted; rerun the same command to resume (finished stages are kept).", signum)
+
+
+@contextmanager
+def handle_signals() -> Iterator[None]:
+    """Install the SIGINT/SIGTERM handler for the duration of a run (main thread only)."""
+    global _pending_signal
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        _pending_signal = None
+
+
+@contextmanager
+def defer_signals() -> Iterator[None]:
+    """Inside: a signal waits for `pending_signal()` (the training loop asks once per step)."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+
+
+def pending_signal() -> int | None:
+    return _pending_signal
+
+
+# ---- the run directory ---------------------------------------------------------------------------
+
+
+def record_start(path: Path, resuming: bool) -> None:
+    """env.json: the environment of the first start; each resume appends (time, command, git sha)."""
+    env = environment()
+    if resuming and path.exists():
+        try:
+            first = json.loads(path.read_text())
+        except ValueError:
+            first = None  # unreadable: start the record again rather than refuse to resume
+        if isinstance(first, dict):
+            entry = {"time": env["started"], "command": env["argv"], "git_sha": env["git_sha"]}
+            first.setdefault("resumes", []).append(entry)
+            env = first
+    files.write_json(path, env)
+
+
+def _make_run_dir(run_dir: Path) -> bool:
+    """Create the run directory; True when it did not exist. An unwritable place is one sentence."""
+    existed = run_dir.is_dir()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = files.temp_path(run_dir / "write-test")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"cannot write the run directory {run_dir} ({e.strerror or e}); choose a writable --out."
+        ) from None
+    return not existed
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """--force: delete everything of a previous run but the lock this process holds."""
+    for path in run_dir.iterdir():
+        if path.name == files.DirectoryLock.NAME:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _remove_new_run_dir(run_dir: Path, out: Path) -> None:
+    """Undo a run directory this command created when it was rejected before saving any state, and
+    the parents it left empty (up to --out)."""
+    if any(run_dir.glob("state/*")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent == out or out not in parent.parents:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def launch(
@@ -171,58 +307,73 @@ def launch(
 ) -> Path:
     """Run one experiment into its run directory; a finished run is a no-op unless `force`."""
     cfg = cfglib.apply_overrides(exp.config(preset), overrides)
-    exp.check(cfg)  # bad inputs fail here, before anything is written
+    # Bad inputs fail here, before anything is written.
+    cfglib.check_seed(seed)
+    cfglib.validate(cfg)
+    exp.check(cfg)
+    device = pick_device(getattr(cfg, "device", "auto"))
+    check_memory(exp.memory_estimate(cfg), device)
     variant = variant_name(overrides)
     run_dir = run_dir_for(out, exp.name, preset, variant, seed)
     rows_path = run_dir / "rows.jsonl"
-    rank = init_distributed()  # 0 without torchrun; only rank 0 writes to the run directory
-    if force and run_dir.exists() and rank == 0:
-        shutil.rmtree(run_dir)
-    if rows_path.exists():
+    if rows_path.exists() and not force:
         console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
         return run_dir
-    cfg_dict = cfglib.to_dict(cfg)
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
-        raise UserError(f"{run_dir} holds an unfinished run with a different config; pass --force to restart it.")
-    resuming = cfg_path.exists()
+    rank = init_distributed()  # 0 without torchrun; only rank 0 writes to the run directory
+    lock = files.DirectoryLock(run_dir)
+    created = False
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfglib.dump_yaml(cfg, cfg_path)
-        (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
-    seed_everything(seed)
-    device = pick_device(getattr(cfg, "device", "auto"))
-    tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb, enabled=rank == 0)
-    ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
-    verb = "resuming" if resuming else "running"
-    if rank == 0:
-        console.print(f"[bold]{verb}[/] {exp.name} (preset {preset}, seed {seed}) -> {run_dir}")
+        created = _make_run_dir(run_dir)
+        lock.acquire()  # one writer per run directory, for the whole run
     try:
-        rows = exp.run(cfg, ctx)
+        if force and rank == 0:
+            _clear_run_dir(run_dir)
+        if rows_path.exists():  # finished by another process while this one started
+            console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
+            return run_dir
+        failed = run_dir / "failed.json"
+        if failed.exists():
+            reason = json.loads(failed.read_text()).get("reason", "see failed.json")
+            raise RunFailed(f"{run_dir} failed before ({reason.rstrip('.')}); pass --force to start it again.")
+        cfg_dict = cfglib.to_dict(cfg)
+        cfg_path = run_dir / "config.yaml"
+        if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
+            raise UserError(f"{run_dir} holds an unfinished run with a different config; pass --force to restart it.")
+        resuming = cfg_path.exists()
+        if rank == 0:
+            cfglib.dump_yaml(cfg, cfg_path)
+            record_start(run_dir / "env.json", resuming)
+        seed_everything(seed)
+        tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb, enabled=rank == 0)
+        ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
+        verb = "resuming" if resuming else "running"
+        if rank == 0:
+            console.print(f"[bold]{verb}[/] {exp.name} (preset {preset}, seed {seed}) -> {run_dir}")
+        try:
+            with handle_signals():
+                rows = exp.run(cfg, ctx)
+        except RunFailed as e:
+            if rank == 0:  # never finished: rows.jsonl is not written, the last good checkpoint stays
+                files.write_json(failed, {"reason": str(e), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            raise
+        except Interrupted:
+            raise
+        except UserError:
+            if created and rank == 0:  # rejected input (bad data, say): leave nothing behind
+                _remove_new_run_dir(run_dir, out)  # still locked: no one can start in it meanwhile
+            raise
+        finally:
+            tracker.close()
+        if rank == 0:
+            missing = [r for r in rows if not math.isfinite(r["value"])]
+            if missing:  # written as null (strict JSON); say so rather than let a report average them
+                first = missing[0]
+                console.print(
+                    f"[yellow]warning[/]: {len(missing)} of {len(rows)} result values are not finite "
+                    f"(first: {first['metric']} of {first['model']}, {first['split']}); they are written as null."
+                )
+            results.write_rows(rows, rows_path)
+            console.print(f"[green]done[/] in {time.time() - ctx.started:.0f} s: {len(rows)} rows in {rows_path}")
+        return run_dir
     finally:
-        tracker.close()
-    if rank == 0:
-        results.write_rows(rows, rows_path)
-        console.print(f"[green]done[/] in {time.time() - ctx.started:.0f} s: {len(rows)} rows in {rows_path}")
-    return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_dict = cfglib.to_dict(cfg)
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
-        raise UserError(f"{run_dir} holds an unfinished run with a different config; pass --force to restart it.")
-    resuming = cfg_path.exists()
-    cfglib.dump_yaml(cfg, cfg_path)
-    (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
-    seed_everything(seed)
-    device = pick_device(getattr(cfg, "device", "auto"))
-    tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb)
-    ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
-    verb = "resuming" if resuming else "running"
-    console.print(f"[bold]{verb}[/] {exp.name} (preset {preset}, seed {seed}) -> {run_dir}")
-    try:
-        rows = exp.run(cfg, ctx)
-    finally:
-        tracker.close()
-    results.write_rows(rows, rows_path)
-    console.print(f"[green]done[/] in {time.time() - ctx.started:.0f} s: {len(rows)} rows in {rows_path}")
-    return run_dir
+        lock.release()

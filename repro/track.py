@@ -3,7 +3,6 @@ with ETA, never a flood of lines) and, only when asked, Weights & Biases (import
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from repro import files
 from repro.errors import UserError
 
 console = Console(stderr=True)
@@ -58,6 +58,8 @@ class Tracker:
     ):
         """`enabled=False` (DDP ranks other than 0) makes every method a no-op."""
         self.path = run_dir / "metrics.jsonl"
+        if enabled:
+            files.repair_jsonl(self.path)  # a killed run may have left half a line: never append after it
         self._file = self.path.open("a") if enabled else None
         self._wandb = None
         mode = wandb_mode(use_wandb) if enabled else None
@@ -80,7 +82,7 @@ class Tracker:
         if self._file is None:
             return
         record = {"step": step, "time": round(time.time(), 3), **clean}
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(files.dumps(record) + "\n")  # NaN/inf are written as null
         self._file.flush()
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in clean.items() if math.isfinite(v)}, step=step)

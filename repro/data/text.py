@@ -37,7 +37,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,6 +54,7 @@ from repro.data.tokenizer import (
     hf_offline,
 )
 from repro.errors import UserError
+from repro.files import atomic_write, write_json
 
 DocSplit = Literal["auto", "eot", "line", "blank", "wikitext", "none"]
 SPLITS = ("train", "validation", "test")
@@ -97,6 +98,18 @@ class TextDataConfig:
     cache_dir: str = ".cache/repro"
 
 
+def vocab_lower_bound(cfg: TextDataConfig) -> int:
+    """The fewest token ids `cfg`'s tokenizer can have, known before any text is read (for memory
+    estimates): GPT-2's 50257; a byte-level tokenizer or BPE at least its 256 byte symbols."""
+    return 50257 if cfg.tokenizer == "gpt2" else min(cfg.vocab_size, 256)
+
+
+def logits_bytes(batch_size: int, block_size: int, vocab_size: int) -> int:
+    """Bytes of one micro-batch's float32 logits (B, T, V). Every language model's loss materialises
+    them, so this is a lower bound on the memory of a training step (an experiment's memory_estimate)."""
+    return 4 * batch_size * block_size * vocab_size
+
+
 # ---- documents ----------------------------------------------------------------------------------
 
 _WIKI_HEADING = re.compile(r"^ = [^=\n][^\n]* = *$", re.M)
@@ -134,11 +147,40 @@ def _auto_rule(text: str, dataset_rule: DocSplit) -> DocSplit:
     return dataset_rule
 
 
+# Text has few control characters (tab, newlines and form feed aside); random or binary bytes that
+# happen to decode have many. More than this share of the first million characters is not text.
+CONTROL_LIMIT = 0.01
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def check_text(text: str, source: Path) -> None:
+    """Refuse what is not text (the share of control characters at its start), naming the file."""
+    sample = text[:1_000_000]
+    share = len(_CONTROL.findall(sample)) / max(1, len(sample))
+    if share > CONTROL_LIMIT:
+        raise UserError(
+            f"{source} does not look like text ({share:.1%} control characters); "
+            "point data.path at the dataset's text files."
+        )
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file, or one UserError naming it (invalid UTF-8, or binary-looking content)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not UTF-8 text (invalid byte at offset {e.start}); point data.path at the dataset's text files."
+        ) from None
+    check_text(text, path)
+    return text
+
+
 def read_documents(path: Path, dataset_rule: DocSplit, doc_split: DocSplit = "auto") -> list[str]:
     """The documents of one local file."""
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_text(path)
         return split_documents(text, _auto_rule(text, dataset_rule) if doc_split == "auto" else doc_split)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -149,11 +191,13 @@ def read_documents(path: Path, dataset_rule: DocSplit, doc_split: DocSplit = "au
             raise UserError(f"{path} has no 'text' column; documents must be in a 'text' field.") from e
     else:
         values = _json_records(path)
-    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+    docs = [v.strip() for v in values if isinstance(v, str) and v.strip()]
+    check_text("\n".join(docs[:1000]), path)
+    return docs
 
 
 def _json_records(path: Path) -> list[str]:
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text(path)
     try:
         data = json.loads(raw) if path.suffix.lower() == ".json" else None
     except json.JSONDecodeError:
@@ -335,27 +379,33 @@ def build_token_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
         raise UserError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} ids, too many for uint16.")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     starts, n_tokens, n_bytes = [], 0, 0
-    with open(tmp, "wb") as f:
-        for chunk in _chunks(texts, chunk_chars):
-            for ids in tokenizer.encode_batch(chunk):
-                starts.append(n_tokens)
-                arr = np.asarray([*ids, tokenizer.eot_id], dtype=np.uint16)
-                f.write(arr.tobytes())
-                n_tokens += len(arr)
-            n_bytes += sum(len(t.encode("utf-8")) for t in chunk)
-    meta = {
-        "tokenizer": tokenizer.name,
-        "vocab_size": tokenizer.vocab_size,
-        "documents": len(starts),
-        "tokens": n_tokens,
-        "bytes": n_bytes,
-        "bytes_per_token": n_bytes / max(1, n_tokens - len(starts)),  # end-of-text tokens excluded
-    }
-    _write_atomic(_sidecar(path, ".docs.npy"), lambda p: np.save(p, np.asarray(starts, dtype=np.int64)))
-    _write_atomic(_sidecar(path, ".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
-    os.replace(tmp, path)
+
+    def write_tokens(tmp: Path) -> None:
+        nonlocal n_tokens, n_bytes
+        with open(tmp, "wb") as f:
+            for chunk in _chunks(texts, chunk_chars):
+                for ids in tokenizer.encode_batch(chunk):
+                    starts.append(n_tokens)
+                    arr = np.asarray([*ids, tokenizer.eot_id], dtype=np.uint16)
+                    f.write(arr.tobytes())
+                    n_tokens += len(arr)
+                n_bytes += sum(len(t.encode("utf-8")) for t in chunk)
+
+    def write_meta() -> None:
+        meta = {
+            "tokenizer": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "documents": len(starts),
+            "tokens": n_tokens,
+            "bytes": n_bytes,
+            "bytes_per_token": n_bytes / max(1, n_tokens - len(starts)),  # end-of-text tokens excluded
+        }
+        atomic_write(_sidecar(path, ".docs.npy"), lambda p: _save_npy(p, np.asarray(starts, dtype=np.int64)))
+        write_json(_sidecar(path, ".json"), meta, indent=1)
+
+    # The token file is renamed into place last (after its sidecars), so its presence means done.
+    atomic_write(path, lambda tmp: (write_tokens(tmp), write_meta()))
     return n_tokens
 
 
@@ -376,10 +426,9 @@ def _sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.stem + suffix)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a temporary name
+        np.save(f, arr)
 
 
 def token_file(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from repro.errors import UserError
+from repro.files import atomic_write
 
 TokenizerKind = Literal["auto", "gpt2", "bpe", "byte"]
 EOT_TEXT = "<|endoftext|>"
@@ -200,9 +201,7 @@ def _train_bpe(texts: Sequence[str], vocab_size: int, path: Path) -> None:
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tok.save(str(tmp)))
 
 
 def bpe_tokenizer(

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from repro.errors import UserError
+from repro.files import atomic_write
 
 Arrays = tuple[np.ndarray, np.ndarray]  # (images uint8, labels int64)
 
@@ -72,8 +73,13 @@ SPECS = {
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzip'd or raw): big-endian header, magic 0x0000 <type 0x08> <ndim>, then dims."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # a damaged .gz
+        raise UserError(f"{path} cannot be read ({e}); replace it with an intact copy.") from None
+    if len(data) < 4:
+        raise UserError(f"{path} is not an IDX file (only {len(data)} bytes).")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08:
         raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
@@ -121,8 +127,14 @@ def cifar_pickles(root: Path, name: str, split: str) -> list[Path]:
 def read_cifar_pickles(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for f in files:
-        with f.open("rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+        try:
+            with f.open("rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            if not isinstance(batch, dict) or b"data" not in batch:
+                raise ValueError("no data array")
+        except Exception as e:  # garbage of any kind: unpickling errors are not one type
+            why = type(e).__name__
+            raise UserError(f"{f} is not a CIFAR python batch ({why}); replace it with an intact copy.") from None
         images.append(np.asarray(batch[b"data"], dtype=np.uint8))
         key = b"labels" if b"labels" in batch else b"fine_labels"
         labels.append(np.asarray(batch[key], dtype=np.int64))
@@ -148,7 +160,6 @@ def _class_index(names: list[str]) -> dict[str, int]:
 
 def read_cifar_jpegs(source: Path) -> tuple[np.ndarray, np.ndarray]:
     """Decode `<split>/<class>/<name>.jpg` files (from a tar.gz or a folder) in (class, name) order."""
-    from PIL import Image
 
     items: list[tuple[str, str, bytes]] = []
     if source.is_file():
@@ -165,8 +176,18 @@ def read_cifar_jpegs(source: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{source} holds no <class>/<name>.jpg images.")
     index = _class_index(sorted({c for c, _, _ in items}))
     items.sort(key=lambda it: (index[it[0]], it[1]))
-    images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for _, _, b in items])
+    images = np.stack([_decode_image(b, f"{source}: {c}/{name}") for c, name, b in items])
     return images, np.array([index[c] for c, _, _ in items], dtype=np.int64)  # (N, H, W, 3), (N,)
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    """One image file's pixels (H, W, 3), or one UserError naming the file that does not decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{where} is not a readable image ({type(e).__name__}); remove or replace it.") from None
 
 
 # ---- finding a source, caching -------------------------------------------------------------------
@@ -206,10 +227,11 @@ def _fingerprint(name: str, split: str, files: list[Path]) -> str:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        np.save(f, arr)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, arr)
+
+    atomic_write(path, write)
 
 
 def _cached(cache: Path | None, build: Callable[[], Arrays]) -> Arrays:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from repro.config import from_dict, to_dict
 from repro.errors import UserError
+from repro.files import atomic_write, write_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -171,12 +172,11 @@ class LanguageModel(nn.Module):
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         meta = {"family": self.family, **to_dict(self.config)}
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        safetensors.torch.save_model(self, str(tmp), metadata={"family": self.family})
-        os.replace(tmp, path / WEIGHTS_FILE)
-        tmp = path / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, path / CONFIG_FILE)
+        atomic_write(
+            path / WEIGHTS_FILE,
+            lambda tmp: safetensors.torch.save_model(self, str(tmp), metadata={"family": self.family}),
+        )
+        write_json(path / CONFIG_FILE, meta)
         return path
 
     @classmethod
@@ -189,7 +189,14 @@ class LanguageModel(nn.Module):
                 f"{path} is not a model checkpoint (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
                 "pass the directory a run saved its model into."
             )
-        data = json.loads(config_path.read_text())
+        try:
+            data = json.loads(config_path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(
+                f"{config_path} is not valid JSON ({e}); the checkpoint is damaged, save it again."
+            ) from None
+        if not isinstance(data, dict):
+            raise UserError(f"{config_path} does not hold a model config (a JSON object); save the checkpoint again.")
         family = data.pop("family", None)
         from repro.models import registry  # the registry names the class; it never imports this module
 
@@ -201,9 +208,46 @@ class LanguageModel(nn.Module):
         model_cls = registry.family(family).model_class
         if cls is not LanguageModel and not issubclass(model_cls, cls):
             raise UserError(f"checkpoint {path} holds a {family} model, not a {cls.__name__}.")
-        model = model_cls(from_dict(model_cls.config_class, data))
-        safetensors.torch.load_model(model, str(weights_path), device=str(device))
+        check_safetensors(weights_path)
+        try:
+            model = model_cls(from_dict(model_cls.config_class, data))
+        except (TypeError, ValueError, ZeroDivisionError) as e:
+            raise UserError(f"{config_path} is not a valid {family} config ({e}); save the checkpoint again.") from None
+        try:
+            safetensors.torch.load_model(model, str(weights_path), device=str(device))
+        except (RuntimeError, OSError, ValueError) as e:  # shapes or names that do not match config.json
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"{weights_path} does not match {config_path} ({first}); the checkpoint is damaged or mixed up."
+            ) from None
         return model.to(device).eval()
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or garbled safetensors file in one sentence, before reading any tensor.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's byte
+    range, then the data: the file must be exactly as long as the header says."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = f.read(n) if 0 < n <= size - 8 else b""
+    try:
+        tensors = json.loads(header) if header else None
+    except (ValueError, UnicodeDecodeError):
+        tensors = None
+    if not isinstance(tensors, dict):
+        raise UserError(f"{path} is not a safetensors file (its header is unreadable); save the checkpoint again.")
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in tensors.items() if k != "__metadata__"), default=0)
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise UserError(f"{path} has a garbled safetensors header; save the checkpoint again.") from None
+    expected = 8 + n + end
+    if size != expected:
+        raise UserError(
+            f"{path} is truncated or damaged ({size} bytes, its header promises {expected}); save the checkpoint again."
+        )
 
 
 def sample(

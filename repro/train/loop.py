@@ -5,10 +5,15 @@ and data-parallel training under `torchrun`.
 `batch_fn(i)` returns micro-batch number i (i = step * accum + micro, times the world size plus the
 rank under DDP). It must be a pure function of i (seed its generator from it), so a run killed and
 resumed from a checkpoint sees the same batches and follows the same loss curve.
+
+Every step checks that the loss and the gradient norm are finite: a diverged run stops there (the last
+good checkpoint stays, the run is marked failed) instead of training on NaN. SIGINT/SIGTERM are
+answered at the end of the current step: a checkpoint of that step (RNG included), then Interrupted.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -19,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from repro import runtime
+from repro.errors import Interrupted, RunFailed
 from repro.runtime import RunContext
 from repro.track import progress
 from repro.train.optim import OptimConfig, build_optimizer, lr_at
@@ -103,8 +110,24 @@ def train(
         model.train()
         ctx.tracker.log(step, **{f"{name}/{k}": v for k, v in scalars.items()})
 
+    def checkpoint(done: int) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never save a broken model
+            raise RunFailed(
+                f"training {name} diverged before step {done} (weights are no longer finite); try a lower "
+                f"learning rate (optim.lr is {cfg.lr:g}) or gradient clipping (optim.grad_clip=1)"
+            )
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": done,
+            "losses": losses,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        ctx.save_state(state_name, state)
+
     model.train()
-    with progress(steps, f"train {name}") as bar:
+    with runtime.defer_signals(), progress(steps, f"train {name}") as bar:
         bar.advance(start)
         tick, tokens = time.perf_counter(), 0
         for step in range(start, steps):
@@ -124,10 +147,20 @@ def train(
                 total += loss.item()
                 tokens += tokens_per_batch * world_size
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            else:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            step_loss = _mean_across_ranks(total, ctx.device) if world_size > 1 else total
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                raise RunFailed(  # before the update: the model and the last checkpoint stay finite
+                    f"training {name} diverged at step {step} (loss {step_loss:.3g}, gradient norm "
+                    f"{grad_norm:.3g}); try a lower learning rate (optim.lr is {cfg.lr:g}) or gradient "
+                    "clipping (optim.grad_clip=1)"
+                )
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(_mean_across_ranks(total, ctx.device) if world_size > 1 else total)
+            losses.append(step_loss)
             done = step + 1
             if rank == 0 and (step % loop.log_every == 0 or done == steps):
                 elapsed = time.perf_counter() - tick
@@ -137,19 +170,24 @@ def train(
             if loop.eval_every and done % loop.eval_every == 0 and done != steps:
                 evaluate(done)
             bar.advance(loss=losses[-1])
-            if rank == 0 and loop.checkpoint_every and (done % loop.checkpoint_every == 0 or done == steps):
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": done,
-                    "losses": losses,
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                }
-                ctx.save_state(state_name, state)
+            saved_now = loop.checkpoint_every and (done % loop.checkpoint_every == 0 or done == steps)
+            if rank == 0 and saved_now:
+                checkpoint(done)
+            signum = _signal_on_any_rank(ctx.device) if world_size > 1 else runtime.pending_signal()
+            if signum is not None:  # SIGINT/SIGTERM arrived during this step
+                if rank == 0 and not saved_now:
+                    checkpoint(done)
+                raise Interrupted(f"interrupted at step {done}; rerun the same command to resume", signum)
     evaluate(steps)
     model.eval()
     return losses
+
+
+def _signal_on_any_rank(device: torch.device) -> int | None:
+    """Under DDP every rank stops at the same step when any rank got a signal."""
+    t = torch.tensor([runtime.pending_signal() or 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item()) or None
 
 
 def _mean_across_ranks(value: float, device: torch.device) -> float:
