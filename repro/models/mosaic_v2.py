@@ -54,11 +54,12 @@ class MosaicV2Config:
     ffn_size: int = 192  # persistent memory (SwiGLU) hidden size d': 6144 small, 14336 large
     dropout: float = 0.0  # residual branches; the paper gives none
     bias: bool = False
-    short_window: int = 16  # h: the short-term memory holds pairs t-h+1 .. t-1 (paper 256)
-    long_skip_min: int = 4  # m at inference, and the low end of its training range (paper 64)
-    long_skip_max: int = 16  # m ~ U[m_min, m_max] during training (paper 256)
+    # debug sizes are small enough that a 60-token test crosses the window, the skip and the chunks
+    short_window: int = 8  # h: the short-term memory holds pairs t-h+1 .. t-1 (paper 256)
+    long_skip_min: int = 3  # m at inference, and the low end of its training range (paper 64)
+    long_skip_max: int = 6  # m ~ U[m_min, m_max] during training (paper 256)
     long_term: bool = True  # False: no long-term memory at all (the 8.3B row of §4.2)
-    query_chunk: int = 1024  # queries per retrieval chunk for long inputs without gradients
+    query_chunk: int = 16  # queries per retrieval chunk for long inputs without gradients
     norm_eps: float = 1e-5
 
 
@@ -350,7 +351,9 @@ def mosaic_v2_ffn_for(n_params_per_layer: int, cfg: MosaicV2Config) -> int:
 
 
 # §4.2: the llama-1.5B and llama-8B scales, h = 256, m ~ U[64, 256], vocab 128256, context 4096.
-_PAPER = dict(block_size=4096, vocab_size=128256, short_window=256, long_skip_min=64, long_skip_max=256)
+_PAPER = dict(
+    block_size=4096, vocab_size=128256, short_window=256, long_skip_min=64, long_skip_max=256, query_chunk=1024
+)
 MOSAIC_V2_SIZES = {
     "small": dict(n_layer=24, n_head=16, n_embd=2048, ffn_size=6144, **_PAPER),
     "large": dict(n_layer=32, n_head=32, n_embd=4096, ffn_size=14336, **_PAPER),
