@@ -128,16 +128,3 @@ def test_mosaic_trains_with_dropout_causally_and_every_parameter_learns():
     model.loss(idx, _tokens(T=24, seed=9)).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
-
-
-def test_dropout_path_without_dropout_is_the_kernel():
-    from repro.models.memory import associative_recall
-    from repro.models.mosaic import _causal_recall_with_dropout
-
-    g = torch.Generator().manual_seed(8)
-    k = torch.nn.functional.normalize(torch.randn(2, 3, 17, 5, generator=g), dim=-1)
-    v = torch.randn(2, 3, 17, 5, generator=g)
-    beta = torch.tensor([1.0, 7.4, 50.0])
-    ours = _causal_recall_with_dropout(k * beta.view(1, -1, 1, 1), k, v, 0.0)
-    ref = associative_recall(k, k, v, beta, normalize=False, kernel="dot", skip=1, backend="reference")
-    assert torch.allclose(ours, ref, atol=1e-6)

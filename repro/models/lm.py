@@ -60,17 +60,6 @@ class DecodeCache:
     length: int = 0  # tokens read so far
 
 
-def offset_causal_mask(
-    n_query: int, n_key: int, first_query: int, skip: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """(n_query, n_key) bool: query i, at absolute position first_query + i, sees key j iff
-    j <= first_query + i - skip. Used when new tokens arrive after a cache (the new queries do not
-    start at position 0, so SDPA's is_causal, which aligns top-left, does not apply)."""
-    i = torch.arange(n_query, device=device)[:, None]
-    j = torch.arange(n_key, device=device)[None, :]
-    return j <= first_query + i - skip
-
-
 class LanguageModel(nn.Module):
     """Base class: subclasses define `forward` and `new_cache`; `repro.models.registry.register_model`
     sets their `family` and `config_class`."""

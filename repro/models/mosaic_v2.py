@@ -12,9 +12,10 @@ Three changes to v1 (§4.1), each cited where it is built below:
    and projected by W_o, and a SwiGLU persistent memory; no position encoding anywhere.
 
 The Table 6 init (truncated normals) is `repro.models.layers.v2_init`, shared with the Llama
-baseline. Memories call `repro.models.memory.associative_recall` (the `memory_retrieval` kernel)
-for whole training sequences; for long inputs without gradients, and after a decoding cache, they
-chunk over queries here so no T x T matrix is ever built and memory grows linearly with T.
+baseline. Memories call `repro.models.memory.associative_recall` (the `memory_retrieval` kernel) for
+whole training sequences, for long inputs without gradients (in query chunks, so no T x T matrix is
+ever built and memory grows linearly with T) and after a decoding cache (queries and keys at their
+absolute positions).
 `drop_long_term_memory()` is the paper's Table 2 ablation switch.
 """
 
@@ -173,43 +174,6 @@ class MosaicV2Cache(DecodeCache):
     layers: list[MosaicV2LayerCache] = field(default_factory=list)
 
 
-def chunked_recall(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    beta: torch.Tensor,
-    first_query: int,
-    key_start: int,
-    window: int | None,
-    skip: int,
-    chunk: int,
-) -> torch.Tensor:
-    """Queries at absolute positions first_query.. read keys at key_start.. with the mask
-    t - window < j <= t - skip, `chunk` queries at a time (only the keys a chunk can see are sliced),
-    so no T x T matrix exists and memory is O(chunk x T). q (B, H, Tq, D) unit; keys, values
-    (B, H, N, D); beta (1, H, Tq). Rows with nothing visible return 0. Returns (B, H, Tq, Dv)."""
-    B, H, Tq, _ = q.shape
-    N = keys.shape[2]
-    outs = []
-    for s in range(0, Tq, chunk):
-        qc = (q[:, :, s : s + chunk] * beta[..., s : s + chunk, None]).to(q.dtype)  # (B, H, c, D)
-        c = qc.shape[2]
-        t = torch.arange(first_query + s, first_query + s + c, device=q.device)  # (c,)
-        hi = t - skip
-        lo = t - window + 1 if window is not None else torch.zeros_like(t)
-        a, b = max(int(lo[0]), key_start), min(int(hi[-1]), key_start + N - 1)  # keys this chunk sees
-        if b < a:
-            outs.append(values.new_zeros(B, H, c, values.shape[-1]))
-            continue
-        j = torch.arange(a, b + 1, device=q.device)[None]  # (1, n)
-        mask = (j <= hi[:, None]) & (j >= lo[:, None])  # (c, n)
-        empty = ~mask.any(-1, keepdim=True)  # (c, 1)
-        kk, vv = keys[:, :, a - key_start : b - key_start + 1], values[:, :, a - key_start : b - key_start + 1]
-        out = F.scaled_dot_product_attention(qc, kk, vv, attn_mask=mask | empty, scale=1.0)
-        outs.append(out.masked_fill(empty, 0.0))
-    return torch.cat(outs, dim=2)
-
-
 class MemoryV2(nn.Module):
     """One contextual associative memory of v2 with its own W_phi, W_psi and beta (§4.1.3):
     short-term (window=h, skip 1: pairs t-h+1..t-1) or long-term (window None, skip m: pairs
@@ -229,19 +193,23 @@ class MemoryV2(nn.Module):
         u = self.values.project(x)  # (B, H, T, D)
         positions = torch.arange(t0, t0 + T, device=x.device)
         beta = self.bandwidth(visible_pairs(positions, self.window, skip))  # (1, H, T)
+        # unit keys: the Gaussian kernel is a dot product (kernel="dot", no renormalising)
+        recall = dict(normalize=False, kernel="dot", window=self.window, skip=skip)
         if t0 == 0:
             ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 unused
             v = self.values(u, ahead)
-            if torch.is_grad_enabled() or self.chunk >= T:  # the kernel (T x T on its torch backend)
-                y = associative_recall(k, k, v, beta, normalize=False, kernel="dot", window=self.window, skip=skip)
-            else:
-                y = chunked_recall(k, k, v, beta, 0, 0, self.window, skip, self.chunk)
+            # without gradients (long evaluations), queries in chunks keep memory linear in T
+            chunk = None if torch.is_grad_enabled() else self.chunk
+            y = associative_recall(k, k, v, beta, **recall, query_chunk=chunk)
             keys, values, start = k, v[:, :, :-1], 0  # pair T-1 waits for x_T
         else:
             before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
             values = torch.cat([cache.values, self.values(before, u)], dim=2)  # pairs start..t0+T-2
             keys, start = torch.cat([cache.keys, k], dim=2), cache.start  # (B, H, n + T, D)
-            y = chunked_recall(k, keys[:, :, :-1], values, beta, t0, start, self.window, skip, self.chunk)
+            # the new queries (positions t0..) read the cached pairs (positions start..)
+            y = associative_recall(
+                k, keys[:, :, :-1], values, beta, **recall, q_start=t0, k_start=start, query_chunk=self.chunk
+            )
         if cache is not None:
             drop = 0 if self.window is None else max(0, t0 + T - self.window + 1 - start)  # never visible again
             cache.keys, cache.values, cache.start = keys[:, :, drop:], values[:, :, drop:], start + drop
