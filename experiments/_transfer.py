@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from repro.data.vision import SPECS, augment, class_subset, load_images, to_tensor
 from repro.errors import UserError
 from repro.runtime import RunContext
-from repro.train.loop import train
+from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 from repro.train.probe import epoch_indices, steps_for
 
@@ -136,7 +136,9 @@ def fit_classifier(
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(m(batch[0]), batch[1])
 
-    losses = train(model, batch_fn, loss_fn, optim, steps, ctx, name, checkpoint_every=cfg.checkpoint_every)
+    losses = train(
+        model, batch_fn, loss_fn, optim, steps, ctx, name, loop=LoopConfig(checkpoint_every=cfg.checkpoint_every)
+    )
     return float(np.mean(losses[-max(1, steps // 10) :]))
 
 

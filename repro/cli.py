@@ -40,17 +40,26 @@ def user_errors(fn: Callable) -> Callable:
 @app.command("list")
 @user_errors
 def list_experiments() -> None:
-    """Show every experiment with its paper reference and the cost of each preset."""
+    """Show every experiment (paper reference, claim, cost of each preset) and every evaluation."""
     from repro import registry
     from repro.track import console
 
-    table = Table(title="repro experiments", show_lines=True)
-    for col in ("name", "paper", "claim", "presets (cost)"):
+    # names never wrap (they are what you type); the other columns fold instead
+    table = Table(title="repro experiments (repro run NAME)", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    for col in ("paper", "claim", "presets (cost)"):
         table.add_column(col, overflow="fold")
     for exp in registry.each():
         costs = "\n".join(f"{p}: {c}" for p, c in exp.preset_costs.items())
         table.add_row(exp.name, exp.paper_ref, exp.claim, costs)
     console.print(table)
+    evals = Table(title="repro evaluations (repro eval NAME)", show_lines=True)
+    evals.add_column("name", no_wrap=True)
+    evals.add_column("what it does", overflow="fold")
+    for command in eval_app.registered_commands:
+        doc = (command.callback.__doc__ or "").strip().split("\n\n")[0]
+        evals.add_row(command.name, " ".join(doc.split()))
+    console.print(evals)
 
 
 @app.command()

@@ -205,24 +205,3 @@ def launch(
         results.write_rows(rows, rows_path)
         console.print(f"[green]done[/] in {time.time() - ctx.started:.0f} s: {len(rows)} rows in {rows_path}")
     return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_dict = cfglib.to_dict(cfg)
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfg_dict:
-        raise UserError(f"{run_dir} holds an unfinished run with a different config; pass --force to restart it.")
-    resuming = cfg_path.exists()
-    cfglib.dump_yaml(cfg, cfg_path)
-    (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
-    seed_everything(seed)
-    device = pick_device(getattr(cfg, "device", "auto"))
-    tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb)
-    ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
-    verb = "resuming" if resuming else "running"
-    console.print(f"[bold]{verb}[/] {exp.name} (preset {preset}, seed {seed}) -> {run_dir}")
-    try:
-        rows = exp.run(cfg, ctx)
-    finally:
-        tracker.close()
-    results.write_rows(rows, rows_path)
-    console.print(f"[green]done[/] in {time.time() - ctx.started:.0f} s: {len(rows)} rows in {rows_path}")
-    return run_dir

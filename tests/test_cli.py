@@ -17,10 +17,14 @@ def test_help_everywhere(args):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_list_shows_experiments_and_costs():
-    result = runner.invoke(app, ["list"])
+def test_list_shows_experiments_evaluations_and_costs_and_never_wraps_a_name():
+    from repro import registry
+
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "60"})  # narrow: the other columns fold
     assert result.exit_code == 0
-    assert "three-moons" in result.output and "smoke" in result.output
+    assert "smoke" in result.output
+    for name in [*registry.names(), "ruler", "icl", "harness"]:
+        assert f" {name} " in result.output, name  # whole, on one line
 
 
 @pytest.mark.parametrize(
