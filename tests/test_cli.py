@@ -89,3 +89,13 @@ def test_bench_train_writes_a_ratio_table(tmp_path):
     assert result.exit_code == 0, result.output
     table = next(tmp_path.glob("train_throughput_*/table.csv")).read_text()
     assert "ratio vs gpt2" in table and "mosaic" in table
+
+
+def test_bench_train_writes_a_table_for_every_family(tmp_path):
+    args = ["bench", "train", "--families", "mosaic,gpt2", "--n-layer", "1", "--n-embd", "16", "--n-head", "2"]
+    args += ["--block-size", "16", "--batch-size", "2", "--vocab-size", "64", "--rounds", "1", "--steps", "1"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = next(tmp_path.glob("train_throughput_*/table.csv"))
+    rows = table.read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("mosaic,") and "ratio vs mosaic" in rows[0]

@@ -409,7 +409,7 @@ def test_bench_rows_dry_run_on_cpu():
     """The GPU benchmark's row builders, run on CPU with the torch backends and a wall-clock timer."""
     import time
 
-    from repro.kernels import bench
+    from repro.bench import kernels as bench
 
     def measure(fn, reps):
         t0 = time.perf_counter()
