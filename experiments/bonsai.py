@@ -59,7 +59,8 @@ PAPER = {  # OoD test accuracy, Rand / ERM / RFC / RFC(cf)
 
 @dataclass
 class ColoredMNISTData:
-    path: str | None = None  # a folder with MNIST IDX files; else $REPRO_DATA_DIR/mnist, else the hub
+    path: str | None = None  # a folder with MNIST IDX files; else data_dir/mnist, else the hub
+    data_dir: str | None = None  # a folder of local copies (`repro run --data-dir` sets it)
     cache_dir: str | None = ".cache/repro"  # decoded arrays as .npy; none: no cache
     label_noise: float = 0.25
     train_flips: tuple[float, ...] = (0.1, 0.2)
@@ -136,7 +137,7 @@ class Bonsai(Experiment):
 
     def run(self, cfg: BonsaiConfig, ctx: RunContext) -> list[dict[str, Any]]:
         d = cfg.data
-        images, digits = load_images("mnist", "train", d.path, d.cache_dir)
+        images, digits = load_images("mnist", "train", d.path, d.cache_dir, d.data_dir)
         if d.n_train >= len(images):
             raise UserError(f"data.n_train={d.n_train} leaves no MNIST test images (found {len(images)}).")
         envs, tests = colored_mnist(

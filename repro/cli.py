@@ -85,13 +85,12 @@ def run(
     """Run one experiment into runs/NAME/PRESET/VARIANT/sSEED/ (resumes a killed run)."""
     from repro import registry, runtime
 
-    if data_dir is not None:
-        if not data_dir.is_dir():
-            raise UserError(f"--data-dir {data_dir} is not a directory.")
-        os.environ["REPRO_DATA_DIR"] = str(data_dir.resolve())
-
+    if data_dir is not None and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir} is not a directory.")
     exp = registry.get(name)
-    runtime.launch(exp, preset=preset, overrides=overrides, seed=seed, out=out, use_wandb=wandb, force=force)
+    runtime.launch(
+        exp, preset=preset, overrides=overrides, seed=seed, out=out, use_wandb=wandb, force=force, data_dir=data_dir
+    )
 
 
 @app.command()

@@ -156,3 +156,16 @@ def parse_value(raw: str, typ: Any, key: str) -> Any:
     if typ is str:
         return raw
     fail()
+
+
+def fill_field(cfg: Any, name: str, value: Any) -> Any:
+    """A copy of the (nested) config with every field called `name`, at any depth, set to `value`:
+    how one command-line option (`--data-dir`) reaches each dataset config of an experiment."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        current = getattr(cfg, f.name)
+        if f.name == name:
+            changes[f.name] = value
+        elif dataclasses.is_dataclass(current) and not isinstance(current, type):
+            changes[f.name] = fill_field(current, name, value)
+    return dataclasses.replace(cfg, **changes)

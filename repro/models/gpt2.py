@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from repro.errors import UserError
 from repro.models.layers import KVCache, LayerKV, causal_attention, merge_heads, split_heads
-from repro.models.lm import LanguageModel
+from repro.models.lm import LanguageModel, run_blocks
 from repro.models.registry import register_model
 
 
@@ -125,10 +125,7 @@ class GPT(LanguageModel):
             )
         pos = torch.arange(t0, t0 + T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += T
+        x = run_blocks(self.transformer.h, x, cache)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
 

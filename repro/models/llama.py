@@ -25,7 +25,7 @@ from repro.models.layers import (
     split_heads,
     v2_init,
 )
-from repro.models.lm import LanguageModel
+from repro.models.lm import LanguageModel, run_blocks
 from repro.models.registry import register_model
 
 
@@ -103,10 +103,7 @@ class Llama(LanguageModel):
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = self.wte(idx)  # (B, T, C): no position embedding, RoPE acts inside attention
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += idx.shape[1]
+        x = run_blocks(self.blocks, x, cache)
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def flops_per_token(self, context: int) -> float:

@@ -60,6 +60,16 @@ class DecodeCache:
     length: int = 0  # tokens read so far
 
 
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, cache: DecodeCache | None, *args: Any) -> torch.Tensor:
+    """x (B, T, C) through each block as block(x, *args, its layer's cache); with a cache (one that
+    has `.layers`), the T tokens are counted as read."""
+    for i, block in enumerate(blocks):
+        x = block(x, *args, None if cache is None else cache.layers[i])  # type: ignore[attr-defined]
+    if cache is not None:
+        cache.length += x.shape[1]
+    return x
+
+
 class LanguageModel(nn.Module):
     """Base class: subclasses define `forward` and `new_cache`; `repro.models.registry.register_model`
     sets their `family` and `config_class`."""

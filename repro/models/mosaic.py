@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.models.layers import merge_heads, split_heads
-from repro.models.lm import DecodeCache, LanguageModel
+from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall, recall_all
 from repro.models.registry import register_model
 
@@ -240,10 +240,7 @@ class MemoryMosaic(LanguageModel):
 
     def forward(self, idx: torch.Tensor, cache: MosaicCache | None = None) -> torch.Tensor:
         x = self.wte(idx)  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += idx.shape[1]
+        x = run_blocks(self.blocks, x, cache)
         # scaling the (B, T, C) input of the linear head instead of its (B, T, V) output: same logits, V/C
         # times fewer multiplications (the vocabulary is much larger than the width)
         return self.lm_head(self.ln_f(x) * (1.0 / math.sqrt(self.config.n_embd)))  # (B, T, V)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from repro import kernels
 from repro.errors import UserError
 from repro.models.layers import RMSNorm, SwiGLU, merge_heads, split_heads, v2_init
-from repro.models.lm import DecodeCache, LanguageModel
+from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall
 from repro.models.registry import register_model
 
@@ -286,10 +286,7 @@ class MemoryMosaicV2(LanguageModel):
     def forward(self, idx: torch.Tensor, cache: MosaicV2Cache | None = None) -> torch.Tensor:
         skip = self.long_skip()
         x = self.wte(idx)  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, skip, self.use_long_term, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += idx.shape[1]
+        x = run_blocks(self.blocks, x, cache, skip, self.use_long_term)
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def flops_per_token(self, context: int) -> float:
