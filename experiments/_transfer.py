@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from repro.data.vision import SPECS, augment, class_subset, load_images, to_tensor
 from repro.errors import UserError
 from repro.runtime import RunContext
-from repro.train.loop import train
+from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 from repro.train.probe import epoch_indices, steps_for
 
@@ -31,7 +31,8 @@ _SIDE = re.compile(r"^(cifar10|cifar100)(?::(\d+)-(\d+))?$")
 
 @dataclass
 class TransferData:
-    path: str | None = None  # a folder holding the dataset files; else $REPRO_DATA_DIR, else the hub
+    path: str | None = None  # a folder holding the dataset files; else data_dir/<folder>/, else the hub
+    data_dir: str | None = None  # a folder of local copies (`repro run --data-dir` sets it)
     cache_dir: str | None = ".cache/repro"  # decoded arrays as .npy; none: no cache
     train_per_class: int | None = None  # source images per class for (pre)training; None: all
     target_per_class: int | None = None  # target training images per class (probes, fine-tuning)
@@ -88,7 +89,7 @@ class Split:
 def load_side(side: Side, split: str, per_class: int | None, data: TransferData) -> Split:
     if side.dataset not in SPECS:
         raise UserError(f"dataset {side.dataset}: choose one of {', '.join(SPECS)}.")
-    images, labels = load_images(side.dataset, split, data.path, data.cache_dir)
+    images, labels = load_images(side.dataset, split, data.path, data.cache_dir, data.data_dir)
     images, labels = class_subset(images, labels, side.classes, per_class, data.subset_seed)
     return Split(to_tensor(images), torch.from_numpy(labels), len(side.classes))
 
@@ -136,7 +137,9 @@ def fit_classifier(
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(m(batch[0]), batch[1])
 
-    losses = train(model, batch_fn, loss_fn, optim, steps, ctx, name, checkpoint_every=cfg.checkpoint_every)
+    losses = train(
+        model, batch_fn, loss_fn, optim, steps, ctx, name, loop=LoopConfig(checkpoint_every=cfg.checkpoint_every)
+    )
     return float(np.mean(losses[-max(1, steps // 10) :]))
 
 

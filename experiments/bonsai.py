@@ -44,7 +44,7 @@ from repro.experiments._transfer import diff_se, direction_verdict, mean_std, ve
 from repro.models.resnet import ColoredMLP
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
-from repro.train.loop import train
+from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 from repro.train.probe import accuracy, predict
 
@@ -59,7 +59,8 @@ PAPER = {  # OoD test accuracy, Rand / ERM / RFC / RFC(cf)
 
 @dataclass
 class ColoredMNISTData:
-    path: str | None = None  # a folder with MNIST IDX files; else $REPRO_DATA_DIR/mnist, else the hub
+    path: str | None = None  # a folder with MNIST IDX files; else data_dir/mnist, else the hub
+    data_dir: str | None = None  # a folder of local copies (`repro run --data-dir` sets it)
     cache_dir: str | None = ".cache/repro"  # decoded arrays as .npy; none: no cache
     label_noise: float = 0.25
     train_flips: tuple[float, ...] = (0.1, 0.2)
@@ -136,7 +137,7 @@ class Bonsai(Experiment):
 
     def run(self, cfg: BonsaiConfig, ctx: RunContext) -> list[dict[str, Any]]:
         d = cfg.data
-        images, digits = load_images("mnist", "train", d.path, d.cache_dir)
+        images, digits = load_images("mnist", "train", d.path, d.cache_dir, d.data_dir)
         if d.n_train >= len(images):
             raise UserError(f"data.n_train={d.n_train} leaves no MNIST test images (found {len(images)}).")
         envs, tests = colored_mnist(
@@ -212,9 +213,10 @@ class Bonsai(Experiment):
         x = torch.cat([e.x for e in envs])  # (N, 2, 14, 14) all training environments
         y = torch.cat([e.y for e in envs])  # (N, 1)
         pool = [(x, y)]
+        ckpt = LoopConfig(checkpoint_every=100)  # these fits are long enough to resume
         torch.manual_seed(ctx.seed * 1000 + 901)
         r0 = ColoredMLP(cfg.hidden)
-        self._fit(r0, "erm", pool, 0.0, cfg.l2, cfg, cfg.erm_steps, ctx, "round0", checkpoint_every=100)
+        self._fit(r0, "erm", pool, 0.0, cfg.l2, cfg, cfg.erm_steps, ctx, "round0", loop=ckpt)
         record("round0 (ERM)", r0)
         right0 = _correct(r0, x, y, ctx.device)
         groups = [(x[right0], y[right0]), (x[~right0], y[~right0])]
@@ -230,7 +232,7 @@ class Bonsai(Experiment):
             cfg.dro_steps,
             ctx,
             "round1",
-            checkpoint_every=100,
+            loop=ckpt,
         )
         record("round1 (DRO)", r1)
         right1 = _correct(r1, x, y, ctx.device)
@@ -243,9 +245,7 @@ class Bonsai(Experiment):
         pseudo = torch.stack([torch.where(r, y[:, 0], 1 - y[:, 0]) for r in (right0, right1)], dim=1)  # (N, 2)
         torch.manual_seed(ctx.seed * 1000 + 903)
         syn = ColoredMLP(cfg.hidden, n_out=2)
-        self._fit(
-            syn, "erm", [(x[idx], pseudo[idx])], 0.0, cfg.l2, cfg, cfg.syn_steps, ctx, "synthesis", checkpoint_every=100
-        )
+        self._fit(syn, "erm", [(x[idx], pseudo[idx])], 0.0, cfg.l2, cfg, cfg.syn_steps, ctx, "synthesis", loop=ckpt)
         rfc = ColoredMLP(cfg.hidden)
         rfc.load_state_dict({k: v for k, v in syn.state_dict().items() if not k.startswith("head.")}, strict=False)
         with torch.no_grad():  # one head, initialised at the mean of the round heads
@@ -254,7 +254,7 @@ class Bonsai(Experiment):
         record("bonsai (synthesis, mean head)", rfc)
         torch.manual_seed(ctx.seed * 1000 + 904)
         erm_init = ColoredMLP(cfg.hidden)
-        self._fit(erm_init, "erm", pool, 0.0, cfg.l2, cfg, cfg.erm_init_steps, ctx, "erm_init", checkpoint_every=100)
+        self._fit(erm_init, "erm", pool, 0.0, cfg.l2, cfg, cfg.erm_init_steps, ctx, "erm_init", loop=ckpt)
         record("erm init", erm_init)
         return rfc, erm_init
 
@@ -274,7 +274,7 @@ class Bonsai(Experiment):
         steps: int,
         ctx: RunContext,
         name: str,
-        checkpoint_every: int = 0,
+        loop: LoopConfig | None = None,
     ) -> None:
         """Full-batch Adam on one of RFC's objectives; `envs` is a list of (x, y) groups."""
 
@@ -284,7 +284,7 @@ class Bonsai(Experiment):
             return loss / penalty if penalty > 1 else loss  # RFC rescales to keep gradients in range
 
         optim = OptimConfig(lr=cfg.lr, schedule="constant", weight_decay=0.0)  # Adam; L2 is in the loss
-        train(model, lambda i: envs, loss_fn, optim, steps, ctx, name, checkpoint_every=checkpoint_every)
+        train(model, lambda i: envs, loss_fn, optim, steps, ctx, name, loop=loop or LoopConfig(checkpoint_every=0))
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         results.figure_style()

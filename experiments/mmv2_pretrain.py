@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from repro import results
+from repro.bench.train import SpeedConfig, model_speeds
 from repro.data.text import TextDataConfig, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.eval.lm import mean_loss
 from repro.models import registry as models
@@ -176,41 +177,26 @@ def bench_mmv2(
     bench: BenchConfig | None = None,
     device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
-    """Training and decoding tokens/s of MM v2 and the Llama at equal parameters, in one process,
-    interleaved `repeats` times (medians). Training: forward + backward + AdamW step on
-    `train_tokens / context` sequences; decoding: a `decode_prompt`-token prefill, then
-    `decode_tokens` greedy tokens through the cache (tokens/s of the one-token steps)."""
+    """Training and decoding tokens/s of MM v2 and the Llama at equal parameters, measured by the one
+    benchmark (`repro.bench.train.model_speeds`: one process, interleaved, medians over `repeats`
+    rounds after a warm-up round). Training: one step on `train_tokens / context` sequences;
+    decoding: a `decode_prompt`-token prefill, then `decode_tokens` greedy one-token steps."""
     shape, bench = shape or ShapeV2(), bench or BenchConfig()
-    batch = max(1, bench.train_tokens // context)
     gen = torch.Generator().manual_seed(0)
-    idx = torch.randint(vocab_size, (batch, context + 1), generator=gen).to(device)
-    prompt = idx[:1, : bench.decode_prompt]
+    idx = torch.randint(vocab_size, (max(1, bench.train_tokens // context), context + 1), generator=gen).to(device)
     models = {f: build_model(f, shape, vocab_size, context).to(device) for f in FAMILIES}
-    opts = {f: torch.optim.AdamW(m.parameters(), lr=1e-4) for f, m in models.items()}
-    speed: dict[str, dict[str, list[float]]] = {f: {"train": [], "decode": []} for f in FAMILIES}
-    for rep in range(bench.repeats + 1):  # the first round warms up and is not counted
-        for f, model in models.items():
-            model.train()
-            tick = time.perf_counter()
-            model.loss(idx[:, :-1], idx[:, 1:]).backward()
-            opts[f].step()
-            opts[f].zero_grad(set_to_none=True)
-            train_s = time.perf_counter() - tick
-            model.eval()
-            with torch.no_grad():
-                cache = model.new_cache(1)
-                logits = model(prompt, cache)[:, -1]
-                tick = time.perf_counter()
-                for _ in range(bench.decode_tokens):
-                    logits = model(logits.argmax(-1, keepdim=True), cache)[:, -1]
-                decode_s = time.perf_counter() - tick
-            if rep:
-                speed[f]["train"].append(batch * context / train_s)
-                speed[f]["decode"].append(bench.decode_tokens / decode_s)
-    out = {f: {k: statistics.median(v) for k, v in s.items()} for f, s in speed.items()}
-    for f, model in models.items():
-        out[f]["params"] = model.num_params()
-    return out
+    cfg = SpeedConfig(
+        steps=1, warmup=1, rounds=bench.repeats, decode_prompt=bench.decode_prompt, decode_tokens=bench.decode_tokens
+    )
+    speeds = model_speeds(models, idx, cfg)
+    return {
+        f: {
+            "train": statistics.median(s["train"]),
+            "decode": statistics.median(s["decode"]),
+            "params": models[f].num_params(),
+        }
+        for f, s in speeds.items()
+    }
 
 
 def _peak_rss_kib(reset: bool = False) -> int:

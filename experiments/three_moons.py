@@ -33,7 +33,7 @@ from repro.models.moon_memory import MoonMemory, MoonMemoryConfig
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.track import progress
-from repro.train.loop import train
+from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 
 SPLITS = {"train": FIGURE_TRAIN_TRIPLE, "heldout": HELDOUT_TRIPLE}
@@ -144,7 +144,9 @@ class ThreeMoons(Experiment):
                 residual = (m(x) - x[:, 1:]).clamp(-cfg.clip_residual, cfg.clip_residual)
                 return residual.pow(2).mean()
 
-            losses = train(model, batch_fn, loss_fn, cfg.optim, cfg.steps, ctx, model_name, checkpoint_every=100)
+            losses = train(
+                model, batch_fn, loss_fn, cfg.optim, cfg.steps, ctx, model_name, loop=LoopConfig(checkpoint_every=100)
+            )
             rows.append(
                 ctx.row(
                     model=model_name,

@@ -199,13 +199,13 @@ class VeryLargeDropout(Experiment):
         """Per domain: disjoint styled training images split into train / val, and the styled test images."""
         side, data = parse_side(cfg.target), cfg.data
         tr_img, tr_y = class_subset(
-            *load_images(side.dataset, "train", data.path, data.cache_dir),
+            *load_images(side.dataset, "train", data.path, data.cache_dir, data.data_dir),
             side.classes,
             data.target_per_class,
             data.subset_seed,
         )
         te_img, te_y = class_subset(
-            *load_images(side.dataset, "test", data.path, data.cache_dir),
+            *load_images(side.dataset, "test", data.path, data.cache_dir, data.data_dir),
             side.classes,
             data.test_per_class,
             data.subset_seed,

@@ -9,15 +9,21 @@ only the public functions below. Backends:
 - `triton`: GPU kernels (used automatically on CUDA when triton imports; the `gpu` extra). On CPU
   they run only under `TRITON_INTERPRET=1`, for the tests.
 
-Ops: `memory_retrieval` (causal softmax retrieval with the Memory Mosaics masks) and `leaky_scan`
-(the gated leaky average that makes the keys). `choices()` gives the backend each op would use now.
+Ops: `memory_retrieval` (softmax retrieval under the one masking vocabulary of
+`memory_retrieval/mask.py`: causal, strictly causal, window, skip, at any query/key offset; every
+associative memory and every attention layer calls it, in training, decoding and long evaluation) and
+`leaky_scan` (the gated leaky average that makes the keys). `choices()` gives the backend each op would
+use now; `CALLS` counts the calls each backend served.
 
 The choice per call: the explicit `backend=` argument, then the `REPRO_KERNELS` environment
-variable, then auto. It is recorded in each run's `env.json`.
+variable, then auto. It is recorded in each run's `env.json`. One exception to auto: a call with
+attention dropout goes to the torch backend when the automatic choice (Triton) has no dropout; an
+explicit choice without dropout is an error instead.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import os
 from collections.abc import Callable
@@ -28,14 +34,20 @@ from repro.errors import UserError
 
 BACKENDS = ("reference", "torch", "triton")
 _IMPLS: dict[str, dict[str, Callable]] = {}
+_NO_DROPOUT: set[tuple[str, str]] = set()  # (op, backend) pairs without attention dropout
+CALLS: collections.Counter = collections.Counter()  # (op, backend) -> calls served, for tests and checks
 
 
-def register(op: str, backend_name: str) -> Callable[[Callable], Callable]:
+def register(op: str, backend_name: str, *, dropout: bool = True) -> Callable[[Callable], Callable]:
+    """Register `fn` as `op`'s implementation on `backend_name`; dropout=False: it has no attention
+    dropout (the dispatch then serves calls with dropout elsewhere, see the module docstring)."""
     if backend_name not in BACKENDS:
         raise ValueError(f"unknown backend {backend_name!r}")
 
     def deco(fn: Callable) -> Callable:
         _IMPLS.setdefault(op, {})[backend_name] = fn
+        if not dropout:
+            _NO_DROPOUT.add((op, backend_name))
         return fn
 
     return deco
@@ -56,7 +68,8 @@ def backend(explicit: str | None = None, op: str | None = None) -> str:
     return choice
 
 
-def implementation(op: str, explicit: str | None = None) -> Callable:
+def implementation(op: str, explicit: str | None = None, *, dropout: bool = False) -> Callable:
+    """The function that serves this call of `op` (counted in CALLS)."""
     name = backend(explicit, op)
     impls = _IMPLS[op]
     if name not in impls:
@@ -64,6 +77,14 @@ def implementation(op: str, explicit: str | None = None) -> Callable:
             f"kernel '{op}' has no '{name}' implementation (it has {', '.join(sorted(impls))}); "
             "unset REPRO_KERNELS or choose another backend."
         )
+    if dropout and (op, name) in _NO_DROPOUT:
+        if explicit or os.environ.get("REPRO_KERNELS"):
+            raise UserError(
+                f"kernel '{op}' has no attention dropout on the '{name}' backend; set the model's dropout "
+                "to 0 or choose REPRO_KERNELS=torch."
+            )
+        name = "torch"
+    CALLS[op, name] += 1
     return impls[name]
 
 
@@ -82,16 +103,29 @@ def memory_retrieval(
     v: torch.Tensor,
     *,
     window: int | None = None,
-    skip: int = 1,
+    skip: int | None = 1,
+    q_start: int = 0,
+    k_start: int = 0,
+    scale: float | None = 1.0,
+    dropout_p: float = 0.0,
+    query_chunk: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Causal softmax retrieval: out_t = sum_{j in S(t)} softmax_j(q_t . k_j) v_j.
+    """Masked softmax retrieval: out_t = sum_{j in S(t)} softmax_j(scale q_t . k_j) v_j.
 
-    q, k: (B, H, T, D); v: (B, H, T, Dv). The bandwidth is folded into q by the caller.
-    S(t) = {j : t - window < j <= t - skip} (no lower bound when window is None). skip=1 is the
-    strictly causal memory; rows with an empty S(t) return zeros.
+    q: (B, H, Tq, D) at absolute positions q_start..; k: (B, H, Tk, D) and v: (B, H, Tk, Dv) at
+    k_start.. (a decoding step passes its new queries and the whole cache). S(t) = {j : t - window <
+    j <= t - skip} (`memory_retrieval/mask.py`): skip=0 causal, skip=1 strictly causal, skip=m v2's
+    long-term memory, window=h v2's short-term memory, skip=None no mask (a persistent table). Rows
+    with an empty S(t) return zeros. scale=1: memories fold their bandwidth into q; scale=None:
+    attention's 1/sqrt(D). dropout_p: on the attention weights (training). query_chunk: process at
+    most this many queries at once, so memory stays O(chunk x Tk) (long inputs without gradients).
     """
-    return implementation("memory_retrieval", backend)(q, k, v, window=window, skip=skip)
+    impl = implementation("memory_retrieval", backend, dropout=dropout_p > 0)
+    return impl(
+        q, k, v, window=window, skip=skip, q_start=q_start, k_start=k_start, scale=scale, dropout_p=dropout_p,
+        query_chunk=query_chunk,
+    )  # fmt: skip
 
 
 def leaky_scan(

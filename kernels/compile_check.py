@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     for dt in ("bf16",) if args.quick else ("bf16", "fp16", "fp32"):
         ptr = "*" + dt
         sig = {n: ptr for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV_", "DQ")}
-        sig.update({"LSE": "*fp32", "DELTA": "*fp32", "T": "i32", "D": "i32", "DV": "i32", "WINDOW": "i32"})
+        sig.update({"LSE": "*fp32", "DELTA": "*fp32", "TQ": "i32", "TK": "i32", "D": "i32", "DV": "i32"})
+        sig["WINDOW"] = "i32"
         sig["SKIP"] = "i32"
         for D in (64,) if args.quick else (64, 65):
             bd = triton.next_power_of_2(D)

@@ -44,17 +44,26 @@ def user_errors(fn: Callable) -> Callable:
 @app.command("list")
 @user_errors
 def list_experiments() -> None:
-    """Show every experiment with its paper reference and the cost of each preset."""
+    """Show every experiment (paper reference, claim, cost of each preset) and every evaluation."""
     from repro import registry
     from repro.track import console
 
-    table = Table(title="repro experiments", show_lines=True)
-    for col in ("name", "paper", "claim", "presets (cost)"):
+    # names never wrap (they are what you type); the other columns fold instead
+    table = Table(title="repro experiments (repro run NAME)", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    for col in ("paper", "claim", "presets (cost)"):
         table.add_column(col, overflow="fold")
     for exp in registry.each():
         costs = "\n".join(f"{p}: {c}" for p, c in exp.preset_costs.items())
         table.add_row(exp.name, exp.paper_ref, exp.claim, costs)
     console.print(table)
+    evals = Table(title="repro evaluations (repro eval NAME)", show_lines=True)
+    evals.add_column("name", no_wrap=True)
+    evals.add_column("what it does", overflow="fold")
+    for command in eval_app.registered_commands:
+        doc = (command.callback.__doc__ or "").strip().split("\n\n")[0]
+        evals.add_row(command.name, " ".join(doc.split()))
+    console.print(evals)
 
 
 @app.command()
@@ -80,13 +89,12 @@ def run(
     """Run one experiment into runs/NAME/PRESET/VARIANT/sSEED/ (resumes a killed run)."""
     from repro import registry, runtime
 
-    if data_dir is not None:
-        if not data_dir.is_dir():
-            raise UserError(f"--data-dir {data_dir} is not a directory.")
-        os.environ["REPRO_DATA_DIR"] = str(data_dir.resolve())
-
+    if data_dir is not None and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir} is not a directory.")
     exp = registry.get(name)
-    runtime.launch(exp, preset=preset, overrides=overrides, seed=seed, out=out, use_wandb=wandb, force=force)
+    runtime.launch(
+        exp, preset=preset, overrides=overrides, seed=seed, out=out, use_wandb=wandb, force=force, data_dir=data_dir
+    )
 
 
 @app.command()
@@ -135,71 +143,18 @@ def _register_evaluations() -> None:
 
 _register_evaluations()
 
-bench_app = typer.Typer(help="Benchmarks: ratios against a baseline measured in the same run.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+
+def _register_benchmarks() -> None:
+    """The benchmark commands live in `repro.bench`; the CLI only names and guards them."""
+    from repro import bench
+
+    bench_app = typer.Typer(help=bench.__doc__.splitlines()[0], no_args_is_help=True)
+    bench_app.command("train")(user_errors(bench.train_command))
+    bench_app.command("kernels")(user_errors(bench.kernels_command))
+    app.add_typer(bench_app, name="bench")
 
 
-@bench_app.command("train")
-@user_errors
-def bench_train(
-    families: str = typer.Option("gpt2,mosaic", help="Model families; the first is the baseline."),
-    n_layer: int = typer.Option(4, help="Blocks."),
-    n_embd: int = typer.Option(256, help="Width."),
-    n_head: int = typer.Option(4, help="Heads."),
-    block_size: int = typer.Option(256, help="Context length."),
-    batch_size: int = typer.Option(16, help="Sequences per step."),
-    vocab_size: int = typer.Option(8192, help="Vocabulary."),
-    rounds: int = typer.Option(3, help="Interleaved measurement rounds."),
-    steps: int = typer.Option(4, help="Timed steps per round."),
-    compile: bool = typer.Option(False, help="torch.compile both models."),
-    out: Path = typer.Option(Path("reports/bench"), help="Where the table goes."),
-) -> None:
-    """Training tokens/s of each model family at the same shape, measured in one run."""
-    from repro.bench import ThroughputConfig, training_throughput, write_throughput_report
-
-    cfg = ThroughputConfig(
-        families=tuple(f.strip() for f in families.split(",") if f.strip()),
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        block_size=block_size,
-        batch_size=batch_size,
-        vocab_size=vocab_size,
-        rounds=rounds,
-        steps=steps,
-        compile=compile,
-    )
-    write_throughput_report(training_throughput(cfg), cfg, out)
-
-
-@bench_app.command("kernels")
-@user_errors
-def bench_kernels(
-    lengths: str = typer.Option("1k,2k,4k,8k,16k,32k", help="Sequence lengths (1k = 1024)."),
-    batch: int = typer.Option(4, help="Batch size."),
-    heads: int = typer.Option(16, help="Heads."),
-    dim: int = typer.Option(64, help="Head dimension."),
-    dtype: str = typer.Option("bfloat16", help="bfloat16 | float16 | float32."),
-    reps: int = typer.Option(100, help="Timed repetitions per point."),
-    out: Path = typer.Option(Path("reports/kernels"), help="Where bench.md / bench.json go."),
-) -> None:
-    """Kernels vs the reference and SDPA: correctness first (prints nothing else if it fails), then time,
-    peak memory, TFLOP/s and GB/s as a fraction of the GPU's peak. On CPU: the torch backends only."""
-    import torch
-
-    from repro.kernels.bench import run_benchmark
-
-    if dtype not in ("bfloat16", "float16", "float32"):
-        raise UserError(f"--dtype {dtype}: choose bfloat16, float16 or float32.")
-    try:
-        sizes = tuple(int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in lengths.split(","))
-    except ValueError:
-        raise UserError(f"--lengths {lengths}: expected numbers such as 1k,4k,32768.") from None
-    try:
-        run_benchmark(sizes, batch, heads, dim, getattr(torch, dtype), reps, echo=typer.echo, out_dir=out)
-    except RuntimeError as e:  # the correctness gate failed: the numbers would mean nothing
-        typer.echo(f"benchmark refused: {e}", err=True)
-        raise typer.Exit(1) from None
+_register_benchmarks()
 
 
 def main() -> None:

@@ -222,3 +222,16 @@ def _check_value(key: str, name: str, value: Any) -> None:
         raise UserError(f"{key}=0: expected a positive number.")
     if _UNIT_INTERVAL.match(name) and value > 1:
         raise UserError(f"{key}={value}: expected a number between 0 and 1.")
+
+
+def fill_field(cfg: Any, name: str, value: Any) -> Any:
+    """A copy of the (nested) config with every field called `name`, at any depth, set to `value`:
+    how one command-line option (`--data-dir`) reaches each dataset config of an experiment."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        current = getattr(cfg, f.name)
+        if f.name == name:
+            changes[f.name] = value
+        elif dataclasses.is_dataclass(current) and not isinstance(current, type):
+            changes[f.name] = fill_field(current, name, value)
+    return dataclasses.replace(cfg, **changes)

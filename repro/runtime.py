@@ -304,9 +304,13 @@ def launch(
     out: Path = Path("runs"),
     use_wandb: bool | None = None,
     force: bool = False,
+    data_dir: Path | None = None,
 ) -> Path:
-    """Run one experiment into its run directory; a finished run is a no-op unless `force`."""
+    """Run one experiment into its run directory; a finished run is a no-op unless `force`.
+    `data_dir` (a folder of local dataset copies) fills every `data_dir` field of the config."""
     cfg = cfglib.apply_overrides(exp.config(preset), overrides)
+    if data_dir is not None:
+        cfg = cfglib.fill_field(cfg, "data_dir", str(data_dir.resolve()))
     # Bad inputs fail here, before anything is written.
     cfglib.check_seed(seed)
     cfglib.validate(cfg)

@@ -17,10 +17,14 @@ def test_help_everywhere(args):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_list_shows_experiments_and_costs():
-    result = runner.invoke(app, ["list"])
+def test_list_shows_experiments_evaluations_and_costs_and_never_wraps_a_name():
+    from repro import registry
+
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "60"})  # narrow: the other columns fold
     assert result.exit_code == 0
-    assert "three-moons" in result.output and "smoke" in result.output
+    assert "smoke" in result.output
+    for name in [*registry.names(), "ruler", "icl", "harness"]:
+        assert f" {name} " in result.output, name  # whole, on one line
 
 
 @pytest.mark.parametrize(
@@ -85,3 +89,13 @@ def test_bench_train_writes_a_ratio_table(tmp_path):
     assert result.exit_code == 0, result.output
     table = next(tmp_path.glob("train_throughput_*/table.csv")).read_text()
     assert "ratio vs gpt2" in table and "mosaic" in table
+
+
+def test_bench_train_writes_a_table_for_every_family(tmp_path):
+    args = ["bench", "train", "--families", "mosaic,gpt2", "--n-layer", "1", "--n-embd", "16", "--n-head", "2"]
+    args += ["--block-size", "16", "--batch-size", "2", "--vocab-size", "64", "--rounds", "1", "--steps", "1"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = next(tmp_path.glob("train_throughput_*/table.csv"))
+    rows = table.read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("mosaic,") and "ratio vs mosaic" in rows[0]

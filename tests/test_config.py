@@ -79,3 +79,15 @@ def test_yaml_round_trip(tmp_path):
     cfglib.dump_yaml(cfg, tmp_path / "c.yaml")
     back = cfglib.from_dict(Outer, cfglib.load_yaml(tmp_path / "c.yaml"))
     assert back == cfg
+
+
+def test_data_dir_reaches_every_dataset_config_of_an_experiment():
+    """`repro run --data-dir DIR` is passed through the config: launch fills each `data_dir` field."""
+    from repro import registry
+    from repro.config import fill_field
+
+    cfg = registry.get("tinystories-ood").config("smoke")
+    filled = fill_field(cfg, "data_dir", "/data")
+    assert filled.data.data_dir == filled.ood.data_dir == "/data"
+    assert cfg.data.data_dir is None  # a copy: the preset is untouched
+    assert filled.model == cfg.model and filled.data.dataset == cfg.data.dataset

@@ -237,21 +237,19 @@ def test_packed_trie_matches_full_forward():
 
 def test_loaders_read_local_files_and_fail_in_one_sentence(tmp_path, monkeypatch):
     _banking_dir(tmp_path)
-    monkeypatch.setenv("REPRO_DATA_DIR", str(tmp_path))
-    task = data.load_task("banking77")
+    task = data.load_task("banking77", data_dir=tmp_path)
     assert task.label_names == BANKING and len(task.train) == 20 and task.test[0].text.startswith("test query")
     go = tmp_path / "goemotions"
     go.mkdir()
     (go / "emotions.txt").write_text("admiration\namusement\nanger")
     for split in ("train", "test"):
         (go / f"{split}.tsv").write_text("great job\t0\tid1\nlol\t1,0\tid2\ngrr\t2\tid3\n")
-    task = data.load_task("goemotions")
+    task = data.load_task("goemotions", data_dir=tmp_path)
     assert [ex.label for ex in task.train] == [0, 1, 2] and task.n_classes == 3
     with pytest.raises(UserError, match="TACRED is licensed"):
-        data.load_task("tacred")
+        data.load_task("tacred", data_dir=tmp_path)
     with pytest.raises(UserError, match="unknown"):
         data.load_task("imdb")
-    monkeypatch.delenv("REPRO_DATA_DIR")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

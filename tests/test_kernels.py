@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from repro import kernels
+from repro.errors import UserError
 from repro.models.mosaic import leaky_average
 
 # relative RMS error allowed, per input dtype (fla uses 5e-3 for fp32-ish, up to 2e-2 for half precision)
@@ -120,6 +121,82 @@ def test_retrieval_torch_backend_stays_banded(monkeypatch):
     assert all(nq <= block and nk <= block + window for nq, nk in calls)
     ref = kernels.memory_retrieval(q, k, v, window=window, skip=1, backend="reference")
     assert_close("banded", ref, out, 1e-5)
+
+
+# Queries and keys at their absolute positions (decoding after a cache, a truncated short-term cache,
+# a table read without a mask): (window, skip, first query, first key, query_chunk, scale).
+OFFSETS = [
+    (None, 1, 0, 0, 4, 1.0),  # a training sequence in query chunks (v2's long no-grad evaluation)
+    (None, 5, 0, 0, 4, 1.0),
+    (6, 1, 0, 0, 4, 1.0),
+    (6, 1, 9, 4, None, 1.0),  # a short-term cache that dropped the keys no query can see any more
+    (None, 3, 4, 0, 4, 1.0),
+    (None, 1, 36, 0, None, 1.0),  # one decoding step
+    (None, 0, 20, 0, None, None),  # attention: a chunk of new tokens after a 20-token cache
+    (8, 1, 36, 28, None, 1.0),
+]
+
+
+def _offset_case(window, skip, first, start, scale, seed=3):
+    """A 37-token sequence; the queries from `first` on, the keys from `start` on, and the reference
+    retrieval of the whole sequence, whose rows from `first` on are the answer."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, T, D = 2, 3, 37, 5
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    ref = kernels.memory_retrieval(q, k, v, window=window, skip=skip, scale=scale, backend="reference")
+    return q[:, :, first:], k[:, :, start:], v[:, :, start:], ref[:, :, first:]
+
+
+@pytest.mark.parametrize(("window", "skip", "first", "start", "chunk", "scale"), OFFSETS)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_retrieval_at_offsets_equals_the_whole_sequence(backend, window, skip, first, start, chunk, scale, nan_poison):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    q, k, v, ref = _offset_case(window, skip, first, start, scale)
+    got = kernels.memory_retrieval(
+        q, k, v, window=window, skip=skip, q_start=first, k_start=start, query_chunk=chunk, scale=scale,
+        backend=backend,
+    )  # fmt: skip
+    assert_close(f"{backend} at offsets", ref, got, 1e-5)
+
+
+def test_offset_gradients_and_an_unmasked_table_on_triton(triton_ops, nan_poison):
+    """Gradients of a chunk after a cache and of a table read with no mask (skip=None) match the
+    reference; keys beyond a block edge (Tk = 70) and a query block past the end (Tq = 40)."""
+    g = torch.Generator().manual_seed(5)
+    for window, skip, q_start, Tq, Tk in [(8, 1, 50, 20, 70), (None, None, 0, 40, 70), (None, 0, 30, 40, 70)]:
+        q, k, v = (
+            torch.randn(1, 2, Tq, 16, generator=g),
+            torch.randn(1, 2, Tk, 16, generator=g),
+            torch.randn(1, 2, Tk, 8, generator=g),
+        )
+        do = torch.randn(1, 2, Tq, 8, generator=g)
+        grads = {}
+        for backend in ("reference", "triton"):
+            leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+            out = kernels.memory_retrieval(*leaves, window=window, skip=skip, q_start=q_start, backend=backend)
+            (out * do).sum().backward()
+            grads[backend] = [out, *(x.grad for x in leaves)]
+        for name, ref, got in zip(("out", "dq", "dk", "dv"), grads["reference"], grads["triton"], strict=True):
+            assert_close(f"triton {name} (window {window}, skip {skip})", ref, got, 1e-5)
+
+
+def test_dropout_is_served_where_it_exists(monkeypatch):
+    """Triton has no attention dropout: an explicit choice refuses a call with dropout, the automatic
+    choice (Triton on CUDA) hands it to the torch backend, and p = 0 changes nothing."""
+    q, k, v, _ = _retrieval_case(1, 2, 30, 8, 8, torch.float32)
+    with pytest.raises(UserError, match="no attention dropout"):
+        kernels.memory_retrieval(q, k, v, dropout_p=0.1, backend="triton")
+    monkeypatch.delenv("REPRO_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_triton_usable", lambda: True)
+    before = kernels.CALLS["memory_retrieval", "torch"]
+    torch.manual_seed(0)
+    dropped = kernels.memory_retrieval(q, k, v, dropout_p=0.5)
+    assert kernels.CALLS["memory_retrieval", "torch"] == before + 1
+    plain = kernels.memory_retrieval(q, k, v, backend="torch")
+    assert not torch.allclose(dropped, plain) and torch.isfinite(dropped).all()
+    zero = kernels.memory_retrieval(q, k, v, dropout_p=0.0, backend="reference")
+    assert_close("p = 0", zero, plain, 1e-5)
 
 
 # Triton under the interpreter: every mask at (63, 60); the v2 masks at (200, 64) with Dv != D; bf16.
@@ -332,7 +409,7 @@ def test_bench_rows_dry_run_on_cpu():
     """The GPU benchmark's row builders, run on CPU with the torch backends and a wall-clock timer."""
     import time
 
-    from repro.kernels import bench
+    from repro.bench import kernels as bench
 
     def measure(fn, reps):
         t0 = time.perf_counter()

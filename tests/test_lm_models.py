@@ -1,31 +1,22 @@
-"""The language models (GPT-2 baseline, Memory Mosaics v1) and their shared interface: parameter
-parity at the paper's shapes, causality, cached decoding = full forward, one-token decoding steps,
-checkpoints that load without the run that made them, and the leaky-average scan."""
+"""What is specific to Memory Mosaics v1 and its GPT-2 baseline: parameter parity at the paper's
+shapes, the contextual memory's strict causality, the leaky-average scan, the reference init, and
+training with attention dropout. The interface every family shares is tests/test_lm_contract.py."""
 
-import json
 import math
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from repro.errors import UserError
 from repro.models import registry
-from repro.models.gpt2 import GPT, GPTConfig
-from repro.models.lm import LanguageModel
-from repro.models.mosaic import MemoryMosaic, MosaicConfig, leaky_average
+from repro.models.mosaic import MemoryMosaic, leaky_average
 
 V = 61  # a small vocabulary, not a multiple of anything
 
 
-def _tiny(family: str, **kw) -> LanguageModel:
+def _tiny(**kw) -> MemoryMosaic:
     torch.manual_seed(0)
-    shape = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=V)
-    if family == "mosaic":
-        return MemoryMosaic(MosaicConfig(**shape, pmem_size=24, **kw)).eval()
-    return GPT(GPTConfig(**shape, **kw)).eval()
+    shape = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=V, pmem_size=24)
+    return registry.build_model("mosaic", **{**shape, **kw}).eval()
 
 
 def _tokens(B=2, T=30, seed=1) -> torch.Tensor:
@@ -52,27 +43,13 @@ def test_parameter_parity_at_paper_shapes(n_layer, mosaic_m, gpt_m):
     assert n_gpt == Vp * d + 512 * d + n_layer * (12 * d * d + 2 * d) + d
 
 
-# ---- causality ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("family", ["gpt2", "mosaic"])
-def test_changing_token_t_changes_no_earlier_logit(family):
-    model = _tiny(family)
-    idx = _tokens(T=40)
-    base = model(idx)
-    for t in (0, 1, 17, 39):
-        changed = idx.clone()
-        changed[:, t] = (changed[:, t] + 1) % V
-        out = model(changed)
-        # positions < t (t-1 included: a memory whose pair t-1 read x_t early would leak here)
-        assert torch.allclose(out[:, :t], base[:, :t], atol=1e-6, rtol=0)
-        assert not torch.allclose(out[:, t], base[:, t])  # position t reads its own token
+# ---- the mosaic's pieces --------------------------------------------------------------------------
 
 
 def test_mosaic_contextual_memory_is_strictly_causal():
     """Position t's c-mem output reads pairs j <= t-1 only, so it ignores x_t's own pair and x_{t+1};
     position 0 has an empty memory and outputs 0."""
-    cmem = _tiny("mosaic").blocks[0].cmem
+    cmem = _tiny().blocks[0].cmem
     x = torch.randn(2, 25, 32, generator=torch.Generator().manual_seed(2))
     base = cmem(x)
     assert torch.all(base[:, 0] == 0)
@@ -82,121 +59,6 @@ def test_mosaic_contextual_memory_is_strictly_causal():
     out = cmem(x2)
     assert torch.allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-6, rtol=0)
     assert not torch.allclose(out[:, t + 2], base[:, t + 2])  # query t+2 does read pair t
-
-
-def test_mosaic_reads_beyond_block_size_without_position_limit():
-    model = _tiny("mosaic")
-    assert model(_tokens(B=1, T=100)).shape == (1, 100, V)  # block_size is 64
-    gpt = _tiny("gpt2")
-    with pytest.raises(UserError, match="block_size"):
-        gpt(_tokens(B=1, T=65))
-    with pytest.raises(UserError, match="64-token context"):  # refused before any work is done
-        gpt.generate(_tokens(B=1, T=60), max_new_tokens=6)
-    assert gpt.generate(_tokens(B=1, T=60), max_new_tokens=5).shape == (1, 65)
-
-
-# ---- incremental decoding -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("family", ["gpt2", "mosaic"])
-def test_cached_decoding_equals_full_forward(family):
-    model = _tiny(family)
-    idx = _tokens(T=30)
-    full = model(idx)
-    cache = model.new_cache(2)
-    steps = [model(idx[:, :7], cache)]  # prefill
-    steps += [model(idx[:, t : t + 1], cache) for t in range(7, 20)]  # one token at a time
-    steps += [model(idx[:, 20:26], cache), model(idx[:, 26:], cache)]  # chunks after a cache
-    assert cache.length == 30
-    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("family", ["gpt2", "mosaic"])
-def test_generate_prefills_once_then_feeds_one_token(family):
-    model = _tiny(family)
-    prompt = _tokens(T=9)
-    calls = []
-    hook = model.register_forward_pre_hook(lambda m, args: calls.append((args[0].shape[1], args[1])))
-    out = model.generate(prompt, max_new_tokens=6)
-    hook.remove()
-    assert [n for n, _ in calls] == [9, 1, 1, 1, 1, 1]  # the 6th token needs no further forward
-    assert all(cache is calls[0][1] and cache is not None for _, cache in calls)
-    # greedy decoding through the cache = greedy decoding that re-reads the whole prefix each step
-    ref = prompt
-    for _ in range(6):
-        ref = torch.cat([ref, model(ref)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, ref)
-
-
-def test_generate_stops_rows_at_stop_tokens_and_samples_reproducibly():
-    model = _tiny("mosaic")
-    prompt = _tokens(B=3, T=5)
-    greedy = model.generate(prompt, 4)
-    first = greedy[:, 5]
-    out = model.generate(prompt, 4, stop_tokens=[int(first[0])])
-    row = out[0, 5:]
-    assert out.shape[1] <= 9 and torch.all(row == first[0])  # stopped row repeats its stop token
-    a = model.generate(prompt, 5, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
-    b = model.generate(prompt, 5, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, b) and a.shape == (3, 10)
-
-
-# ---- loss, checkpoints ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("family", ["gpt2", "mosaic"])
-def test_loss_per_position_and_ignore_index(family):
-    model = _tiny(family)
-    idx, targets = _tokens(T=12), _tokens(T=12, seed=5)
-    targets[:, :3] = -1
-    per_pos = model.loss(idx, targets, reduction="none")
-    assert per_pos.shape == (2, 12) and torch.all(per_pos[:, :3] == 0)
-    assert torch.allclose(model.loss(idx, targets), per_pos[:, 3:].mean())
-
-
-@pytest.mark.parametrize("family", ["gpt2", "mosaic"])
-def test_checkpoint_round_trip_from_a_fresh_directory(family, tmp_path):
-    model = _tiny(family)
-    with torch.no_grad():  # move every parameter off its init so the check means something
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    model.save(tmp_path / "run" / "model")
-    fresh = tmp_path / "elsewhere"
-    shutil.copytree(tmp_path / "run" / "model", fresh)
-    shutil.rmtree(tmp_path / "run")
-    assert json.loads((fresh / "config.json").read_text())["family"] == family
-    loaded = LanguageModel.from_checkpoint(fresh)
-    assert type(loaded) is registry.family(family).model_class and loaded.config == model.config
-    wte = loaded.transformer.wte if family == "gpt2" else loaded.wte
-    assert loaded.lm_head.weight is wte.weight  # still tied after loading
-    idx = _tokens(T=20)
-    assert torch.equal(loaded(idx), model(idx))
-
-
-def test_checkpoint_loads_in_a_bare_interpreter(tmp_path):
-    _tiny("mosaic").save(tmp_path)
-    code = (
-        "import sys; from repro.models.lm import LanguageModel; "
-        "print(type(LanguageModel.from_checkpoint(sys.argv[1])).__name__)"
-    )
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "MemoryMosaic"
-
-
-def test_from_checkpoint_errors_are_one_sentence(tmp_path):
-    with pytest.raises(UserError, match="not a model checkpoint"):
-        LanguageModel.from_checkpoint(tmp_path)
-    _tiny("gpt2").save(tmp_path)
-    with pytest.raises(UserError, match="not a MemoryMosaic"):
-        MemoryMosaic.from_checkpoint(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**cfg, "family": "rnn"}))
-    with pytest.raises(UserError, match="family 'rnn'"):
-        LanguageModel.from_checkpoint(tmp_path)
-
-
-# ---- the mosaic's pieces --------------------------------------------------------------------------
 
 
 def _naive_leaky_average(x, lam, state=None):
@@ -235,7 +97,7 @@ def test_leaky_average_scan_equals_the_naive_matrix(backend):
 
 def test_mosaic_init_follows_the_reference():
     torch.manual_seed(0)
-    model = MemoryMosaic(MosaicConfig(n_layer=4, n_head=8, n_embd=256, vocab_size=500, pmem_size=512))
+    model = registry.build_model("mosaic", n_layer=4, n_head=8, n_embd=256, vocab_size=500, pmem_size=512)
     cmem, pmem = model.blocks[0].cmem, model.blocks[0].pmem
     d, L, H = 256, 4, 8
     lam = 10 * cmem.keys.leak.abs()
@@ -255,7 +117,7 @@ def test_mosaic_init_follows_the_reference():
 def test_mosaic_trains_with_dropout_causally_and_every_parameter_learns():
     """Training mode takes the attention-dropout path (SDPA, the kernel has no dropout): with the same
     dropout masks it is still causal, and every parameter, per-head scalars included, gets a gradient."""
-    model = _tiny("mosaic", ic_dropout=0.3, hd_dropout=0.1).train()
+    model = _tiny(ic_dropout=0.3, hd_dropout=0.1).train()
     idx = _tokens(T=24)
     torch.manual_seed(7)
     base = model(idx)
@@ -266,16 +128,3 @@ def test_mosaic_trains_with_dropout_causally_and_every_parameter_learns():
     model.loss(idx, _tokens(T=24, seed=9)).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
-
-
-def test_dropout_path_without_dropout_is_the_kernel():
-    from repro.models.memory import associative_recall
-    from repro.models.mosaic import _causal_recall_with_dropout
-
-    g = torch.Generator().manual_seed(8)
-    k = torch.nn.functional.normalize(torch.randn(2, 3, 17, 5, generator=g), dim=-1)
-    v = torch.randn(2, 3, 17, 5, generator=g)
-    beta = torch.tensor([1.0, 7.4, 50.0])
-    ours = _causal_recall_with_dropout(k * beta.view(1, -1, 1, 1), k, v, 0.0)
-    ref = associative_recall(k, k, v, beta, normalize=False, kernel="dot", skip=1, backend="reference")
-    assert torch.allclose(ours, ref, atol=1e-6)

@@ -1,7 +1,8 @@
 """Every Python package in the checkout is installed (pyproject lists packages explicitly)."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = {"repro": "repro", "experiments": "repro.experiments", "kernels": "repro.kernels"}

@@ -33,7 +33,6 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_smoke_preset_end_to_end(name, data, tmp_path, monkeypatch):
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     kind, artifacts, paper_number = EXPERIMENTS[name]
     exp = registry.get(name)
     overrides = [f"data.path={data[kind]}", f"data.cache_dir={tmp_path / 'cache'}"]
@@ -52,7 +51,6 @@ def test_smoke_preset_end_to_end(name, data, tmp_path, monkeypatch):
 
 
 def test_accuracies_are_fractions(data, tmp_path, monkeypatch):
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     exp = registry.get("wd-transfer")
     run_dir = runtime.launch(
         exp,
@@ -70,7 +68,6 @@ def test_accuracies_are_fractions(data, tmp_path, monkeypatch):
     ("name", "dataset"), [("bonsai", "dataset mnist"), ("wd-transfer", "dataset cifar10"), ("rich-ensemble", "cifar10")]
 )
 def test_missing_data_is_one_sentence_exit_2(name, dataset, tmp_path, monkeypatch):
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))

@@ -180,7 +180,6 @@ def test_task_names_and_groups():
 
 def test_missing_data_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     with pytest.raises(UserError, match=r"squad .*--data-dir"):
         Sources(tmp_path).qa("squad")
 

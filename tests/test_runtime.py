@@ -7,7 +7,7 @@ import torch.nn as nn
 from repro import runtime
 from repro.registry import Experiment, get, names
 from repro.track import Tracker, wandb_mode
-from repro.train.loop import train
+from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig, lr_at
 
 
@@ -31,7 +31,7 @@ def _toy_training(ctx, steps, fail_at=None):
         return (m(batch[0]) - batch[1]).pow(2).mean()
 
     cfg = OptimConfig(lr=1e-2, schedule="cosine", warmup_steps=3, weight_decay=0.1, grad_clip=1.0)
-    return train(model, batch_fn, loss_fn, cfg, steps, ctx, "toy", checkpoint_every=5)
+    return train(model, batch_fn, loss_fn, cfg, steps, ctx, "toy", loop=LoopConfig(checkpoint_every=5))
 
 
 def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):

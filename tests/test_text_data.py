@@ -118,14 +118,14 @@ def test_max_chars_keeps_whole_documents_from_the_start(tmp_path):
     assert got[:2] == docs[:2] and got[2] == docs[2][:10] and len(got) == 3
 
 
-def test_repro_data_dir_lookup(tmp_path, monkeypatch):
+def test_data_dir_lookup(tmp_path):
     docs = stories(10)
     tinystories_txt(tmp_path / "tinystories" / "tiny_stories.txt", docs)
     (tmp_path / "wikitext2_raw").mkdir()
     (tmp_path / "wikitext2_raw" / "wiki.test.raw").write_text(" = A = \r\n a . \r\n")
-    monkeypatch.setenv("REPRO_DATA_DIR", str(tmp_path))
-    assert T.load_texts("tinystories", "train", val_fraction=0.2) == docs[:8]
-    assert T.load_texts("simple-wiki", "validation") == ["= A = \n a ."]
+    data_dir = str(tmp_path)
+    assert T.load_texts("tinystories", "train", val_fraction=0.2, data_dir=data_dir) == docs[:8]
+    assert T.load_texts("simple-wiki", "validation", data_dir=data_dir) == ["= A = \n a ."]
     with pytest.raises(UserError, match="does not exist"):
         T.load_texts("tinystories", "train", str(tmp_path / "nope"))
 
@@ -145,7 +145,6 @@ def test_missing_data_is_one_quick_user_error(tmp_path, monkeypatch):
         raise AssertionError("the hub was contacted")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", no_network)
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     for name, hub_id in (("tinystories", "roneneldan/TinyStories"), ("simple-wiki", "wikimedia/wikipedia")):
         start = time.time()
         with pytest.raises(UserError) as err:
@@ -173,7 +172,6 @@ def test_hub_splits_are_mapped_and_carved(monkeypatch):
         )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     assert T.load_texts("tinystories", "test")[0] == "doc validation 0"  # no test split: validation
     assert calls[-1] == ("roneneldan/TinyStories", None, "validation")
     assert T.load_texts("simple-wiki", "train", val_fraction=0.2) == [f"doc train {i}" for i in range(8)]
@@ -285,7 +283,6 @@ def test_sequential_and_document_windows():
 
 def test_prepare_lm_data_shares_one_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setattr(tk, "gpt2_tokenizer", lambda: None)
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     tinystories_txt(tmp_path / "ts" / "train.txt", stories(60))
     (tmp_path / "wiki.raw").write_text(
         "".join(f" = T{i} = \n Body {i} of the article . \n" for i in range(9))
@@ -308,13 +305,13 @@ def test_prepare_lm_data_shares_one_tokenizer(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not SHARED_TINY.is_dir(), reason="needs the shared TinyStories sample")
-def test_real_tinystories_sample(monkeypatch):
-    monkeypatch.setenv("REPRO_DATA_DIR", str(SHARED_TINY.parent))
-    train = T.load_texts("tinystories", "train")
+def test_real_tinystories_sample():
+    data_dir = str(SHARED_TINY.parent)
+    train = T.load_texts("tinystories", "train", data_dir=data_dir)
     # every train file of the folder is read (the sample grew a second file, TinyStories-train-stories1000-2313.txt)
     lily = [t for t in train if t.startswith("One day, a little girl named Lily found a needle")]
     assert len(train) > 1000 and len(lily) == 1
     assert "\n\n" in lily[0]  # paragraphs stay inside a story
-    val = T.load_texts("tinystories", "validation")
+    val = T.load_texts("tinystories", "validation", data_dir=data_dir)
     assert val[0].startswith("Spot. Spot saw the shiny car") and len(val) > 1000  # one per paragraph
     assert os.environ["HF_HUB_OFFLINE"]  # still offline: the local folder was used

@@ -75,16 +75,15 @@ def test_decoded_arrays_are_cached_once(tmp_path, monkeypatch):
     assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
 
 
-def test_data_dir_environment_variable_is_searched(tmp_path, monkeypatch):
+def test_data_dir_is_searched(tmp_path):
     write_cifar_jpegs(tmp_path / "cifar10_jpg", per_class_train=2, per_class_test=1)
     write_mnist(tmp_path / "mnist", n_train=20, n_test=10)
-    monkeypatch.setenv("REPRO_DATA_DIR", str(tmp_path))
-    assert vision.load_images("cifar10", "test", cache_dir=None)[0].shape == (10, 32, 32, 3)
-    assert vision.load_images("mnist", "test", cache_dir=None)[0].shape == (10, 28, 28)
+    data_dir = str(tmp_path)
+    assert vision.load_images("cifar10", "test", cache_dir=None, data_dir=data_dir)[0].shape == (10, 32, 32, 3)
+    assert vision.load_images("mnist", "test", cache_dir=None, data_dir=data_dir)[0].shape == (10, 28, 28)
 
 
 def test_nothing_reachable_is_one_sentence_naming_the_dataset(tmp_path, monkeypatch):
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network in tests
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # and no cached hub copy
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))

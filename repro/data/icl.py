@@ -5,7 +5,7 @@ comment, as LongICLBench does), `tacred` (41 relations, `no_relation` dropped; L
 from a path the user gives) and `synthetic` (generated here, offline: pseudo-words mapped to labels
 by a random rule that only the context reveals).
 
-Where data comes from, first match wins: an explicit path; `$REPRO_DATA_DIR/<name>/` (the CLI's
+Where data comes from, first match wins: an explicit path; `data_dir/<name>/` (the command's
 `--data-dir`); the Hugging Face hub (`PolyAI/banking77`, `google-research-datasets/go_emotions`).
 Files: Banking77 `train.csv`/`test.csv` (`text,category`) and optional `categories.json`;
 GoEmotions `train.tsv`/`test.tsv` (text, comma-separated ids, comment id) and `emotions.txt`;
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,13 +92,13 @@ class ICLTask:
 # ---- loading ------------------------------------------------------------------------------------
 
 
-def load_task(name: str, path: str | Path | None = None, seed: int = 0) -> ICLTask:
-    """A named task from `path`, `$REPRO_DATA_DIR/<name>/`, or the hub (module docstring)."""
+def load_task(name: str, path: str | Path | None = None, seed: int = 0, data_dir: str | Path | None = None) -> ICLTask:
+    """A named task from `path`, `data_dir/<name>/`, or the hub (module docstring)."""
     if name not in DATASETS:
         raise UserError(f"dataset {name!r} is unknown; choose one of {', '.join(DATASETS)}.")
     if name == "synthetic":
         return synthetic_task(seed=seed)
-    source = _local_source(name, path)
+    source = _local_source(name, path, data_dir)
     if name == "tacred":
         if source is None:
             raise UserError(
@@ -112,13 +111,12 @@ def load_task(name: str, path: str | Path | None = None, seed: int = 0) -> ICLTa
     return _from_hub(name)
 
 
-def _local_source(name: str, path: str | Path | None) -> Path | None:
+def _local_source(name: str, path: str | Path | None, data_dir: str | Path | None) -> Path | None:
     if path is not None:
         source = Path(path).expanduser()
         if not source.is_dir():
             raise UserError(f"--data-path {path} is not a directory; give the folder holding the {name} files.")
         return source
-    data_dir = os.environ.get("REPRO_DATA_DIR")
     if data_dir and (Path(data_dir) / name).is_dir():
         return Path(data_dir) / name
     return None

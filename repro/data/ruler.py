@@ -218,8 +218,8 @@ class QAData:
 
 
 class Sources:
-    """Essays, SQuAD v2 dev and HotpotQA dev: explicit paths, then `data_dir/<folder>`, then
-    $REPRO_DATA_DIR/<folder>, then the Hugging Face hub (for users online). Each is read once."""
+    """Essays, SQuAD v2 dev and HotpotQA dev: explicit paths, then `data_dir/<folder>` (the command's
+    --data-dir), then the Hugging Face hub (for users online). Each is read once."""
 
     def __init__(self, data_dir: Path | None = None, paths: dict[str, Path | None] | None = None):
         self.data_dir = data_dir
@@ -232,10 +232,8 @@ class Sources:
             if not path.exists():
                 raise UserError(f"{name} path {path} does not exist; give the file or folder holding {name}.")
             return path
-        env = os.environ.get("REPRO_DATA_DIR")
-        for root in (self.data_dir, Path(env) if env else None):
-            if root is not None and (root / FOLDERS[name]).exists():
-                return root / FOLDERS[name]
+        if self.data_dir is not None and (self.data_dir / FOLDERS[name]).exists():
+            return self.data_dir / FOLDERS[name]
         return None
 
     def _hub(self, name: str, **kwargs: Any) -> Any:

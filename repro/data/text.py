@@ -2,7 +2,7 @@
 
 Where text comes from, first match wins:
 1. `data.path` (`--set data.path=...`): a file or a directory;
-2. `$REPRO_DATA_DIR/<folder>/` (the CLI's `--data-dir`): `tinystories/`, and `simple-wiki/` or
+2. `data.data_dir/<folder>/` (the CLI's `--data-dir` sets it): `tinystories/`, and `simple-wiki/` or
    `wikitext2_raw/` for simple-wiki;
 3. the Hugging Face hub (skipped when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, except for its
    local cache): TinyStories is `roneneldan/TinyStories` (train, validation); simple-wiki is
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 class DatasetSpec:
     """Where a named corpus lives and how its plain-text files divide into documents."""
 
-    folders: tuple[str, ...]  # looked for under $REPRO_DATA_DIR
+    folders: tuple[str, ...]  # looked for under data_dir
     hub_id: str | None
     hub_config: str | None
     hub_splits: tuple[str, ...]
@@ -88,6 +87,7 @@ DATASETS = {
 class TextDataConfig:
     dataset: str = "tinystories"  # tinystories | simple-wiki | text (local files only)
     path: str | None = None  # a local file or directory, used instead of the hub
+    data_dir: str | None = None  # a folder of local copies, DIR/<folder>/ (`repro run --data-dir` sets it)
     tokenizer: TokenizerKind = "auto"  # auto: gpt2 when loadable, else a BPE trained on train
     vocab_size: int = 4096  # for the trained BPE
     max_chars: int | None = None  # cap on training text (whole documents from the start)
@@ -307,13 +307,12 @@ def _missing(name: str, why: str) -> UserError:
     )
 
 
-def _local_source(spec: DatasetSpec, name: str, path: str | None) -> Path | None:
+def _local_source(spec: DatasetSpec, name: str, path: str | None, data_dir: str | None) -> Path | None:
     if path:
         source = Path(path).expanduser()
         if not source.exists():
             raise UserError(f"data.path {path} does not exist; give a file or directory with {name} text.")
         return source
-    data_dir = os.environ.get("REPRO_DATA_DIR")
     for folder in spec.folders if data_dir else ():
         if (Path(data_dir) / folder).is_dir():
             return Path(data_dir) / folder
@@ -341,15 +340,17 @@ def load_texts(
     *,
     val_fraction: float = 0.1,
     doc_split: DocSplit = "auto",
+    data_dir: str | None = None,
 ) -> list[str]:
-    """The documents of one split of a named corpus, from local files when given, else the hub."""
+    """The documents of one split of a named corpus, from local files when given (`path`, else
+    `data_dir/<folder>/`), else the hub."""
     if dataset not in DATASETS:
         raise UserError(f"data.dataset={dataset}: choose one of {', '.join(DATASETS)}.")
     split = {"val": "validation", "valid": "validation"}.get(split, split)
     if split not in SPLITS:
         raise UserError(f"split '{split}': choose one of {', '.join(SPLITS)}.")
     spec = DATASETS[dataset]
-    source = _local_source(spec, dataset, path)
+    source = _local_source(spec, dataset, path, data_dir)
     if source is not None:
         docs = _load_local(source, split, spec, dataset, val_fraction, doc_split)
     elif spec.hub_id is None:
@@ -548,7 +549,7 @@ def prepare_lm_data(
 
     def docs(c: TextDataConfig, split: str, max_chars: int | None) -> list[str]:
         return load_texts(
-            c.dataset, split, c.path, max_chars, val_fraction=c.val_fraction, doc_split=c.doc_split
+            c.dataset, split, c.path, max_chars, val_fraction=c.val_fraction, doc_split=c.doc_split, data_dir=c.data_dir
         )
 
     train = docs(cfg, "train", cfg.max_chars)

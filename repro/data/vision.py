@@ -3,7 +3,7 @@ disjoint-class and multi-domain splits built from them.
 
 Where images come from, in order:
 1. `data.path` (`--set data.path=DIR`): a directory holding one of the layouts below;
-2. `$REPRO_DATA_DIR/<folder>/` (the CLI's `--data-dir`): `mnist/`, `cifar10_jpg/`, `cifar10/`,
+2. `data.data_dir/<folder>/` (the CLI's `--data-dir` sets it): `mnist/`, `cifar10_jpg/`, `cifar10/`,
    `cifar-10-batches-py/`, `cifar100/`, `cifar-100-python/`;
 3. the Hugging Face hub (or its cache): `ylecun/mnist`, `uoft-cs/cifar10`, `uoft-cs/cifar100`.
 Nothing reachable raises one UserError naming the dataset and the two ways to point at files.
@@ -54,7 +54,7 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True)
 class VisionSpec:
-    folders: tuple[str, ...]  # looked for under $REPRO_DATA_DIR, in order
+    folders: tuple[str, ...]  # looked for under data_dir, in order
     hub_id: str
     image_col: str
     label_col: str
@@ -193,13 +193,12 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
 # ---- finding a source, caching -------------------------------------------------------------------
 
 
-def _local_root(name: str, path: str | None) -> Path | None:
+def _local_root(name: str, path: str | None, data_dir: str | None) -> Path | None:
     if path:
         root = Path(path).expanduser()
         if not root.is_dir():
             raise UserError(f"data.path {path} is not a directory; give the folder that holds the {name} files.")
         return root
-    data_dir = os.environ.get("REPRO_DATA_DIR")
     for folder in SPECS[name].folders if data_dir else ():
         if (Path(data_dir) / folder).is_dir():
             return Path(data_dir) / folder
@@ -284,14 +283,15 @@ def _load_hub(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_images(
-    name: str, split: str, path: str | None = None, cache_dir: str | None = ".cache/repro"
+    name: str, split: str, path: str | None = None, cache_dir: str | None = ".cache/repro", data_dir: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of a dataset split: uint8 (N, 28, 28) for MNIST, (N, 32, 32, 3) for CIFAR."""
+    """(images, labels) of a dataset split: uint8 (N, 28, 28) for MNIST, (N, 32, 32, 3) for CIFAR;
+    from `path`, else `data_dir/<folder>/`, else the hub (module docstring)."""
     if name not in SPECS:
         raise UserError(f"data.dataset={name}: choose one of {', '.join(SPECS)}.")
     if split not in SPLITS:
         raise UserError(f"split '{split}': choose one of {', '.join(SPLITS)}.")
-    root = _local_root(name, path)
+    root = _local_root(name, path, data_dir)
     cache_root = Path(cache_dir) / "vision" if cache_dir else None
     if root is not None:
         files = _local_files(name, root, split)

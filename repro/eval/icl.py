@@ -22,7 +22,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -370,13 +369,14 @@ def model_label(spec: str) -> str:
 _LOADED: dict[tuple[str, str], Any] = {}
 
 
-def run_one(cfg: ICLConfig, out: Path, force: bool = False, device: str = "cpu") -> Path:
-    """Evaluate one model into out/icl/<model>/<dataset>-<scoring>/s<seed>/ (a no-op when done)."""
+def run_one(cfg: ICLConfig, out: Path, force: bool = False, device: str = "cpu", data_dir: Path | None = None) -> Path:
+    """Evaluate one model into out/icl/<model>/<dataset>-<scoring>/s<seed>/ (a no-op when done).
+    `data_dir`: a folder of local dataset copies (where the data lives is not part of the run's config)."""
     from repro import runtime
     from repro.eval.models import load_model
     from repro.track import console, progress
 
-    task = data.load_task(cfg.dataset, cfg.data_path, cfg.seed)  # data errors before any writing
+    task = data.load_task(cfg.dataset, cfg.data_path, cfg.seed, data_dir)  # data errors before any writing
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model_label(cfg.model))
     run_dir = out / EXPERIMENT / slug / f"{cfg.dataset}-{cfg.scoring}" / f"s{cfg.seed}"
     cfg_path, rows_path = run_dir / "config.yaml", run_dir / "rows.jsonl"
@@ -591,10 +591,8 @@ def command(
     """In-context classification, semantic vs anonymous labels (MMv2 §4.3): run dirs, table, figure."""
     from repro.track import console
 
-    if data_dir is not None:
-        if not data_dir.is_dir():
-            raise UserError(f"--data-dir {data_dir} is not a directory.")
-        os.environ["REPRO_DATA_DIR"] = str(data_dir.resolve())
+    if data_dir is not None and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir} is not a directory.")
     if dataset not in data.DATASETS:
         raise UserError(f"dataset {dataset!r} is unknown; choose one of {', '.join(data.DATASETS)}.")
     kinds = [k.strip() for k in labels.split(",") if k.strip()]
@@ -618,6 +616,6 @@ def command(
             str(data_path) if data_path else None,
             max_context,
         )
-        run_one(cfg, out, force, device)
+        run_one(cfg, out, force, device, data_dir)
     paths = write_report(out, reports / EXPERIMENT)
     console.print("[green]report[/] " + ", ".join(str(p) for p in paths))

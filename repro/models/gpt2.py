@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro.errors import UserError
-from repro.models.layers import KVCache, LayerKV
-from repro.models.lm import LanguageModel, offset_causal_mask
+from repro.models.layers import KVCache, LayerKV, causal_attention, merge_heads, split_heads
+from repro.models.lm import LanguageModel, run_blocks
 from repro.models.registry import register_model
 
 
@@ -47,23 +47,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        H = self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (z.view(B, T, H, C // H).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
-        dropout_p = self.dropout if self.training else 0.0
-        if kv is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        else:
-            t0 = 0 if kv.k is None else kv.k.shape[2]  # tokens already in the cache
-            if kv.k is not None:
-                k, v = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)  # (B, H, t0 + T, D)
-            kv.k, kv.v = k, v
-            # one new token sees every key; several need the causal mask shifted by t0
-            mask = None if T == 1 else offset_causal_mask(T, t0 + T, t0, 0, device=x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C): heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        C = x.shape[2]
+        q, k, v = (split_heads(z, self.n_head) for z in self.c_attn(x).split(C, dim=2))  # 3 x (B, H, T, D)
+        y = causal_attention(q, k, v, kv, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))  # (B, H, T, D) -> (B, T, C)
 
 
 class MLP(nn.Module):
@@ -138,10 +125,7 @@ class GPT(LanguageModel):
             )
         pos = torch.arange(t0, t0 + T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += T
+        x = run_blocks(self.transformer.h, x, cache)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
 

@@ -1,8 +1,8 @@
 """Layers that several model families share: head splitting, RMSNorm, SwiGLU, rotary position
-embedding, the Memory Mosaics v2 initialisation, and the transformers' KV cache.
+embedding, the Memory Mosaics v2 initialisation, and causal attention with its KV cache.
 
-GPT-2 and Llama use the KV cache; Llama and Memory Mosaics v2 use RMSNorm, SwiGLU and the v2 init;
-every multi-head model splits heads the same way.
+GPT-2 and Llama use the attention and its cache; Llama and Memory Mosaics v2 use RMSNorm, SwiGLU and
+the v2 init; every multi-head model splits heads the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repro import kernels
 from repro.models.lm import DecodeCache
 
 
@@ -97,3 +98,19 @@ class LayerKV:
 @dataclasses.dataclass
 class KVCache(DecodeCache):
     layers: list[LayerKV] = dataclasses.field(default_factory=list)
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV | None = None, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Softmax attention of q over k, v (B, H, T, D), causal (skip=0: a token reads itself and the
+    past), scale 1/sqrt(D), through the `memory_retrieval` kernel. With a cache, q, k, v are the new
+    tokens: their keys and values are appended to `kv` and the queries, at positions t0.., read every
+    cached token too. Returns (B, H, T, D)."""
+    t0 = 0
+    if kv is not None:
+        if kv.k is not None:
+            t0 = kv.k.shape[2]  # tokens already in the cache
+            k, v = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)  # (B, H, t0 + T, D)
+        kv.k, kv.v = k, v
+    return kernels.memory_retrieval(q, k, v, skip=0, q_start=t0, scale=None, dropout_p=dropout_p)

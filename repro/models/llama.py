@@ -13,10 +13,19 @@ import dataclasses
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from repro.models.layers import KVCache, LayerKV, RMSNorm, SwiGLU, rope, v2_init
-from repro.models.lm import LanguageModel, offset_causal_mask
+from repro.models.layers import (
+    KVCache,
+    LayerKV,
+    RMSNorm,
+    SwiGLU,
+    causal_attention,
+    merge_heads,
+    rope,
+    split_heads,
+    v2_init,
+)
+from repro.models.lm import LanguageModel, run_blocks
 from repro.models.registry import register_model
 
 
@@ -49,21 +58,13 @@ class LlamaAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        H = self.n_head
-        q, k, v = (w(x).view(B, T, H, C // H).transpose(1, 2) for w in (self.wq, self.wk, self.wv))  # (B, H, T, D)
-        t0 = 0 if kv is None or kv.k is None else kv.k.shape[2]
+        T = x.shape[1]
+        q, k, v = (split_heads(w(x), self.n_head) for w in (self.wq, self.wk, self.wv))  # (B, H, T, D)
+        t0 = 0 if kv is None or kv.k is None else kv.k.shape[2]  # tokens already in the cache
         pos = torch.arange(t0, t0 + T, device=x.device)
         q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
-        if kv is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            if kv.k is not None:
-                k, v = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)  # (B, H, t0 + T, D)
-            kv.k, kv.v = k, v
-            mask = None if T == 1 else offset_causal_mask(T, t0 + T, t0, 0, device=x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, C)))  # heads side by side
+        y = causal_attention(q, k, v, kv)  # (B, H, T, D); no attention dropout (the paper gives none)
+        return self.resid_dropout(self.wo(merge_heads(y)))  # heads side by side
 
 
 class LlamaBlock(nn.Module):
@@ -102,10 +103,7 @@ class Llama(LanguageModel):
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = self.wte(idx)  # (B, T, C): no position embedding, RoPE acts inside attention
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += idx.shape[1]
+        x = run_blocks(self.blocks, x, cache)
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def flops_per_token(self, context: int) -> float:

@@ -61,15 +61,14 @@ class DecodeCache:
     length: int = 0  # tokens read so far
 
 
-def offset_causal_mask(
-    n_query: int, n_key: int, first_query: int, skip: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """(n_query, n_key) bool: query i, at absolute position first_query + i, sees key j iff
-    j <= first_query + i - skip. Used when new tokens arrive after a cache (the new queries do not
-    start at position 0, so SDPA's is_causal, which aligns top-left, does not apply)."""
-    i = torch.arange(n_query, device=device)[:, None]
-    j = torch.arange(n_key, device=device)[None, :]
-    return j <= first_query + i - skip
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, cache: DecodeCache | None, *args: Any) -> torch.Tensor:
+    """x (B, T, C) through each block as block(x, *args, its layer's cache); with a cache (one that
+    has `.layers`), the T tokens are counted as read."""
+    for i, block in enumerate(blocks):
+        x = block(x, *args, None if cache is None else cache.layers[i])  # type: ignore[attr-defined]
+    if cache is not None:
+        cache.length += x.shape[1]
+    return x
 
 
 class LanguageModel(nn.Module):

@@ -10,7 +10,8 @@ When every key has the same norm (L2-normalised keys), the |k_j|^2 term is const
 exactly softmax attention with scale beta. With raw keys we keep the exact Gaussian by appending one
 coordinate: q' = [q, -1/2], k' = [k, |k|^2] gives q'.k' = q.k - |k|^2/2. Either way the retrieval
 itself is one call to the `memory_retrieval` kernel (strictly causal by default: query t reads only
-pairs j < t).
+pairs j < t), in training, decoding and long evaluation alike; the masks are the kernels' vocabulary
+(`repro.kernels.memory_retrieval.mask`).
 """
 
 from __future__ import annotations
@@ -34,18 +35,28 @@ def associative_recall(
     normalize: bool = True,
     kernel: Kernel = "gaussian",
     window: int | None = None,
-    skip: int = 1,
+    skip: int | None = 1,
+    q_start: int = 0,
+    k_start: int = 0,
+    dropout_p: float = 0.0,
+    query_chunk: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Retrieve from the causal memory of pairs (k_j, v_j), j <= t - skip, for each query q_t.
+    """Retrieve from the causal memory of pairs (k_j, v_j), t - window < j <= t - skip, for each
+    query q_t.
 
-    q, k: (B, H, T, D); v: (B, H, T, Dv). beta: a float, a per-head (H,) tensor, or a per-query
-    (B, H, T) tensor (v2's adaptive bandwidth). `normalize` L2-normalises queries and keys.
-    `kernel="gaussian"` is exact Gaussian smoothing; `kernel="dot"` drops the |k_j|^2 term
-    (softmax(beta q.k), as the official three-moons code does with raw keys). Returns (B, H, T, Dv).
+    q: (B, H, Tq, D) at absolute positions q_start..; k: (B, H, Tk, D), v: (B, H, Tk, Dv) at
+    k_start.. (the same positions in training; the new tokens and the cache when decoding). beta: a
+    float, a per-head (H,) tensor, or a per-query (B, H, Tq) tensor (v2's adaptive bandwidth).
+    `normalize` L2-normalises queries and keys. `kernel="gaussian"` is exact Gaussian smoothing;
+    `kernel="dot"` drops the |k_j|^2 term (softmax(beta q.k), as the official three-moons code does
+    with raw keys). dropout_p, query_chunk: see `kernels.memory_retrieval`. Returns (B, H, Tq, Dv).
     """
     q, k = _prepare(q, k, beta, normalize, kernel)
-    return kernels.memory_retrieval(q, k, v, window=window, skip=skip, backend=backend)
+    return kernels.memory_retrieval(
+        q, k, v, window=window, skip=skip, q_start=q_start, k_start=k_start, dropout_p=dropout_p,
+        query_chunk=query_chunk, backend=backend,
+    )  # fmt: skip
 
 
 def recall_all(
@@ -56,19 +67,17 @@ def recall_all(
     *,
     normalize: bool = True,
     kernel: Kernel = "gaussian",
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Every query reads every stored pair, with no mask: a persistent table, or a decoding cache
-    that holds exactly the pairs visible to the new queries.
+    """Every query reads every stored pair, with no mask (skip=None): a persistent table, or a
+    decoding cache that holds exactly the pairs visible to the new queries.
 
     q: (B, H, Tq, D); k: (B, H, N, D) or (H, N, D) for a table shared by the batch; v likewise with
     Dv. Returns (B, H, Tq, Dv); zeros when the memory is empty (N = 0).
     """
     if k.dim() == 3:  # (H, N, D) table -> (B, H, N, D)
         k, v = k.expand(q.shape[0], *k.shape), v.expand(q.shape[0], *v.shape)
-    if k.shape[-2] == 0:
-        return v.new_zeros(*q.shape[:-1], v.shape[-1])
-    q, k = _prepare(q, k, beta, normalize, kernel)
-    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    return associative_recall(q, k, v, beta, normalize=normalize, kernel=kernel, skip=None, dropout_p=dropout_p)
 
 
 def _prepare(

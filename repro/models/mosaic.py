@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.models.layers import merge_heads, split_heads
-from repro.models.lm import DecodeCache, LanguageModel, offset_causal_mask
+from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall, recall_all
 from repro.models.registry import register_model
 
@@ -145,48 +145,19 @@ class ContextMemory(nn.Module):
             before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
             values = torch.cat([cache.values, self._values(before, u)], dim=2)  # pairs 0..t0+T-2
             keys = torch.cat([cache.keys, k], dim=2)  # (B, H, t0 + T, D)
-            y = _recall_after(k, keys[:, :, :-1], values, beta, t0)
+            # new queries at positions t0.. read the cached pairs 0..t0+T-2, strictly causally
+            y = associative_recall(k, keys[:, :, :-1], values, beta, normalize=False, kernel="dot", skip=1, q_start=t0)
             cache.keys, cache.values = keys, values
         if cache is not None:
             cache.key_state, cache.value_proj = key_state, u[:, :, -1]
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
     def _recall(self, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """Strictly causal retrieval over one whole sequence. Unit keys make the Gaussian kernel a
-        plain dot product, hence kernel="dot" without renormalising."""
+        """Strictly causal retrieval over one whole sequence, with the official attention dropout in
+        training. Unit keys make the Gaussian kernel a plain dot product, hence kernel="dot" without
+        renormalising."""
         p = self.attn_dropout if self.training else 0.0
-        if p == 0.0:
-            return associative_recall(k, k, v, beta, normalize=False, kernel="dot", skip=1)
-        return _causal_recall_with_dropout((k * beta.view(1, -1, 1, 1)).to(k.dtype), k, v, p)
-
-
-def _causal_recall_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
-    """The `memory_retrieval` kernel (skip=1) with dropout on the attention weights, as the official
-    regular version trains. The kernel dispatch has no dropout argument, so training with
-    ic_dropout > 0 calls SDPA here: queries shifted by one make j <= t-1 the ordinary causal mask.
-    q carries the bandwidth; (B, H, T, D) each; row 0 has an empty memory and returns 0."""
-    B, H, T, _ = q.shape
-    empty = v.new_zeros(B, H, 1, v.shape[-1])
-    if T == 1:
-        return empty
-    out = F.scaled_dot_product_attention(
-        q[:, :, 1:], k[:, :, :-1], v[:, :, :-1], is_causal=True, scale=1.0, dropout_p=p
-    )  # (B, H, T - 1, Dv)
-    return torch.cat([empty, out], dim=2)
-
-
-def _recall_after(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, beta: torch.Tensor, t0: int
-) -> torch.Tensor:
-    """Retrieval for new queries at positions t0..t0+T-1 (t0 >= 1) from the cached pairs 0..t0+T-2:
-    query t reads pairs j <= t-1. One query reads every pair (recall_all); several need the
-    strictly causal mask shifted by t0. q: (B, H, T, D); keys, values: (B, H, t0 + T - 1, D)."""
-    T = q.shape[2]
-    if T == 1:
-        return recall_all(q, keys, values, beta, normalize=False, kernel="dot")
-    mask = offset_causal_mask(T, keys.shape[2], t0, 1, device=q.device)  # (T, t0 + T - 1)
-    q = (q * beta.view(1, -1, 1, 1)).to(q.dtype)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
+        return associative_recall(k, k, v, beta, normalize=False, kernel="dot", skip=1, dropout_p=p)
 
 
 class PersistentMemory(nn.Module):
@@ -206,20 +177,12 @@ class PersistentMemory(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.hd_dropout)
 
     def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
-        B = x.shape[0]
         q, state = self.queries(x, None if cache is None else cache.query_state)  # (B, H, T, D)
         if cache is not None:
             cache.query_state = state
-        # recall_all has no dropout: SDPA directly, so the attention weights get the official dropout
-        table_k = self.table_keys.expand(B, -1, -1, -1)  # (H, N, D) -> (B, H, N, D)
-        table_v = self.table_values.expand(B, -1, -1, -1)
-        y = F.scaled_dot_product_attention(
-            (q * self.queries.beta().view(1, -1, 1, 1)).to(q.dtype),
-            table_k,
-            table_v,
-            scale=1.0,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # (B, H, T, D)
+        p = self.attn_dropout if self.training else 0.0  # the official dropout on the attention weights
+        beta = self.queries.beta()
+        y = recall_all(q, self.table_keys, self.table_values, beta, normalize=False, kernel="dot", dropout_p=p)
         y = y * torch.exp(EXP_SCALE * self.value_scale).view(1, -1, 1, 1)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
@@ -277,10 +240,7 @@ class MemoryMosaic(LanguageModel):
 
     def forward(self, idx: torch.Tensor, cache: MosaicCache | None = None) -> torch.Tensor:
         x = self.wte(idx)  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += idx.shape[1]
+        x = run_blocks(self.blocks, x, cache)
         # scaling the (B, T, C) input of the linear head instead of its (B, T, V) output: same logits, V/C
         # times fewer multiplications (the vocabulary is much larger than the width)
         return self.lm_head(self.ln_f(x) * (1.0 / math.sqrt(self.config.n_embd)))  # (B, T, V)

@@ -12,9 +12,10 @@ Three changes to v1 (§4.1), each cited where it is built below:
    and projected by W_o, and a SwiGLU persistent memory; no position encoding anywhere.
 
 The Table 6 init (truncated normals) is `repro.models.layers.v2_init`, shared with the Llama
-baseline. Memories call `repro.models.memory.associative_recall` (the `memory_retrieval` kernel)
-for whole training sequences; for long inputs without gradients, and after a decoding cache, they
-chunk over queries here so no T x T matrix is ever built and memory grows linearly with T.
+baseline. Memories call `repro.models.memory.associative_recall` (the `memory_retrieval` kernel) for
+whole training sequences, for long inputs without gradients (in query chunks, so no T x T matrix is
+ever built and memory grows linearly with T) and after a decoding cache (queries and keys at their
+absolute positions).
 `drop_long_term_memory()` is the paper's Table 2 ablation switch.
 """
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from repro import kernels
 from repro.errors import UserError
 from repro.models.layers import RMSNorm, SwiGLU, merge_heads, split_heads, v2_init
-from repro.models.lm import DecodeCache, LanguageModel
+from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall
 from repro.models.registry import register_model
 
@@ -54,11 +55,12 @@ class MosaicV2Config:
     ffn_size: int = 192  # persistent memory (SwiGLU) hidden size d': 6144 small, 14336 large
     dropout: float = 0.0  # residual branches; the paper gives none
     bias: bool = False
-    short_window: int = 16  # h: the short-term memory holds pairs t-h+1 .. t-1 (paper 256)
-    long_skip_min: int = 4  # m at inference, and the low end of its training range (paper 64)
-    long_skip_max: int = 16  # m ~ U[m_min, m_max] during training (paper 256)
+    # debug sizes are small enough that a 60-token test crosses the window, the skip and the chunks
+    short_window: int = 8  # h: the short-term memory holds pairs t-h+1 .. t-1 (paper 256)
+    long_skip_min: int = 3  # m at inference, and the low end of its training range (paper 64)
+    long_skip_max: int = 6  # m ~ U[m_min, m_max] during training (paper 256)
     long_term: bool = True  # False: no long-term memory at all (the 8.3B row of §4.2)
-    query_chunk: int = 1024  # queries per retrieval chunk for long inputs without gradients
+    query_chunk: int = 16  # queries per retrieval chunk for long inputs without gradients
     norm_eps: float = 1e-5
 
 
@@ -172,43 +174,6 @@ class MosaicV2Cache(DecodeCache):
     layers: list[MosaicV2LayerCache] = field(default_factory=list)
 
 
-def chunked_recall(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    beta: torch.Tensor,
-    first_query: int,
-    key_start: int,
-    window: int | None,
-    skip: int,
-    chunk: int,
-) -> torch.Tensor:
-    """Queries at absolute positions first_query.. read keys at key_start.. with the mask
-    t - window < j <= t - skip, `chunk` queries at a time (only the keys a chunk can see are sliced),
-    so no T x T matrix exists and memory is O(chunk x T). q (B, H, Tq, D) unit; keys, values
-    (B, H, N, D); beta (1, H, Tq). Rows with nothing visible return 0. Returns (B, H, Tq, Dv)."""
-    B, H, Tq, _ = q.shape
-    N = keys.shape[2]
-    outs = []
-    for s in range(0, Tq, chunk):
-        qc = (q[:, :, s : s + chunk] * beta[..., s : s + chunk, None]).to(q.dtype)  # (B, H, c, D)
-        c = qc.shape[2]
-        t = torch.arange(first_query + s, first_query + s + c, device=q.device)  # (c,)
-        hi = t - skip
-        lo = t - window + 1 if window is not None else torch.zeros_like(t)
-        a, b = max(int(lo[0]), key_start), min(int(hi[-1]), key_start + N - 1)  # keys this chunk sees
-        if b < a:
-            outs.append(values.new_zeros(B, H, c, values.shape[-1]))
-            continue
-        j = torch.arange(a, b + 1, device=q.device)[None]  # (1, n)
-        mask = (j <= hi[:, None]) & (j >= lo[:, None])  # (c, n)
-        empty = ~mask.any(-1, keepdim=True)  # (c, 1)
-        kk, vv = keys[:, :, a - key_start : b - key_start + 1], values[:, :, a - key_start : b - key_start + 1]
-        out = F.scaled_dot_product_attention(qc, kk, vv, attn_mask=mask | empty, scale=1.0)
-        outs.append(out.masked_fill(empty, 0.0))
-    return torch.cat(outs, dim=2)
-
-
 class MemoryV2(nn.Module):
     """One contextual associative memory of v2 with its own W_phi, W_psi and beta (§4.1.3):
     short-term (window=h, skip 1: pairs t-h+1..t-1) or long-term (window None, skip m: pairs
@@ -228,19 +193,23 @@ class MemoryV2(nn.Module):
         u = self.values.project(x)  # (B, H, T, D)
         positions = torch.arange(t0, t0 + T, device=x.device)
         beta = self.bandwidth(visible_pairs(positions, self.window, skip))  # (1, H, T)
+        # unit keys: the Gaussian kernel is a dot product (kernel="dot", no renormalising)
+        recall = dict(normalize=False, kernel="dot", window=self.window, skip=skip)
         if t0 == 0:
             ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 unused
             v = self.values(u, ahead)
-            if torch.is_grad_enabled() or self.chunk >= T:  # the kernel (T x T on its torch backend)
-                y = associative_recall(k, k, v, beta, normalize=False, kernel="dot", window=self.window, skip=skip)
-            else:
-                y = chunked_recall(k, k, v, beta, 0, 0, self.window, skip, self.chunk)
+            # without gradients (long evaluations), queries in chunks keep memory linear in T
+            chunk = None if torch.is_grad_enabled() else self.chunk
+            y = associative_recall(k, k, v, beta, **recall, query_chunk=chunk)
             keys, values, start = k, v[:, :, :-1], 0  # pair T-1 waits for x_T
         else:
             before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
             values = torch.cat([cache.values, self.values(before, u)], dim=2)  # pairs start..t0+T-2
             keys, start = torch.cat([cache.keys, k], dim=2), cache.start  # (B, H, n + T, D)
-            y = chunked_recall(k, keys[:, :, :-1], values, beta, t0, start, self.window, skip, self.chunk)
+            # the new queries (positions t0..) read the cached pairs (positions start..)
+            y = associative_recall(
+                k, keys[:, :, :-1], values, beta, **recall, q_start=t0, k_start=start, query_chunk=self.chunk
+            )
         if cache is not None:
             drop = 0 if self.window is None else max(0, t0 + T - self.window + 1 - start)  # never visible again
             cache.keys, cache.values, cache.start = keys[:, :, drop:], values[:, :, drop:], start + drop
@@ -317,10 +286,7 @@ class MemoryMosaicV2(LanguageModel):
     def forward(self, idx: torch.Tensor, cache: MosaicV2Cache | None = None) -> torch.Tensor:
         skip = self.long_skip()
         x = self.wte(idx)  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, skip, self.use_long_term, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.length += idx.shape[1]
+        x = run_blocks(self.blocks, x, cache, skip, self.use_long_term)
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def flops_per_token(self, context: int) -> float:
@@ -350,7 +316,9 @@ def mosaic_v2_ffn_for(n_params_per_layer: int, cfg: MosaicV2Config) -> int:
 
 
 # §4.2: the llama-1.5B and llama-8B scales, h = 256, m ~ U[64, 256], vocab 128256, context 4096.
-_PAPER = dict(block_size=4096, vocab_size=128256, short_window=256, long_skip_min=64, long_skip_max=256)
+_PAPER = dict(
+    block_size=4096, vocab_size=128256, short_window=256, long_skip_min=64, long_skip_max=256, query_chunk=1024
+)
 MOSAIC_V2_SIZES = {
     "small": dict(n_layer=24, n_head=16, n_embd=2048, ffn_size=6144, **_PAPER),
     "large": dict(n_layer=32, n_head=32, n_embd=4096, ffn_size=14336, **_PAPER),

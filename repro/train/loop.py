@@ -68,7 +68,6 @@ def train(
     loop: LoopConfig | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     tokens_per_batch: int = 0,
-    checkpoint_every: int | None = None,
 ) -> list[float]:
     """Train `model` for `steps` optimizer steps; returns the loss of every step (resumed included).
 
@@ -76,8 +75,6 @@ def train(
     at the end. `tokens_per_batch` (per micro-batch) turns on the `tok_per_s` metric.
     """
     loop = loop or LoopConfig()
-    if checkpoint_every is not None:
-        loop = LoopConfig(**{**loop.__dict__, "checkpoint_every": checkpoint_every})
     rank, world_size = world()
     model.to(ctx.device)
     opt = build_optimizer(model, cfg)

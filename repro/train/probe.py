@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from repro.models.resnet import LinearProbe
 from repro.runtime import RunContext
-from repro.train.loop import train
+from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 
 
@@ -99,7 +99,8 @@ def fit_probe(
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(m(batch[0]), batch[1])
 
-    train(probe, batch_fn, loss_fn, optim, steps_for(cfg.epochs, len(feats), bs), ctx, name, checkpoint_every=0)
+    steps = steps_for(cfg.epochs, len(feats), bs)
+    train(probe, batch_fn, loss_fn, optim, steps, ctx, name, loop=LoopConfig(checkpoint_every=0))
     return probe.cpu()
 
 
