@@ -121,3 +121,12 @@ def _chunked(
         out = F.scaled_dot_product_attention(qc, kk, vv, attn_mask=seen | empty, scale=scale, dropout_p=dropout_p)
         outs.append(out.masked_fill(empty, 0.0))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def flash_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain causal SDPA (skip 0, scale 1) forced onto its flash backend: not a backend of the op but
+    the yardstick `repro bench kernels` times the backends against (CUDA only)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)

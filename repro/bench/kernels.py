@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from repro import kernels
+from repro.kernels.memory_retrieval import torch_sdpa
 
 # Dense bf16 tensor-core FLOP/s and memory bandwidth (bytes/s), from the vendors' data sheets.
 PEAKS = {
@@ -162,7 +162,7 @@ def _retrieval_rows(
         }
         # SDPA's flash kernel at the same shape (j <= t instead of j < t)
         if case == "causal" and "sdpa-flash" in impl_names:
-            impls["sdpa-flash"] = _sdpa_flash
+            impls["sdpa-flash"] = torch_sdpa.flash_causal
         for name, call in impls.items():
             if name == "reference" and mem_limit < 3 * B * H * T * T * 4:
                 rows.append(Row("memory_retrieval", case, name, T, "fwd", None, None, note="skipped: T x T scores OOM"))
@@ -180,13 +180,6 @@ def _retrieval_rows(
                 frac = tflops * 1e12 / peaks[0] if peaks else None
                 rows.append(Row("memory_retrieval", case, name, T, mode, ms, peak, tflops=tflops, frac_peak=frac))
     return rows
-
-
-def _sdpa_flash(q, k, v):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
 
 
 def _with_backward(call, inputs, grad):
