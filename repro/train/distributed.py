@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,7 +218,8 @@ def load_state(
 
     model_sd, optim_sd = get_state_dict(model, opt)
     state = {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state(), "meta": ""}
-    dcp.load(state, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return {**json.loads(state["meta"]), "rng": state["rng"]}
 
@@ -241,7 +243,8 @@ def save_state(
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier(world_size)
-    dcp.save(state, checkpoint_id=str(tmp))
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=str(tmp))
     _barrier(world_size)
     if rank == 0:  # swap in the complete checkpoint: a kill mid-save leaves the previous one intact
         old = _dcp_dir(ctx, name + ".old")
@@ -251,6 +254,14 @@ def save_state(
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     _barrier(world_size)
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """DCP warns that it assumes one process when there is no process group: that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def _barrier(world_size: int) -> None:
