@@ -144,7 +144,7 @@ def wrap(model: nn.Module, loop: LoopConfig, device: torch.device, bf16: bool) -
     _, world_size = world()
     if loop.activation_checkpointing:
         checkpoint_blocks(model)
-    if loop.strategy == "fsdp" and world_size > 1:
+    if loop.strategy == "fsdp" and dist.is_available() and dist.is_initialized():  # one rank too (gpu-check)
         if not is_sharded(model):  # a second stage trains the already sharded model on
             shard(model, device, bf16=bf16, compile_blocks=loop.compile)
         return model
