@@ -115,3 +115,78 @@ def test_activation_checkpointing_keeps_gradients(one_thread):
         fsdp_worker.lm_loss(model, (x, y)).backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def _corpus(root: Path) -> Path:
+    """A tiny generated TinyStories-like corpus (the real one may be absent; tests never download)."""
+    import random
+
+    rng = random.Random(0)
+    root.mkdir(parents=True)
+    for name, n in (("train.txt", 300), ("valid.txt", 80)):
+        lines = [f"Once, {rng.choice(['Lily', 'Tom'])} had a {rng.choice(['ball', 'cat'])}. The end." for _ in range(n)]
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+# The paper preset with its FSDP loop (strategy, activation checkpointing) kept, everything else shrunk.
+PAPER_SCALED_DOWN = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.ffn_size=96",
+    "model.mosaic_ffn_size=96",
+    "model.short_window=8",
+    "model.long_skip_min=2",
+    "model.long_skip_max=8",
+    "model.query_chunk=64",
+    "model.vocab_size=320",
+    "pretrain.block_size=32",
+    "pretrain.steps=4",
+    "pretrain.batch_size=2",
+    "finetune.block_size=64",
+    "finetune.steps=2",
+    "finetune.batch_size=1",
+    "loop.accum=1",
+    "loop.compile=false",
+    "loop.checkpoint_every=2",
+    "loop.eval_every=2",
+    "loop.log_every=1",
+    "eval_multiples=1,2",
+    "eval_tokens=256",
+    "eval_batch_tokens=256",
+    "val_windows=2",
+    "bench.train_tokens=64",
+    "bench.decode_prompt=8",
+    "bench.decode_tokens=2",
+    "bench.repeats=1",
+    "memory_lengths=",
+    "data.tokenizer=bpe",
+    "data.vocab_size=300",
+]
+
+
+@pytest.mark.slow
+def test_paper_preset_launches_under_torchrun_with_fsdp(tmp_path):
+    """`torchrun ... repro run mmv2-pretrain --preset paper` (scaled down by --set, FSDP kept): rank 0
+    writes one run, the states are DCP shards, the exported checkpoints load for the evaluations."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not found next to the interpreter")
+    corpus = _corpus(tmp_path / "corpus")
+    sets = [*PAPER_SCALED_DOWN, f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "repro.cli", "run", "mmv2-pretrain"]
+    cmd += ["--preset", "paper", "--out", str(tmp_path / "runs")] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "runs").glob("mmv2-pretrain/paper/*/s0"))
+    assert (run_dir / "rows.jsonl").exists()
+    for name in ("llama-pretrain", "mosaic_v2-finetune"):
+        files = {p.name for p in (run_dir / "state" / f"{name}.train.dcp").iterdir()}
+        assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= files
+        model = LanguageModel.from_checkpoint(run_dir / "checkpoints" / name)
+        assert model.config.vocab_size == 320 and model.num_params() > 0
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in metrics if "llama-pretrain/loss" in m]
+    assert steps == sorted(set(steps)) == [0, 1, 2, 3]  # logged once, by rank 0

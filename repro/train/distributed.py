@@ -128,6 +128,17 @@ def shard(model: nn.Module, device: torch.device, *, bf16: bool, compile_blocks:
     return model
 
 
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP unit back to its sharded parameters. A forward without backward (evaluation)
+    leaves the root unit gathered; its parameters are then not the ones the optimizer and the state
+    dicts know, so we reshard before building an optimizer, saving or exporting."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def build_context(loop: LoopConfig) -> contextlib.AbstractContextManager:
     """Where an experiment builds its model: on the meta device (nothing allocated) on every rank but
     0 when the loop will shard it, else as usual. See `shard`."""
@@ -145,7 +156,9 @@ def wrap(model: nn.Module, loop: LoopConfig, device: torch.device, bf16: bool) -
     if loop.activation_checkpointing:
         checkpoint_blocks(model)
     if loop.strategy == "fsdp" and dist.is_available() and dist.is_initialized():  # one rank too (gpu-check)
-        if not is_sharded(model):  # a second stage trains the already sharded model on
+        if is_sharded(model):  # a second stage trains the already sharded model on
+            reshard(model)
+        else:
             shard(model, device, bf16=bf16, compile_blocks=loop.compile)
         return model
     model.to(device)
@@ -216,6 +229,7 @@ def load_state(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    reshard(model)
     model_sd, optim_sd = get_state_dict(model, opt)
     state = {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state(), "meta": ""}
     with _quiet_single_process():
@@ -236,6 +250,7 @@ def save_state(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    reshard(model)
     model_sd, optim_sd = get_state_dict(model, opt)
     meta = {k: v for k, v in entries.items() if k not in ("rng", "cuda_rng")}
     state = {"model": model_sd, "optim": optim_sd, "rng": entries["rng"], "meta": json.dumps(meta)}
@@ -300,6 +315,7 @@ def export(model: nn.Module, directory: str | os.PathLike) -> None:
 
     from repro.models.lm import FAMILIES, _fill_families
 
+    reshard(model)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full = get_model_state_dict(model, options=options)  # gathered on rank 0 (empty elsewhere)
     if rank == 0:
