@@ -58,6 +58,8 @@ def run(
     checkpoint_every: int = 0,
     die_at: int | None = None,
     activation_checkpointing: bool = False,
+    amp: str = "off",
+    compile: bool = False,
 ) -> list[float] | None:
     """Train `steps` steps; with `die_at`, stop (as if killed) when step `die_at` asks for its batch.
     Returns the losses, or None when killed."""
@@ -67,7 +69,8 @@ def run(
         accum=accum,
         log_every=1,
         checkpoint_every=checkpoint_every,
-        amp="off",
+        amp=amp,
+        compile=compile,
         strategy=strategy,
         activation_checkpointing=activation_checkpointing,
     )
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--die-at", type=int, default=None)
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--amp", default="off")
+    p.add_argument("--compile", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rank = init_distributed()
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             a.checkpoint_every,
             a.die_at,
             a.activation_checkpointing,
+            a.amp,
+            a.compile,
         )
         out[family] = losses
     if rank == 0:
