@@ -359,19 +359,24 @@ def render(result: PlanResult, header: str, memory: float, backend: str, gpus: i
     return "\n".join(lines) + "\n"
 
 
+def gpu_backend() -> str:
+    """The kernels to trace with: what a GPU run uses (Triton: its custom ops have fake implementations),
+    or the torch backend where Triton is not installed (it saves more, see the plan's footnote)."""
+    import importlib.util
+
+    return "triton" if importlib.util.find_spec("triton") is not None else "torch"
+
+
 def print_plan(
     spec: PlanSpec, title: str, *, gpus: int, gpu: str, gpu_memory_gb: float | None, mfu: float, out: Any = None
 ) -> PlanResult:
     """Compute the plan, print it as markdown (and write it to `out` when given); returns it."""
-    import importlib.util
-
     from repro.track import console
 
     if gpus < 1 or not 0 < mfu <= 1:
         raise UserError("--gpus must be >= 1 and --mfu in (0, 1].")
     peak, memory = gpu_specs(gpu, gpu_memory_gb)
-    # activations as the GPU run would save them: the Triton kernels' custom ops (fake implementations)
-    backend = "triton" if importlib.util.find_spec("triton") is not None else "torch"
+    backend = gpu_backend()
     result = plan(spec, gpus, memory, peak, mfu, backend=backend)
     header = (
         f"# Plan: {title}\n\n{gpus} x {gpu} ({memory:.0f} GB, {peak:.0f} TFLOP/s dense bf16 peak), {mfu:.0%} MFU "

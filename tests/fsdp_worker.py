@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from repro.models.lm import LanguageModel
-from repro.models.mosaic_v2 import MemoryMosaicV2, MosaicV2Config
-from repro.models.transformer import Llama, LlamaConfig
+from repro.models.registry import build_model
 from repro.runtime import RunContext, init_distributed
 from repro.track import Tracker
 from repro.train import distributed
@@ -33,9 +32,9 @@ class Killed(Exception):
 def build(family: str) -> LanguageModel:
     shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=T, vocab_size=V, ffn_size=48)
     if family == "llama":
-        return Llama(LlamaConfig(**shape))
+        return build_model("llama", **shape)
     # m fixed (min = max): its draw would otherwise differ between 2 ranks x 1 and 1 rank x 2 micro-batches
-    return MemoryMosaicV2(MosaicV2Config(**shape, short_window=4, long_skip_min=3, long_skip_max=3, query_chunk=8))
+    return build_model("mosaic_v2", **shape, short_window=4, long_skip_min=3, long_skip_max=3, query_chunk=8)
 
 
 def batch_fn(i: int) -> tuple[torch.Tensor, torch.Tensor]:

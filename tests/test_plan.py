@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from repro import registry
 from repro.cli import app
-from repro.models.transformer import Llama, LlamaConfig
-from repro.plan import memory_per_gpu, plan, sizes, trace_activations
+from repro.models.registry import build_model
+from repro.plan import gpu_backend, memory_per_gpu, plan, sizes, trace_activations
 
 _PROBE = r"""
 import gc, json, sys
@@ -60,12 +60,10 @@ print(json.dumps({"measured": peak, "planned": memory_per_gpu(sizes(m), "single"
 
 
 def build_small(family: str) -> torch.nn.Module:
-    from repro.models.mosaic_v2 import MemoryMosaicV2, MosaicV2Config
-
     shape = dict(n_layer=2, n_head=4, n_embd=256, vocab_size=8192, ffn_size=768, block_size=256)
     if family == "llama":
-        return Llama(LlamaConfig(**shape))
-    return MemoryMosaicV2(MosaicV2Config(**shape, short_window=32, long_skip_min=16, long_skip_max=16, query_chunk=64))
+        return build_model("llama", **shape)
+    return build_model("mosaic_v2", **shape, short_window=32, long_skip_min=16, long_skip_max=16, query_chunk=64)
 
 
 def _spec(preset: str, *overrides: str):
@@ -106,8 +104,8 @@ def test_memory_estimate_within_20_percent_of_the_measured_peak(family):
 def test_fake_trace_equals_the_saved_bytes_of_a_real_forward():
     """The fake-tensor trace counts what a real forward saves (same hooks on real tensors)."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, ffn_size=48, block_size=16)
-    model = Llama(cfg)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=64, ffn_size=48, block_size=16)
+    model = build_model("llama", **cfg)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -120,7 +118,7 @@ def test_fake_trace_equals_the_saved_bytes_of_a_real_forward():
     x = torch.randint(64, (3, 16))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         F.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
-    act = trace_activations(lambda: Llama(cfg), 3, 16, torch.float32, "torch")
+    act = trace_activations(lambda: build_model("llama", **cfg), 3, 16, torch.float32, "torch")
     assert act.total == sum(saved.values())
     assert act.block_inputs == 2 * 3 * 16 * 32 * 4  # one fp32 (B, T, C) input per block
     assert act.peak(True) < act.peak(False)
@@ -128,7 +126,7 @@ def test_fake_trace_equals_the_saved_bytes_of_a_real_forward():
 
 def test_fsdp_shards_the_states_and_ddp_does_not():
     with torch.device("meta"):
-        s = sizes(Llama(LlamaConfig(n_layer=4, n_embd=64, n_head=4, vocab_size=256, ffn_size=128)))
+        s = sizes(build_model("llama", n_layer=4, n_embd=64, n_head=4, vocab_size=256, ffn_size=128))
     ddp, fsdp = memory_per_gpu(s, "ddp", 8, 0), memory_per_gpu(s, "fsdp", 8, 0)
     assert ddp["optimizer"] == 8 * s.params and fsdp["optimizer"] == pytest.approx(s.params)
     assert s.root_params == 2 * 256 * 64 + 64  # embedding + head + final norm
@@ -155,3 +153,12 @@ def test_plan_command(tmp_path):
     assert re.search(r"GPU-hours", text)
     bad = CliRunner().invoke(app, ["plan", "three-moons", "--preset", "smoke"])
     assert bad.exit_code == 2 and "no training plan" in bad.output
+
+
+@pytest.mark.slow  # traces three 8-10B models at 4k and 32k on fake tensors: ~15 s
+def test_paper_preset_fits_only_sharded_and_checkpointed_on_64_h100s():
+    spec = _spec("paper")
+    result = plan(spec, gpus=64, gpu_memory_gb=80, peak_tflops=989, mfu=0.4, backend=gpu_backend())
+    fits = {(r["model"], r["stage"], r["strategy"], r["act. ckpt"]) for r in result.rows if r["fits"]}
+    assert fits == {(m.label, st.name, "fsdp", True) for m in spec.models for st in spec.stages}
+    assert all(r["tokens"] == pytest.approx(1.007e12, rel=1e-3) for r in result.rows if r["stage"] == "pretrain")

@@ -313,15 +313,14 @@ def export(model: nn.Module, directory: str | os.PathLike) -> None:
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from repro.models.lm import FAMILIES, _fill_families
+    from repro.models import registry
 
     reshard(model)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full = get_model_state_dict(model, options=options)  # gathered on rank 0 (empty elsewhere)
     if rank == 0:
-        _fill_families()
         with torch.device("meta"):
-            plain = FAMILIES[model.family](model.config)
+            plain = registry.family(model.family).model_class(model.config)
         # clone: gathered tensors may be views into one flat buffer, which safetensors refuses to write
         plain.load_state_dict({k: v.clone() for k, v in full.items()}, assign=True)
         plain.save(directory)
