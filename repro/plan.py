@@ -267,16 +267,16 @@ def _advice(label: str, st: PlanStage, s: Sizes, act: Activations, gpus: int, us
         ways = [f"{strategy.upper()}" + (" with activation checkpointing" if ckpt else "") for strategy, ckpt in fits]
         return [f"{where}: fits with " + "; ".join(ways) + "."]
     ddp_states = memory_per_gpu(s, "ddp", gpus, 0)["total"]
-    lines = [
-        f"{where}: does not fit in {usable / GB:.0f} GB usable per GPU. DDP's replicated weights, gradients and "
-        f"AdamW state alone take {ddp_states / GB:.0f} GB."
-    ]
+    text = (
+        f"{where}: does not fit in {usable / GB:.0f} GB usable per GPU (DDP's replicated weights, gradients and "
+        f"AdamW state alone take {ddp_states / GB:.0f} GB). "
+    )
     fixes = []
     for n in (2**k for k in range(0, 16)):  # more GPUs: only the sharded states shrink
         if n > gpus and memory_per_gpu(s, "fsdp", n, act.peak(True))["total"] <= usable:
             fixes.append(f"FSDP with activation checkpointing on {n} GPUs (--gpus {n})")
             break
-    per_seq = act.peak(True) / st.micro_batch
+    per_seq = act.peak(True) / st.micro_batch  # activations grow with the micro-batch, about linearly
     room = usable - memory_per_gpu(s, "fsdp", gpus, 0)["total"]
     if room > 0 and math.floor(room / per_seq) >= 1:
         mb = 2 ** int(math.log2(math.floor(room / per_seq)))
@@ -286,8 +286,14 @@ def _advice(label: str, st: PlanStage, s: Sizes, act: Activations, gpus: int, us
                 f"FSDP with activation checkpointing at micro-batch {mb} (--set {st.name}.batch_size={mb} "
                 f"--set loop.accum={keep} keeps the global batch)"
             )
-    lines.append("Would fit: " + "; or ".join(fixes) + "." if fixes else "No change of GPUs or micro-batch fits it.")
-    return lines
+    if fixes:
+        return [text + "Would fit: " + "; or ".join(fixes) + "."]
+    floor = memory_per_gpu(s, "fsdp", 1 << 15, per_seq)["total"] / HEADROOM
+    return [
+        text + f"No number of GPUs or micro-batch fits it: one sequence of {st.context} tokens needs "
+        f"{per_seq / GB:.0f} GB of activations even with checkpointing, so it needs GPUs of at least "
+        f"{floor / GB:.0f} GB (--gpu-memory), or a shorter context."
+    ]
 
 
 def check_spec(spec: Any, name: str) -> PlanSpec:
