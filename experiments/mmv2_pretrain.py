@@ -92,7 +92,7 @@ class BenchConfig:
     train_tokens: int = 2048  # batch x context of one training step
     decode_prompt: int = 256
     decode_tokens: int = 64
-    repeats: int = 3
+    repeats: int = 3  # 0: no benchmark (the paper preset: an unsharded 10B model with AdamW fits no GPU)
 
 
 @dataclass
@@ -339,6 +339,8 @@ class MMv2Pretrain(Experiment):
             eval_multiples=(1, 2, 4, 8, 16),
             eval_tokens=1 << 22,
             eval_batch_tokens=1 << 17,
+            # speed at equal size at this scale: `make gpu-check` / `repro bench train` on a smaller shape
+            bench=BenchConfig(repeats=0),
             # FSDP2: 9.9B parameters with AdamW need ~160 GB of states, more than any single GPU
             loop=LoopConfig(
                 accum=4,
@@ -482,6 +484,8 @@ class MMv2Pretrain(Experiment):
         ]
 
     def _bench_rows(self, ctx: RunContext, cfg: MMv2PretrainConfig, vocab: int) -> list[dict[str, Any]]:
+        if cfg.bench.repeats == 0 or distributed.world()[0] != 0:  # only rank 0 writes rows
+            return []
         speed = ctx.load_state("bench")
         if speed is None:
             speed = bench_mmv2(cfg.model, vocab, cfg.pretrain.block_size, cfg.bench, str(ctx.device))
@@ -501,6 +505,8 @@ class MMv2Pretrain(Experiment):
         ]
 
     def _memory_rows(self, ctx: RunContext, cfg: MMv2PretrainConfig) -> list[dict[str, Any]]:
+        if distributed.world()[0] != 0:  # CPU probes in subprocesses: once per job, not once per rank
+            return []
         probes = ctx.load_state("memory")
         if probes is None:
             probes = measure_memory(cfg.memory_lengths, cfg.memory_shape, cfg.memory_families)
