@@ -92,7 +92,8 @@ class BenchConfig:
     train_tokens: int = 2048  # batch x context of one training step
     decode_prompt: int = 256
     decode_tokens: int = 64
-    repeats: int = 3  # 0: no benchmark (the paper preset: an unsharded 10B model with AdamW fits no GPU)
+    repeats: int = 3
+    enabled: bool = True  # False in the paper preset: an unsharded 10B model with AdamW fits no GPU
 
 
 @dataclass
@@ -340,7 +341,7 @@ class MMv2Pretrain(Experiment):
             eval_tokens=1 << 22,
             eval_batch_tokens=1 << 17,
             # speed at equal size at this scale: `make gpu-check` / `repro bench train` on a smaller shape
-            bench=BenchConfig(repeats=0),
+            bench=BenchConfig(enabled=False),
             # FSDP2: 9.9B parameters with AdamW need ~160 GB of states, more than any single GPU
             loop=LoopConfig(
                 accum=4,
@@ -484,7 +485,7 @@ class MMv2Pretrain(Experiment):
         ]
 
     def _bench_rows(self, ctx: RunContext, cfg: MMv2PretrainConfig, vocab: int) -> list[dict[str, Any]]:
-        if cfg.bench.repeats == 0 or distributed.world()[0] != 0:  # only rank 0 writes rows
+        if not cfg.bench.enabled or distributed.world()[0] != 0:  # only rank 0 writes rows
             return []
         speed = ctx.load_state("bench")
         if speed is None:

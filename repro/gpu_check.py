@@ -83,22 +83,26 @@ def _equal_size_models(n_layer: int, n_embd: int, n_head: int, block_size: int, 
     return {f: build_model(f, shape, vocab, block_size) for f in ("llama", "mosaic_v2")}
 
 
-def _training(out: Path) -> dict[str, Any]:
+def _training(
+    out: Path,
+    shape: dict[str, int] | None = None,
+    timing: tuple[int, int, int] = (5, 3, 3),
+    compile: bool = True,
+    device: str = "cuda",
+) -> dict[str, Any]:
+    """MM v2 vs Llama training tok/s at equal parameters; `timing` = (steps, warm-up steps, rounds)."""
     from repro.bench import ThroughputConfig, training_throughput, write_throughput_report
 
+    shape = shape or dict(n_layer=8, n_head=16, n_embd=1024, block_size=2048, batch_size=8, vocab_size=32768)
+    steps, warmup, rounds = timing
     cfg = ThroughputConfig(
         families=("llama", "mosaic_v2"),
-        n_layer=8,
-        n_head=16,
-        n_embd=1024,
-        block_size=2048,
-        batch_size=8,
-        vocab_size=32768,
-        steps=5,
-        warmup=3,
-        rounds=3,
-        compile=True,
-        device="cuda",
+        **shape,
+        steps=steps,
+        warmup=warmup,
+        rounds=rounds,
+        compile=compile,
+        device=device,
     )
     models = _equal_size_models(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size)
     df = training_throughput(cfg, models=models)
@@ -106,8 +110,10 @@ def _training(out: Path) -> dict[str, Any]:
     speed = dict(zip(df.model, df["tok/s median"], strict=True))
     ratio = speed["mosaic_v2"] / speed["llama"]
     result = f"Llama {speed['llama']:,.0f} tok/s, MM v2 {speed['mosaic_v2']:,.0f} tok/s (x{ratio:.2f}), "
-    result += f"{df['params (M)'].iloc[0]:.0f}M params, T={cfg.block_size}"
-    return {"part": "training tok/s, bf16, compiled, Triton", "result": result, "ok": True}
+    params = dict(zip(df.model, df["params (M)"], strict=True))
+    result += f"{params['llama']:.0f}M vs {params['mosaic_v2']:.0f}M params, T={cfg.block_size}"
+    equal = abs(params["mosaic_v2"] / params["llama"] - 1) < 0.01  # the comparison is at equal size
+    return {"part": "training tok/s, bf16, compiled, Triton", "result": result, "ok": equal}
 
 
 def _fsdp(

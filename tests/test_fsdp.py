@@ -156,7 +156,8 @@ PAPER_SCALED_DOWN = [
     "eval_tokens=256",
     "eval_batch_tokens=256",
     "val_windows=2",
-    "memory_lengths=",
+    "memory_lengths=256",
+    "memory_families=mosaic_v2",
     "data.tokenizer=bpe",
     "data.vocab_size=300",
 ]

@@ -31,3 +31,12 @@ def test_fsdp_part_on_cpu_with_one_rank(tmp_path):
     record = json.loads((tmp_path / "fsdp.json").read_text())
     assert record["sharded"] and ".metadata" in record["dcp_files"] and len(record["losses"]) == 3
     assert row["part"] == "FSDP2 steps on one GPU"
+
+
+@pytest.mark.slow  # ~5-20 s on the shared machine
+def test_training_part_compares_equal_sizes_on_cpu(tmp_path):
+    """The GPU check's speed part, shrunk and eager on CPU: both families at equal parameters."""
+    shape = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, vocab_size=128)
+    row = gpu_check._training(tmp_path, shape=shape, timing=(1, 1, 1), compile=False, device="cpu")
+    assert row["ok"] and "MM v2" in row["result"]
+    assert (tmp_path / "train_throughput_cpu" / "table.md").exists()
