@@ -3,10 +3,10 @@
 Four parts, each written under `reports/gpu/` and summarised in one table (`summary.md`, printed):
 
 1. the GPU test tier (`pytest -m gpu`): the Triton kernels against the reference at real sizes;
-2. the kernel benchmark (`repro.kernels.bench.run_benchmark`, the same code as `repro bench kernels`):
+2. the kernel benchmark (`repro.bench.kernels.run_benchmark`, the same code as `repro bench kernels`):
    memory retrieval and the leaky scan against SDPA's flash kernel at T = 4k..32k, bf16, forward and
    forward + backward, TFLOP/s or GB/s and the fraction of the GPU's peak;
-3. training tokens/s of MM v2 and the Llama at equal parameters in one run (`repro.bench.training_throughput`):
+3. training tokens/s of MM v2 and the Llama at equal parameters in one run (`repro.bench.train.model_speeds`):
    bf16 autocast, `torch.compile`, the Triton kernels on;
 4. a few FSDP2 steps of the one training loop on the one GPU (a one-rank NCCL group): bf16 mixed
    precision, per-block activation checkpointing and compilation, a sharded (DCP) checkpoint, and the
@@ -47,7 +47,7 @@ def _tests(out: Path) -> dict[str, Any]:
 
 
 def _kernels(out: Path) -> dict[str, Any]:
-    from repro.kernels.bench import run_benchmark
+    from repro.bench.kernels import run_benchmark
 
     lines: list[str] = []
     rows = run_benchmark(LENGTHS, batch=4, heads=16, dim=64, reps=50, echo=lines.append, out_dir=out / "kernels")
@@ -86,31 +86,43 @@ def _equal_size_models(n_layer: int, n_embd: int, n_head: int, block_size: int, 
 def _training(
     out: Path,
     shape: dict[str, int] | None = None,
-    timing: tuple[int, int, int] = (5, 3, 3),
+    timing: tuple[int, int, int] = (5, 1, 3),
     compile: bool = True,
     device: str = "cuda",
 ) -> dict[str, Any]:
-    """MM v2 vs Llama training tok/s at equal parameters; `timing` = (steps, warm-up steps, rounds)."""
-    from repro.bench import ThroughputConfig, training_throughput, write_throughput_report
+    """MM v2 vs Llama training tok/s at equal parameters, measured by the one speed benchmark;
+    `timing` = (timed steps per round, warm-up rounds, rounds)."""
+    import statistics
+
+    import pandas as pd
+
+    from repro.bench.train import SpeedConfig, ThroughputConfig, model_speeds, write_throughput_report
 
     shape = shape or dict(n_layer=8, n_head=16, n_embd=1024, block_size=2048, batch_size=8, vocab_size=32768)
     steps, warmup, rounds = timing
     cfg = ThroughputConfig(
-        families=("llama", "mosaic_v2"),
-        **shape,
-        steps=steps,
-        warmup=warmup,
-        rounds=rounds,
-        compile=compile,
-        device=device,
+        families=("llama", "mosaic_v2"), **shape, steps=steps, warmup=warmup, rounds=rounds, compile=compile
     )
     models = _equal_size_models(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size)
-    df = training_throughput(cfg, models=models)
-    write_throughput_report(df, cfg, out)
-    speed = dict(zip(df.model, df["tok/s median"], strict=True))
+    models = {f: m.to(device) for f, m in models.items()}
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=g).to(device)
+    speeds = model_speeds(models, batch, SpeedConfig(steps=steps, warmup=warmup, rounds=rounds, compile=compile))
+    speed = {f: statistics.median(s["train"]) for f, s in speeds.items()}
+    params = {f: m.num_params() / 1e6 for f, m in models.items()}
+    rows = [
+        {
+            "model": f,
+            "params (M)": round(params[f], 3),
+            "tok/s median": round(speed[f]),
+            "tok/s min-max": f"{min(speeds[f]['train']):.0f}-{max(speeds[f]['train']):.0f}",
+            "ratio vs llama": round(speed[f] / speed["llama"], 3),
+        }
+        for f in models
+    ]
+    write_throughput_report(pd.DataFrame(rows), cfg, out)
     ratio = speed["mosaic_v2"] / speed["llama"]
     result = f"Llama {speed['llama']:,.0f} tok/s, MM v2 {speed['mosaic_v2']:,.0f} tok/s (x{ratio:.2f}), "
-    params = dict(zip(df.model, df["params (M)"], strict=True))
     result += f"{params['llama']:.0f}M vs {params['mosaic_v2']:.0f}M params, T={cfg.block_size}"
     equal = abs(params["mosaic_v2"] / params["llama"] - 1) < 0.01  # the comparison is at equal size
     return {"part": "training tok/s, bf16, compiled, Triton", "result": result, "ok": equal}

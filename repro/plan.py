@@ -307,7 +307,7 @@ GPU_MEMORY_GB = {"H100 PCIe": 80, "H100 NVL": 94, "H100": 80, "H200": 141, "A100
 
 def gpu_specs(gpu: str, gpu_memory_gb: float | None) -> tuple[float, float]:
     """(peak dense bf16 TFLOP/s, GB) of a GPU model, from the kernel benchmark's data-sheet table."""
-    from repro.kernels.bench import PEAKS
+    from repro.bench.kernels import PEAKS
 
     key = next((k for k in PEAKS if k.lower() == gpu.lower()), None)
     if key is None:
