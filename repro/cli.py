@@ -126,6 +126,30 @@ def report(
     console.print(f"index: {index}")
 
 
+@app.command()
+@user_errors
+def plan(
+    name: str = typer.Argument(..., help="Experiment name (see `repro list`)."),
+    preset: str = typer.Option("paper", help="The preset to cost."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config value first."),  # noqa: UP045
+    gpus: int = typer.Option(64, help="GPUs the run would use (global batch = micro-batch x accum x GPUs)."),
+    gpu: str = typer.Option("H100", help="GPU model, for its peak bf16 FLOP/s and default memory."),
+    gpu_memory: Optional[float] = typer.Option(None, help="GB of memory per GPU (default: the GPU model's)."),  # noqa: UP045
+    mfu: float = typer.Option(0.4, help="Model FLOPs utilisation assumed for the GPU-hours."),
+    out: Optional[Path] = typer.Option(None, help="Also write the plan (markdown) to this file."),  # noqa: UP045
+) -> None:
+    """Parameters, FLOPs/token, tokens, memory per GPU (DDP/FSDP, with/without activation checkpointing)
+    and GPU-hours of a preset, computed on the meta device: nothing is allocated."""
+    from repro import config as cfglib
+    from repro import registry
+    from repro.plan import check_spec, print_plan
+
+    exp = registry.get(name)
+    cfg = cfglib.apply_overrides(exp.config(preset), overrides)
+    spec = check_spec(exp.plan(cfg) if hasattr(exp, "plan") else None, name)
+    print_plan(spec, f"{name} --preset {preset}", gpus=gpus, gpu=gpu, gpu_memory_gb=gpu_memory, mfu=mfu, out=out)
+
+
 eval_app = typer.Typer(
     help="Evaluate a model: a repro checkpoint directory, hf:NAME_OR_DIR, or gguf:FILE.", no_args_is_help=True
 )

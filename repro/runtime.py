@@ -153,7 +153,10 @@ class RunContext:
         return path
 
     def save_state(self, name: str, obj: Any) -> None:
-        """Save a stage's result so a killed run resumes after it (written atomically)."""
+        """Save a stage's result so a killed run resumes after it (written atomically; by rank 0 only
+        under torchrun, as every file of the run directory, since the ranks hold the same result)."""
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
         files.atomic_write(self.state_path(name), lambda tmp: torch.save(obj, tmp))
 
     def load_state(self, name: str) -> Any | None:

@@ -1,9 +1,11 @@
 """The training loop every experiment uses: schedule, accumulation, clipping, mixed precision,
 optional torch.compile, periodic evaluation, throughput, progress bar, checkpoints and resume,
-and data-parallel training under `torchrun`.
+and data-parallel training under `torchrun`: DDP, or FSDP2 with sharded checkpoints for models that
+do not fit one GPU (`LoopConfig.strategy`; the wrapping and checkpoint formats live in
+`repro.train.distributed`).
 
 `batch_fn(i)` returns micro-batch number i (i = step * accum + micro, times the world size plus the
-rank under DDP). It must be a pure function of i (seed its generator from it), so a run killed and
+rank under DDP/FSDP). It must be a pure function of i (seed its generator from it), so a run killed and
 resumed from a checkpoint sees the same batches and follows the same loss curve.
 
 Every step checks that the loss and the gradient norm are finite: a diverged run stops there (the last
@@ -28,6 +30,7 @@ from repro import runtime
 from repro.errors import Interrupted, RunFailed
 from repro.runtime import RunContext
 from repro.track import progress
+from repro.train import distributed
 from repro.train.optim import OptimConfig, build_optimizer, lr_at
 
 
@@ -39,6 +42,8 @@ class LoopConfig:
     checkpoint_every: int = 100
     compile: bool = False  # torch.compile the model (CPU inductor works; the first compile is slow)
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -76,52 +81,47 @@ def train(
     """
     loop = loop or LoopConfig()
     rank, world_size = world()
-    model.to(ctx.device)
+    use_bf16 = loop.amp == "bf16" or (loop.amp == "auto" and ctx.device.type == "cuda")
+    runner = distributed.wrap(model, loop, ctx.device, use_bf16)  # the model, or its DDP/FSDP/compiled form
     opt = build_optimizer(model, cfg)
     state_name = f"{name}.train"
     losses: list[float] = []
     start = 0
-    saved = ctx.load_state(state_name)
+    saved = distributed.load_state(ctx, state_name, model, opt, loop)
+    accum = distributed.global_batch_accum(saved, loop)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
         start, losses = saved["step"], saved["losses"]
         if "rng" in saved:  # dropout masks continue exactly where the killed run was
             torch.set_rng_state(saved["rng"])
         if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    runner: nn.Module = model
-    if world_size > 1:
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        runner = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if loop.compile:
-        runner = torch.compile(runner)
-    use_bf16 = loop.amp == "bf16" or (loop.amp == "auto" and ctx.device.type == "cuda")
+    sharded = distributed.is_sharded(model)
 
     def evaluate(step: int) -> None:
-        if eval_fn is None or rank != 0:
+        if eval_fn is None or (rank != 0 and not sharded):  # a sharded forward needs every rank
             return
         model.eval()
         with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             scalars = eval_fn(model)
         model.train()
-        ctx.tracker.log(step, **{f"{name}/{k}": v for k, v in scalars.items()})
+        if rank == 0:
+            ctx.tracker.log(step, **{f"{name}/{k}": v for k, v in scalars.items()})
 
     def checkpoint(done: int) -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never save a broken model
+        """Every rank calls it: DCP saves are collective; under DDP only rank 0 writes."""
+        if not distributed.all_finite(model):  # never save a broken model
             raise RunFailed(
                 f"training {name} diverged before step {done} (weights are no longer finite); try a lower "
                 f"learning rate (optim.lr is {cfg.lr:g}) or gradient clipping (optim.grad_clip=1)"
             )
         state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
             "step": done,
             "losses": losses,
+            "global_batch": accum * world_size,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
-        ctx.save_state(state_name, state)
+        distributed.save_state(ctx, state_name, model, opt, loop, state)
 
     model.train()
     with runtime.defer_signals(), progress(steps, f"train {name}") as bar:
@@ -132,22 +132,22 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr
             total = 0.0
-            for micro in range(loop.accum):
-                batch = to_device(batch_fn((step * loop.accum + micro) * world_size + rank), ctx.device)
-                sync = micro == loop.accum - 1 or world_size == 1
+            for micro in range(accum):
+                batch = to_device(batch_fn((step * accum + micro) * world_size + rank), ctx.device)
+                sync = micro == accum - 1 or world_size == 1
                 with (
                     torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16),
-                    runner.no_sync() if not sync else nullcontext(),
+                    distributed.no_sync(runner) if not sync else nullcontext(),
                 ):
-                    loss = loss_fn(runner, batch) / loop.accum
+                    loss = loss_fn(runner, batch) / accum
                 loss.backward()
                 total += loss.item()
                 tokens += tokens_per_batch * world_size
             if cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                grad_norm = distributed.value(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             else:
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
-                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+                grad_norm = distributed.value(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
             step_loss = _mean_across_ranks(total, ctx.device) if world_size > 1 else total
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 raise RunFailed(  # before the update: the model and the last checkpoint stay finite
@@ -168,11 +168,11 @@ def train(
                 evaluate(done)
             bar.advance(loss=losses[-1])
             saved_now = loop.checkpoint_every and (done % loop.checkpoint_every == 0 or done == steps)
-            if rank == 0 and saved_now:
+            if saved_now:
                 checkpoint(done)
             signum = _signal_on_any_rank(ctx.device) if world_size > 1 else runtime.pending_signal()
             if signum is not None:  # SIGINT/SIGTERM arrived during this step
-                if rank == 0 and not saved_now:
+                if not saved_now:
                     checkpoint(done)
                 raise Interrupted(f"interrupted at step {done}; rerun the same command to resume", signum)
     evaluate(steps)
