@@ -50,6 +50,7 @@ class EvalModel:
     net: Any = None  # our LanguageModel (decode cache), or None
     hf_module: Any = None  # the transformers model (past_key_values), or None
     chat: Callable[[str], str] | None = None  # user text -> the model's chat prompt, ready for the answer
+    chat_messages: Callable[[list[dict[str, str]], bool], str] | None = None  # (messages, add_generation_prompt)
 
     def fits(self, n_tokens: int) -> bool:
         return self.max_context is None or n_tokens <= self.max_context
@@ -126,6 +127,18 @@ def model_label(spec: str) -> str:
         family = ""  # load_model says what is wrong with the directory
     name = path.resolve().name
     return name if not family or name.startswith(family) else f"{family}-{name}"
+
+
+def run_variant(spec: str, parts: list[str]) -> str:
+    """An evaluation's run-directory name: the model's label first (readable in `ls`), then the
+    settings, then a short hash of the full set (stable, and distinct however long the settings)."""
+    import hashlib
+    import re
+
+    label = re.sub(r"[^A-Za-z0-9_.+-]+", "_", model_label(spec))[:48]
+    settings = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "__".join(parts))[:80]
+    digest = hashlib.sha1("\n".join([spec, *parts]).encode()).hexdigest()[:6]
+    return f"{label}__{settings}-{digest}"
 
 
 def check_spec(spec: str) -> None:
@@ -284,12 +297,23 @@ def _load_hf(spec: str, device: torch.device) -> EvalModel:
             out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=stops, pad_token_id=stops[0])
         return out[0, ids.shape[1] :].tolist()
 
-    chat = None
+    chat = chat_messages = None
     if getattr(tok, "chat_template", None):
 
-        def chat(text: str) -> str:
-            return tok.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
+        def chat_messages(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    return EvalModel(model_label(spec), _HFTokenizer(tok), limit, forward, generate, device, hf_module=model, chat=chat)
+        def chat(text: str) -> str:
+            return chat_messages([{"role": "user", "content": text}], True)
+
+    return EvalModel(
+        model_label(spec),
+        _HFTokenizer(tok),
+        limit,
+        forward,
+        generate,
+        device,
+        hf_module=model,
+        chat=chat,
+        chat_messages=chat_messages,
+    )

@@ -126,7 +126,7 @@ def _record(s: Sample, prediction: str, metric: str, seconds: float) -> dict[str
 def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> list[dict[str, Any]]:
     """Generate, predict and score every (length, task); returns the rows. Predictions are appended
     to predictions.jsonl as they come, and a restarted run reuses them (same seed, same samples)."""
-    label = model_label(cfg.model)
+    label = f"{model_label(cfg.model)} [{cfg.template}]"
     preds_path = ctx.run_dir / "predictions.jsonl"
     done: dict[tuple, dict[str, Any]] = {}
     if preds_path.exists():
@@ -229,13 +229,12 @@ class Ruler(Experiment):
         }
 
     def variant(self, cfg: RulerConfig, overrides: list[str] | None = None) -> str:
-        from repro.runtime import variant_name
+        from repro.eval.models import run_variant
 
-        task_spec = "all" if cfg.tasks == list(TASKS) else ",".join(cfg.tasks)
-        return variant_name(
-            [f"model={model_label(cfg.model)}", f"template={cfg.template}",
-             f"ctx={'+'.join(map(length_label, cfg.lengths))}", f"tasks={task_spec}", f"n={cfg.samples}"]
-        )  # fmt: skip
+        tasks = "all" if cfg.tasks == list(TASKS) else "+".join(cfg.tasks)
+        return run_variant(
+            cfg.model, [cfg.template, "+".join(map(length_label, cfg.lengths)), tasks, f"n={cfg.samples}"]
+        )
 
     def check(self, cfg: RulerConfig) -> None:
         """Everything that can fail without the model's weights fails here, before any writing."""
@@ -320,11 +319,6 @@ def _task_label(split: str, n_tasks: int) -> str:
     return f"mean of {n_tasks}/13 tasks (not RULER's average)"
 
 
-def _template_of(variant: str) -> str:
-    m = re.search(r"template=(\w+)", variant)
-    return m.group(1) if m else "base"
-
-
 def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """reports/ruler/: per model and template, tasks x lengths with n and 95% intervals, beside
     Table 4's QA averages; and the figure."""
@@ -332,7 +326,7 @@ def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         raise UserError("no finished RULER runs; run `repro eval ruler --model ...` first.")
     df = df.copy()
     df["length"] = df.slice_value.astype(int)
-    df["who"] = df.model + " [" + df.variant.map(_template_of) + "]"
+    df["who"] = df.model
     sc = df[df.metric == "score"].groupby(["who", "split", "length"], as_index=False)["value"].mean()
     ci_lo = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_low"].itertuples()}
     ci_hi = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_high"].itertuples()}
