@@ -513,7 +513,9 @@ def command(
     model: list[str] = typer.Option(
         ..., "--model", help="A checkpoint dir, hf:NAME or gguf:FILE; repeat or comma-separate for several."
     ),
-    dataset: str = typer.Option("banking77", help="banking77 | goemotions | tacred (local path only) | synthetic."),
+    dataset: Optional[str] = typer.Option(  # noqa: UP045
+        None, help="banking77 | goemotions | tacred (local path only) | synthetic (default: the preset's)."
+    ),
     labels: str = typer.Option("semantic,anonymous", help="Label kinds: semantic, anonymous (class_00, ...)."),
     shots: Optional[str] = typer.Option(  # noqa: UP045
         None, help="Shot counts (default: the preset's); one shot = one example per class."
@@ -543,14 +545,15 @@ def command(
 
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir} is not a directory.")
-    if dataset not in data.DATASETS:
+    if dataset is not None and dataset not in data.DATASETS:
         raise UserError(f"dataset {dataset!r} is unknown; choose one of {', '.join(data.DATASETS)}.")
     kinds = [k.strip() for k in labels.split(",") if k.strip()]
     if not kinds or any(k not in data.LABEL_KINDS for k in kinds):
         raise UserError(f"--labels {labels!r}: choose from {', '.join(data.LABEL_KINDS)}.")
     if test_size is not None and test_size < 1:
         raise UserError(f"--test-size {test_size}: expected a positive number of examples.")
-    overrides = [f"dataset={dataset}", f"labels={','.join(kinds)}", f"template={template}", f"scoring={scoring}"]
+    overrides = [f"labels={','.join(kinds)}", f"template={template}", f"scoring={scoring}"]
+    overrides += [f"dataset={dataset}"] if dataset is not None else []
     overrides += [f"max_new_tokens={max_new_tokens}", f"device={device}"]
     if shots is not None:
         overrides.append(f"shots={','.join(map(str, _ints(shots, '--shots')))}")

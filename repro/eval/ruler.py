@@ -458,8 +458,12 @@ def plot(sc: pd.DataFrame, path: Path) -> Path:
 def command(
     model: str = typer.Option(..., "--model", help="A repro checkpoint directory, hf:NAME_OR_DIR or gguf:FILE."),
     template: str = typer.Option("base", "--template", help="base | chat (the model's own chat template)."),
-    ctx: str = typer.Option("4k", "--ctx", help="Context lengths in tokens: 4k, 32k, 32768, or a comma list."),
-    tasks: str = typer.Option("all", "--tasks", help="all | niah | qa | synthetic | task names, comma-separated."),
+    ctx: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--ctx", help="Context lengths in tokens: 4k, 32k, 32768, or a comma list (default: the preset's, 4k)."
+    ),
+    tasks: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--tasks", help="all | niah | qa | synthetic | task names, comma-separated (default: the preset's)."
+    ),
     samples: Optional[int] = typer.Option(  # noqa: UP045
         None, "--samples", help="Samples per task and length (default: the preset's; RULER's paper: 500)."
     ),
@@ -484,9 +488,11 @@ def command(
     """
     from repro import registry, runtime
 
-    lengths = ",".join(map(str, parse_ctx(ctx)))
-    overrides = [f"model={model}", f"template={template}", f"device={device}", f"lengths={lengths}"]
-    overrides.append(f"tasks={','.join(resolve_tasks(tasks))}")
+    overrides = [f"model={model}", f"template={template}", f"device={device}"]
+    if ctx is not None:
+        overrides.append(f"lengths={','.join(map(str, parse_ctx(ctx)))}")
+    if tasks is not None:
+        overrides.append(f"tasks={','.join(resolve_tasks(tasks))}")
     if samples is not None:
         overrides.append(f"samples={samples}")
     for key, value in (("data_dir", data_dir), ("essays", essays), ("squad", squad), ("hotpotqa", hotpotqa)):
