@@ -13,12 +13,12 @@ from repro.cli import app
 from repro.data.tokenizer import byte_tokenizer
 from repro.eval import harness
 from repro.eval.models import peek_max_context
-from repro.models.transformer import GPT, GPTConfig
+from repro.models.registry import build_model
 
 
 def _ckpt(tmp_path: Path, block_size: int = 512) -> Path:
     path = tmp_path / "gpt2-small"
-    GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=block_size, vocab_size=257)).save(path)
+    build_model("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=block_size, vocab_size=257).save(path)
     byte_tokenizer().save(path)
     return path
 

@@ -8,8 +8,7 @@ import torch
 from repro.data.tokenizer import byte_tokenizer
 from repro.eval import scoring
 from repro.eval.models import EvalModel
-from repro.models.mosaic_v2 import MemoryMosaicV2, MosaicV2Config
-from repro.models.transformer import GPT, GPTConfig, Llama, LlamaConfig
+from repro.models.registry import build_model
 
 V = 257
 
@@ -38,9 +37,9 @@ def _models() -> dict:
     torch.manual_seed(0)
     shape = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=V)
     return {
-        "gpt2": lambda: _ours(GPT(GPTConfig(**shape, block_size=256))),
-        "llama": lambda: _ours(Llama(LlamaConfig(**shape))),
-        "mosaic_v2": lambda: _ours(MemoryMosaicV2(MosaicV2Config(**shape, block_size=256, ffn_size=64))),
+        "gpt2": lambda: _ours(build_model("gpt2", **shape, block_size=256)),
+        "llama": lambda: _ours(build_model("llama", **shape)),
+        "mosaic_v2": lambda: _ours(build_model("mosaic_v2", **shape, block_size=256, ffn_size=64)),
         "hf": _hf,
     }
 

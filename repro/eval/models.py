@@ -195,18 +195,18 @@ def peek_max_context(spec: str) -> int | None:
             return json.loads(config.read_text()).get("max_position_embeddings")
         return None
     data = json.loads((Path(spec) / "config.json").read_text())
-    family = data.pop("family", None)
+    name = data.pop("family", None)
     from repro.config import from_dict
-    from repro.models.lm import FAMILIES, _fill_families
+    from repro.models import registry
 
-    _fill_families()
-    if family not in FAMILIES:
+    if name not in registry.families():
         return None  # from_checkpoint gives the full sentence
+    entry = registry.family(name)
     try:
-        cfg = from_dict(FAMILIES[family].config_class, data)
+        cfg = from_dict(entry.config_class, data)
     except Exception:
         return None
-    return FAMILIES[family].max_context.fget(_ConfigOnly(cfg))  # the property reads self.config only
+    return entry.model_class.max_context.fget(_ConfigOnly(cfg))  # the property reads self.config only
 
 
 class _ConfigOnly:
