@@ -16,6 +16,7 @@ is imported when a command runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -91,7 +92,9 @@ def eval_command(
     task: str = typer.Option("niah_single_1", help="The RULER task of the sample."),
     queries: int = typer.Option(16, help="ICL queries sharing one prefix."),
     rounds: int = typer.Option(2, help="Interleaved measurement rounds."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Holding banking77/ (else a synthetic task)."),
+    data_dir: Optional[Path] = typer.Option(  # noqa: UP045  (typer needs Optional here)
+        None, "--data-dir", help="Holding banking77/ (else a synthetic task)."
+    ),
     out: Path = typer.Option(Path("reports/bench/eval"), help="Where the table goes."),
 ) -> None:
     """Seconds per RULER sample and per ICL query against the model's bare forward over the same tokens."""
