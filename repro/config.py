@@ -169,7 +169,7 @@ def parse_value(raw: str, typ: Any, key: str) -> Any:
 #   numbers are finite and never negative; integers are positive unless the name says zero means
 #   something (off, none, no warm-up); learning rates and epochs are positive; probabilities and
 #   fractions lie in [0, 1]; a list whose default is non-empty must stay non-empty.
-_ZERO_ALLOWED = re.compile(r"(_every|warmup_steps|seed|wa_start|_skip_min|_skip_max)$")
+_ZERO_ALLOWED = re.compile(r"(_every|warmup_steps|seed|wa_start|_skip_min|_skip_max|num_fewshot)$")
 _LOG_EVERY = "log_every"  # a logging period of 0 would divide by zero
 _POSITIVE_FLOAT = re.compile(r"^(lr|lrs|(?!min_).+_lr|.*epochs|rope_theta|beta)$")
 _UNIT_INTERVAL = re.compile(r"^(dropouts?|.*_fraction|label_noise|.*_flips|holdout|beta1|beta2|momentum|milestones)$")

@@ -40,6 +40,12 @@ class Experiment:
             )
         return presets[preset]
 
+    def variant(self, cfg: Any, overrides: list[str] | None) -> str:
+        """The run directory's variant name: the overrides' slug (evaluations name their model)."""
+        from repro.runtime import variant_name
+
+        return variant_name(overrides)
+
     def check(self, cfg: Any) -> None:
         """The experiment's own constraints (data paths, shapes that must divide), checked before
         anything is written, after the generic range checks of `repro.config.validate`. Raise UserError."""
@@ -78,6 +84,8 @@ def _discover() -> None:
     for mod in pkgutil.iter_modules(pkg.__path__):
         if not mod.name.startswith("_"):
             importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    for evaluation in ("ruler", "icl", "harness"):  # evaluations are registered runnables too
+        importlib.import_module(f"repro.eval.{evaluation}")
     _DISCOVERED = True
 
 

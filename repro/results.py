@@ -30,6 +30,24 @@ def make_row(**fields: Any) -> dict[str, Any]:
     return row
 
 
+def interval95(values: list[float] | list[bool]) -> tuple[float, float]:
+    """95% Wilson score interval of the mean of per-sample scores in [0, 1] (exact Wilson for 0/1
+    outcomes; for fractional scores it treats their sum as the success count). (nan, nan) for none."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    z = 1.959964
+    p = float(sum(values)) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def fmt_ci(value: float, lo: float, hi: float, n: int, scale: float = 1.0, digits: int = 2) -> str:
+    """`0.25 [0.14, 0.40] n=28`: a cell with its 95% interval and sample count."""
+    return f"{value * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}] n={n}"
+
+
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
     """Atomic (rows.jsonl exists only for finished runs) and strict JSON: a non-finite value is null."""
     files.write_jsonl(path, rows)

@@ -320,7 +320,7 @@ def launch(
     exp.check(cfg)
     device = pick_device(getattr(cfg, "device", "auto"))
     check_memory(exp.memory_estimate(cfg), device)
-    variant = variant_name(overrides)
+    variant = exp.variant(cfg, overrides)
     run_dir = run_dir_for(out, exp.name, preset, variant, seed)
     rows_path = run_dir / "rows.jsonl"
     if rows_path.exists() and not force:

@@ -6,11 +6,13 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import typer
 from typer.testing import CliRunner
 
+from repro import results
 from repro.data import icl as data
 from repro.errors import UserError
 from repro.eval import icl
@@ -134,11 +136,14 @@ class FakeScorer:
 @pytest.mark.parametrize("scoring", ["likelihood", "generate"])
 def test_oracle_scores_one_and_constant_model_one_over_k(scoring):
     task = data.synthetic_task(seed=0, n_classes=4, words_per_class=1)
-    cfg = icl.ICLConfig("fake", "synthetic", ["semantic", "anonymous"], [1, 2], 40, 0, scoring)
+    cfg = icl.ICLConfig("fake", "synthetic", ["semantic", "anonymous"], [1, 2], 40, scoring)
     for kind, expected in (("oracle", 1.0), ("constant", 1 / 4)):
         res, preds = icl.evaluate(task, FakeScorer(kind), CharTok(), None, cfg)
         assert len(res) == 2 * 2 * 4 and all(r.accuracy == pytest.approx(expected) for r in res)
+        assert all(r.accuracy_norm == pytest.approx(expected) and r.n == 40 for r in res)
         assert len(preds) == 2 * 2 * 4 * 40
+        collapsed = [r.top_share == 1.0 for r in res]
+        assert all(collapsed) if kind == "constant" else not any(collapsed)  # one label for every query
 
 
 def test_synthetic_task_needs_the_context():
@@ -151,31 +156,39 @@ def test_synthetic_task_needs_the_context():
     assert all(len(v) == 1 for v in words.values()) and len(words) == 16
 
 
-# ---- sweep best-of and prompt length accounting -------------------------------------------------
+# ---- rows: every prompt with n and intervals, the mean of the prompts, the label distribution ----
 
 
-def test_best_of_the_sweep_per_shot_count():
+class Ctx:
+    def row(self, **fields):
+        return results.make_row(experiment="icl", preset="smoke", variant="v", seed=0, **fields)
+
+
+def test_rows_report_every_prompt_and_their_mean_never_a_best_of():
     R = icl.PromptResult
     res = [
-        R("anonymous", 1, "newline-shuffled", 10, 0.2),
-        R("anonymous", 1, "space-ordered", 10, 0.5),
-        R("anonymous", 1, "space-shuffled", 10, 0.4),
+        R("anonymous", 1, "newline-shuffled", 10, 0.25, n=4, accuracy_norm=0.5, predicted={"a": 4}),
+        R("anonymous", 1, "space-ordered", 10, 0.75, n=4, accuracy_norm=0.75, predicted={"a": 2, "b": 2}),
         R("anonymous", 2, "newline-ordered", 99, None, "too long"),
-        R("anonymous", 2, "space-ordered", 20, 0.3),
     ]
-    best = icl.best_per_shot(res)
-    assert best["anonymous", 1].accuracy == 0.5 and best["anonymous", 1].prompt == "space-ordered"
-    assert best["anonymous", 2].accuracy == 0.3
     cfg = icl.ICLConfig("m", "synthetic", ["anonymous"], [1, 2])
-    rows = icl.to_rows(res, cfg, "m", 4)
-    bests = {r["step"]: r["value"] for r in rows if r["metric"] == "accuracy" and r.get("slice_value") == "best"}
-    assert bests == {1: 0.5, 2: 0.3}
+    rows = icl.to_rows(res, cfg, Ctx(), 4)
+    get = {(r["metric"], r["step"], r["slice_value"]): r["value"] for r in rows}
+    assert get["accuracy", 1, "mean"] == 0.5 and get["n", 1, "mean"] == 8  # pooled over the prompts that ran
+    assert get["accuracy_norm", 1, "mean"] == pytest.approx(5 / 8)
+    assert not any(r["slice_value"] == "best" for r in rows)
+    lo, hi = get["accuracy_lo", 1, "space-ordered"], get["accuracy_hi", 1, "space-ordered"]
+    assert 0.2 < lo < 0.75 < hi <= 1.0  # a 95% interval around 3/4 with n=4
+    assert get["top_label_share", 1, "newline-shuffled"] == 1.0 and get["top_label=a", 1, "newline-shuffled"] == 4
     assert any(r["metric"] == "skipped" and "too long" in r["slice_value"] for r in rows)
+    df = pd.DataFrame(rows)
+    table = icl.write_report(df, Path(pytest.importorskip("tempfile").mkdtemp()))[0].read_text()
+    assert "0.50 [0.22, 0.78] n=8" in table and "a (1.00) | yes" in table
 
 
 def test_prompt_length_accounting_skips_what_does_not_fit():
     task = data.synthetic_task(seed=0, n_classes=4, words_per_class=1)
-    tok, cfg = CharTok(), icl.ICLConfig("fake", "synthetic", ["semantic"], [1, 2, 40], 8, 0, "likelihood")
+    tok, cfg = CharTok(), icl.ICLConfig("fake", "synthetic", ["semantic"], [1, 2, 40], 8, "likelihood")
     tests = data.test_subset(task, 8, 0)
     labels = data.label_strings(task, "semantic", 0)
     rounds = data.demo_rounds(task, 1, 0)
@@ -189,47 +202,6 @@ def test_prompt_length_accounting_skips_what_does_not_fit():
     assert all(r.accuracy is None and "exceed the" in r.reason for r in two)
     forty = [r for r in res if r.shots == 40]  # 8 copies x 1 word: too few training examples
     assert all(r.prompt_tokens is None and "training examples" in r.reason for r in forty)
-
-
-# ---- the packed label trie equals plain forward passes ------------------------------------------
-
-
-def test_packed_trie_matches_full_forward():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-
-    class Em:
-        device = torch.device("cpu")
-        tokenizer = CharTok()
-
-        def _forward(self, ids):
-            return model(ids).logits
-
-    prefix, queries = list(range(5, 25)), [[30, 31, 32], [33], [34, 35, 36, 37]]
-    labels = [[40, 41, 42], [40, 41, 43], [40, 44], [45], [40, 41, 42, 46]]
-    hf = icl.HFPrefixScorer(model, CharTok(), pack_tokens=16)  # two packed passes
-    hf.set_prefix(prefix)
-    packed = hf.rank_many(queries, labels)
-    full = icl.FullScorer(Em(), batch=2)
-    full.set_prefix(prefix)
-    for got, want in zip(packed, full.rank_many(queries, labels), strict=True):
-        assert got == pytest.approx(want, abs=1e-4)
-    again = hf.rank_many(queries, labels)  # the cache was restored after each pass
-    assert sum(again, []) == pytest.approx(sum(packed, []), abs=1e-5)
-    tokens, _, _ = icl._pack_trie(queries[0], labels)
-    assert len(tokens) == 3 + 3  # query, then nodes 40, 41, 42 once; a last token needs no node
-    hf.greedy(queries[0], 3)
-    assert hf.cache.get_seq_length() == len(prefix)
 
 
 # ---- data loaders -------------------------------------------------------------------------------
@@ -293,6 +265,8 @@ def test_command_end_to_end_on_a_checkpoint(tmp_path):
         "1,2",
         "--test-size",
         "8",
+        "--preset",
+        "smoke",
         "--out",
         str(tmp_path / "runs"),
         "--reports",
@@ -300,7 +274,11 @@ def test_command_end_to_end_on_a_checkpoint(tmp_path):
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    run = tmp_path / "runs/icl/gpt2-tiny/synthetic-likelihood/s0"
+    (variant,) = (tmp_path / "runs/icl/smoke").iterdir()
+    run = variant / "s0"
+    assert (
+        variant.name.startswith("gpt2-tiny__synthetic__base") and "template: base" in (run / "config.yaml").read_text()
+    )
     for name in ("config.yaml", "env.json", "rows.jsonl", "predictions.jsonl"):
         assert (run / name).is_file()
     rows = [json.loads(line) for line in (run / "rows.jsonl").read_text().splitlines()]

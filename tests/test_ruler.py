@@ -15,7 +15,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from repro.data.ruler import GROUPS, TASKS, Generator, Sources, resolve_tasks
+from repro import results
+from repro.data.ruler import GROUPS, TASKS, Generator, Sources, cwe_words, resolve_tasks
 from repro.data.tokenizer import byte_tokenizer
 from repro.errors import UserError
 from repro.eval import ruler
@@ -111,6 +112,10 @@ class FakeModel:
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] | None = None) -> str:
         return self._answer(self.tokenizer.decode(prompt_ids))
 
+    def wrap(self, template: str):
+        assert template == "base"
+        return lambda text: text
+
 
 def _qa_answers(data_dir: Path) -> dict[str, str]:
     squad = json.loads((data_dir / "squad_v2" / "dev-v2.0.json").read_text())
@@ -135,9 +140,11 @@ def test_samples_fill_their_length_and_hold_their_needles(generator: Generator, 
     assert len(samples) == 3
     for s in samples:
         prompt = s.input + s.answer_prefix
-        assert s.prompt_ids == byte_tokenizer().encode(prompt)
+        assert s.prompt_ids == byte_tokenizer().encode(prompt) and s.prompt == prompt
         assert s.n_tokens <= length  # prompt + generation budget within the target ...
-        slack = 1100 if TASKS[task].family == "qa" else 300  # ... and short of it by at most about a unit
+        # ... and short of it by at most about a unit (QA: a document; CWE: its 10 common words are
+        # each listed 30 times, so two draws at one haystack size differ by ~30 x their lengths)
+        slack = {"qa": 1100, "cwe": 1600}.get(TASKS[task].family, 300)
         assert s.n_tokens >= length - slack, (task, s.n_tokens)
         if TASKS[task].family in ("niah", "vt", "qa"):
             assert all(o in s.input for o in s.outputs)
@@ -206,12 +213,23 @@ def test_ctx_parsing():
             ruler.parse_ctx(bad)
 
 
+def _launch(tmp_path: Path, model: FakeModel, spec: str, overrides: list[str], seed: int = 3) -> Path:
+    from repro import registry, runtime
+    from repro.eval import models
+
+    models.LOADED.clear()
+    models.LOADED[(spec, "cpu")] = model
+    return runtime.launch(
+        registry.get("ruler"), preset="smoke", overrides=[f"model={spec}", *overrides], seed=seed, out=tmp_path / "runs"
+    )
+
+
 @pytest.mark.parametrize("who, expected", [("oracle", 100.0), ("mute", 0.0)])
-def test_oracle_scores_100_and_silence_scores_0(
+def test_oracle_scores_100_and_silence_scores_0_on_every_task(
     tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, who: str, expected: float
 ):
+    """The scorer gives 100 to perfect answers and 0 to empty ones, for each of the 13 tasks."""
     answers = _qa_answers(data_dir)
-    cfg = ruler.RulerConfig("fake", who, [16384], list(TASKS), 2, 3)
     current = {"task": ""}
     original = Generator.samples
 
@@ -221,20 +239,77 @@ def test_oracle_scores_100_and_silence_scores_0(
 
     monkeypatch.setattr(Generator, "samples", tracking)
     model = FakeModel(lambda prompt: solve(prompt, current["task"], answers) if who == "oracle" else "")
-    run_dir = ruler.run(cfg, tmp_path / "runs", Sources(data_dir), model=model)
+    overrides = ["lengths=16384", f"tasks={','.join(TASKS)}", "samples=2", f"data_dir={data_dir}"]
+    run_dir = _launch(tmp_path, model, f"fake-{who}", overrides)
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     scores = {r["split"]: r["value"] for r in rows if r["metric"] == "score"}
     assert set(TASKS) | {"mean", "qa_mean"} == set(scores)
     assert all(v == expected for v in scores.values()), scores
+    assert {r["value"] for r in rows if r["metric"] == "samples"} == {2}
+    assert [r["value"] for r in rows if r["split"] == "mean" and r["metric"] == "tasks"] == [13]
+    lows = [r["value"] for r in rows if r["metric"] == "ci_low"]
+    assert len(lows) == 13 and all(0 <= v <= expected for v in lows)  # an interval around every cell
     assert {"config.yaml", "env.json", "predictions.jsonl", "rows.jsonl"} <= {p.name for p in run_dir.iterdir()}
-    assert ruler.run(cfg, tmp_path / "runs", Sources(data_dir), model=model) == run_dir  # finished: a no-op
+    assert _launch(tmp_path, model, f"fake-{who}", overrides) == run_dir  # finished: a no-op
+    tables = ruler.report(results.collect(tmp_path / "runs", "ruler"), tmp_path / "report")
+    table = tables[0].read_text()
+    assert "RULER average (13/13 tasks)" in table and "n=2" in table
+
+
+def test_a_partial_mean_is_not_called_rulers_average(tmp_path: Path, data_dir: Path):
+    run_dir = _launch(tmp_path, FakeModel(lambda p: ""), "fake", ["lengths=2048", "tasks=niah_single_1,vt"])
+    ruler.report(results.collect(run_dir.parents[3], "ruler"), tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "mean of 2/13 tasks (not RULER's average)" in table and "| RULER average" not in table
 
 
 def test_context_beyond_the_model_is_refused(tmp_path: Path, data_dir: Path):
-    cfg = ruler.RulerConfig("fake", "short", [4096], ["niah_single_1"], 1, 0)
-    with pytest.raises(UserError, match="exceeds short's 128-token context"):
-        ruler.run(cfg, tmp_path, Sources(data_dir), model=FakeModel(lambda p: "", max_context=128))
-    assert not any(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(UserError, match="exceeds fake-short's 128-token context"):
+        _launch(tmp_path, FakeModel(lambda p: "", max_context=128), "fake-short", ["lengths=4096"])
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_the_model_template_is_inside_the_length_budget(data_dir: Path):
+    def chat(text: str) -> str:
+        return "<|user|>\n" + text + "<|end|>\n<|assistant|>\n"
+
+    gen = Generator(byte_tokenizer(), Sources(data_dir), seed=7, wrap=chat)
+    for task in ("niah_single_1", "vt", "cwe", "qa_1"):
+        s = gen.sample(task, 8192, 0)
+        assert s.prompt == chat(s.input) + s.answer_prefix  # the answer prefix follows the template
+        assert 8192 - 300 <= s.n_tokens <= 8192 and len(s.prompt.encode()) == len(s.prompt_ids)
+
+
+def test_upstream_formats(generator: Generator):
+    vt = generator.sample("vt", 4096, 0)
+    assert "are assigned the value" in vt.answer_prefix and "assgined" not in vt.input + vt.answer_prefix
+    task_text = vt.input[vt.input.rindex("Memorize and track") :]
+    assert "again.\nThe grass" in task_text and "again. The grass" not in task_text  # lines joined by newlines
+    assert vt.input.count("Memorize and track") == 2  # one demonstration, answered
+    cwe = generator.sample("cwe", 8192, 0)
+    listed = re.findall(r"\d+\. (\S+)", cwe.input[cwe.input.rindex("Below is") :])
+    pool = set(cwe_words()[:8166])
+    assert sum(w in pool for w in listed) == len(listed)  # single words from wonderwords
+    fwe_text = generator.sample("fwe", 4096, 0).input
+    words = set(fwe_text.split("coded words. ")[1].split("\nQuestion")[0].split())
+    assert len(words) <= (4096 - 50) // 50  # upstream's vocabulary: (length - tokens to generate) // 50
+
+
+class WordTokenizer:
+    """A word-level stand-in for a BPE tokenizer: each word, number and punctuation mark one token
+    (SmolLM2's tokenizer spends ~1.3 tokens per English word)."""
+
+    def encode(self, text: str) -> list[int]:
+        return [hash(t) % 50000 for t in re.findall(r"\w+|[^\w\s]", text)]
+
+
+def test_cwe_fits_at_4k(data_dir: Path):
+    """The issue's failure: with adjective-noun pairs CWE's smallest haystack overflowed 4k tokens."""
+    assert len(cwe_words()) == 8166 and sum("-" in w for w in cwe_words()) < 120  # single words (a few hyphenated)
+    gen = Generator(WordTokenizer(), Sources(data_dir), seed=7)
+    for length in (4096, 8192):
+        sample = gen.sample("cwe", length, 0)
+        assert sample is not None and length - 600 <= sample.n_tokens <= length and len(sample.outputs) == 10
 
 
 # ---- end to end on a tiny checkpoint ------------------------------------------------------------
@@ -258,20 +333,20 @@ def test_smoke_run_on_a_tiny_checkpoint(tmp_path: Path, data_dir: Path):
     build_model("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=768, vocab_size=257).save(ckpt)
     byte_tokenizer().save(ckpt)
     common = ["--model", str(ckpt), "--samples", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data_dir)]
-    common += ["--reports", str(tmp_path / "reports")]
+    common += ["--reports", str(tmp_path / "reports"), "--preset", "smoke"]
     result = CliRunner().invoke(_app(), [*common, "--ctx", "640,768", "--tasks", "niah_single_1"])
     assert result.exit_code == 0, result.output
     report = tmp_path / "reports" / "ruler"
     table = (report / "table.md").read_text()
-    assert (
-        "| niah_single_1 | all | 1 |" in table
-        and "| vt | all |  |" not in table
-        and "| 640 | 768 |" in table
-        and "paper Table 4: MM v2 small" in table
-    )
+    assert "| niah_single_1 | all | 0.0 [0, 79] n=1 |" in table, table
+    assert "| 640 | 768 |" in table and "paper Table 4: MM v2 small" in table and "| vt |" not in table
     assert (report / "fig_score_vs_length.png").stat().st_size > 0
+    run = next((tmp_path / "runs" / "ruler" / "smoke").iterdir())
+    assert "template: base" in (run / "s42" / "config.yaml").read_text()
     refused = CliRunner().invoke(_app(), [*common, "--ctx", "1k", "--tasks", "niah_single_1"])
     assert refused.exit_code == 2 and "768-token context" in refused.output
+    chat = CliRunner().invoke(_app(), [*common, "--template", "chat", "--ctx", "768"])
+    assert chat.exit_code == 2 and "no chat template" in chat.output
 
 
 @pytest.mark.skipif(not Path("/work/shared/data/squad_v2").is_dir(), reason="shared data copies absent")

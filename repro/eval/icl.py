@@ -5,12 +5,16 @@ TACRED and GoEmotions, with n-shot prompts holding one example of every class pe
 improving with more shots while transformers plateau or degrade; the margin exceeds 10 points and is
 largest on anonymous labels (`class_00`, ...), where only learning from the context helps.
 
-Protocol (repro.data.icl): instruction line, n rounds of one example per class, the 4-prompt sweep
-(newline/space x shuffled/class-ordered), every prompt's accuracy recorded, the best per shot count
-reported. Scoring: `likelihood` ranks every label by log P(label | prompt) (the label set as a token
-trie packed into one forward pass over a cached prompt for Hugging Face models; batched full passes
-otherwise) or `generate` (greedy, first line, exact match after normalisation, as LongICLBench).
-Prompts longer than the model's context are skipped and reported as such, never truncated.
+Protocol (repro.data.icl): instruction line, n rounds of one example per class, and the 4-prompt
+sweep (newline/space x shuffled/class-ordered). Every prompt's accuracy is reported with its number of
+test examples and 95% interval, and the headline is the mean of the 4 prompts (the paper picks the
+best prompt; picking it on the test examples overstates, so we do not). Scoring: `likelihood` ranks
+every label by log P(label | prompt) (raw sum, and normalised by the label's token count beside it),
+through the one prefix-cached scorer (`repro.eval.scoring`), or `generate` (greedy, first line, exact
+match after normalisation, as LongICLBench). The predicted-label distribution is recorded, and a
+model that answers (nearly) one label for every query is flagged as collapsed. `--template chat`
+puts instruction, demonstrations and query in the model's chat template as the user's turn; the
+label is the assistant's answer. Prompts longer than the model's context are skipped, never truncated.
 
 Deviations: the paper does not publish its scoring rule, instruction strings or test subset; we use
 LongICLBench's instruction and parsing, a seeded class-balanced test subset, and likelihood scoring by
@@ -19,10 +23,8 @@ default (robust for small models).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,14 +32,14 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 import pandas as pd
-import torch
-import torch.nn.functional as F
 import typer
 
-from repro import config as cfglib
 from repro import results
 from repro.data import icl as data
 from repro.errors import UserError
+from repro.eval.models import model_label
+from repro.registry import Experiment, register
+from repro.track import console, progress
 
 EXPERIMENT = "icl"
 # The paper's ICL figures, read off the plots (large models; reference memory-mosaics.md §4.3).
@@ -54,181 +56,33 @@ PAPER_BANDS = {
     "goemotions": {"semantic": (0.26, 0.31), "anonymous": (0.06, 0.11)},
     "tacred": {"semantic": (0.50, 0.62), "anonymous": (0.15, 0.45)},
 }
-QUERY_CHUNK = 32  # test queries scored per call (packed into few forward passes for HF models)
+QUERY_CHUNK = 16  # test queries scored per call (packed into few forward passes for HF models)
+COLLAPSED = 0.9  # a model answering one label for at least this share of queries has collapsed
 CLAIM = "MMv2 beats the transformer by a margin that grows with shots, most on anonymous labels"
 
 
 @dataclass
 class ICLConfig:
-    model: str
+    model: str = ""  # a repro checkpoint directory, hf:NAME_OR_DIR or gguf:FILE
     dataset: str = "banking77"
     labels: list[str] = field(default_factory=lambda: list(data.LABEL_KINDS))
-    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    test_size: int = 100
-    seed: int = 0
+    shots: list[int] = field(default_factory=lambda: [1, 2])
+    test_size: int = 60
     scoring: str = "likelihood"  # likelihood | generate
+    template: str = "base"  # base | chat
     max_new_tokens: int = 16
     data_path: str | None = None
     max_context: int | None = None  # a tighter limit than the model's own (to bound CPU time)
-
-
-# ---- scorers: a fixed prompt prefix, then many queries ------------------------------------------
+    device: str = "cpu"
+    data_dir: str | None = None  # local dataset copies (DIR/<dataset>/), filled from --data-dir
 
 
 class Scorer(Protocol):
     def set_prefix(self, prefix: list[int]) -> None: ...
 
-    def rank_many(self, queries: list[list[int]], labels: list[list[int]]) -> list[list[float]]: ...
+    def rank_many(self, queries: list[list[int]], labels: list[list[int]]) -> list[list[Any]]: ...
 
     def greedy(self, query: list[int], max_new: int) -> str: ...
-
-
-Terms = list[list[tuple[int, int]]]  # per label: (position whose logits predict the token, token)
-
-
-def _pack_trie(query: list[int], labels: list[list[int]]) -> tuple[list[int], list[int], Terms]:
-    """The query as a chain, then the labels as a token trie (shared prefixes once; a label's last
-    token needs no node, only its parent's logits). Returns tokens, parents (-1: the prompt prefix)
-    and each label's log-likelihood terms."""
-    tokens, parents = list(query), list(range(-1, len(query) - 1))
-    nodes: dict[tuple[int, int], int] = {}
-    terms = []
-    for lab in labels:
-        prev, mine = len(query) - 1, []
-        for i, tok in enumerate(lab):
-            mine.append((prev, tok))
-            if i < len(lab) - 1:
-                if (prev, tok) not in nodes:
-                    nodes[prev, tok] = len(tokens)
-                    tokens.append(tok)
-                    parents.append(prev)
-                prev = nodes[prev, tok]
-        terms.append(mine)
-    return tokens, parents, terms
-
-
-class HFPrefixScorer:
-    """A transformers causal LM: the prefix is read once into a KV cache; queries, each with its
-    label trie, are packed side by side into one sequence on top of it under a tree attention mask
-    (a token sees the prefix and its own ancestors only), and the cache is cropped back after."""
-
-    def __init__(self, model: Any, tokenizer: Any, pack_tokens: int = 768):
-        self.model, self.tok, self.pack_tokens = model, tokenizer, pack_tokens
-        self.cache, self.P = None, 0
-
-    @torch.no_grad()
-    def set_prefix(self, prefix: list[int]) -> None:
-        ids = torch.tensor([prefix], device=self.model.device)
-        self.cache = self.model(ids, use_cache=True, logits_to_keep=1).past_key_values
-        self.P = len(prefix)
-
-    @torch.no_grad()
-    def _run(self, tokens: list[int], parents: list[int], keep: list[int]) -> torch.Tensor:
-        """Log-probabilities (len(keep), V) at positions `keep` of the packed tree `tokens`."""
-        N, P = len(tokens), self.P
-        depth = [0] * N
-        allowed = torch.zeros(N, P + N, dtype=torch.bool)
-        allowed[:, :P] = True
-        for i, p in enumerate(parents):
-            depth[i] = depth[p] + 1 if p >= 0 else 0
-            allowed[i, P + i] = True
-            if p >= 0:
-                allowed[i, P : P + N] |= allowed[p, P : P + N]  # a node sees its ancestors
-        dtype, dev = self.model.dtype, self.model.device
-        mask = torch.zeros(1, 1, N, P + N, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        out = self.model(
-            torch.tensor([tokens], device=dev),
-            past_key_values=self.cache,
-            attention_mask=mask.to(dev),
-            position_ids=torch.tensor([[P + d for d in depth]], device=dev),
-            use_cache=True,
-            logits_to_keep=torch.tensor(keep, device=dev),  # the LM head only where it is read
-        )
-        self.cache.crop(-N)  # back to the prefix alone
-        return F.log_softmax(out.logits[0].float(), dim=-1)
-
-    def rank_many(self, queries: list[list[int]], labels: list[list[int]]) -> list[list[float]]:
-        scores: list[list[float]] = []
-        tokens: list[int] = []
-        parents: list[int] = []
-        packed: list[Terms] = []
-
-        def flush() -> None:
-            keep = sorted({pos for terms in packed for t in terms for pos, _ in t})
-            row = {pos: r for r, pos in enumerate(keep)}
-            logp = self._run(tokens, parents, keep)
-            for terms in packed:
-                scores.append([sum(logp[row[pos], tok].item() for pos, tok in t) for t in terms])
-            tokens.clear(), parents.clear(), packed.clear()
-
-        for q in queries:
-            tk, pa, terms = _pack_trie(q, labels)
-            if tokens and len(tokens) + len(tk) > self.pack_tokens:
-                flush()
-            off = len(tokens)
-            tokens += tk
-            parents += [p + off if p >= 0 else -1 for p in pa]
-            packed.append([[(pos + off, tok) for pos, tok in t] for t in terms])
-        if tokens:
-            flush()
-        return scores
-
-    def greedy(self, query: list[int], max_new: int) -> str:
-        new: list[int] = []
-        for _ in range(max_new):
-            seq = query + new
-            nxt = int(self._run(seq, list(range(-1, len(seq) - 1)), [len(seq) - 1])[0].argmax())
-            if nxt == self.tok.eot_id:
-                break
-            new.append(nxt)
-            if "\n" in self.tok.decode(new).lstrip():  # the answer line has ended
-                break
-        return self.tok.decode(new)
-
-
-class FullScorer:
-    """Any EvalModel: each label scored by a batched forward pass over prompt + label (right-padded,
-    so padding never reaches a scored position); generation through EvalModel.generate."""
-
-    def __init__(self, em: Any, batch: int = 16):
-        self.em, self.batch, self.prefix = em, batch, []
-
-    def set_prefix(self, prefix: list[int]) -> None:
-        self.prefix = prefix
-
-    @torch.no_grad()
-    def _rank(self, query: list[int], labels: list[list[int]]) -> list[float]:
-        ctx = self.prefix + query
-        scores = []
-        for lo in range(0, len(labels), self.batch):
-            chunk = labels[lo : lo + self.batch]
-            T = len(ctx) + max(map(len, chunk)) - 1
-            rows = [(ctx + lab)[:-1] + [0] * (T - len(ctx) - len(lab) + 1) for lab in chunk]
-            logp = F.log_softmax(self.em._forward(torch.tensor(rows, device=self.em.device)).float(), -1)
-            for b, lab in enumerate(chunk):
-                pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(lab))
-                scores.append(logp[b, pos, torch.tensor(lab)].sum().item())
-        return scores
-
-    def rank_many(self, queries: list[list[int]], labels: list[list[int]]) -> list[list[float]]:
-        return [self._rank(q, labels) for q in queries]
-
-    def greedy(self, query: list[int], max_new: int) -> str:
-        return self.em.generate(self.prefix + query, max_new)
-
-
-def _hf_module(em: Any) -> Any | None:
-    """The transformers model inside an EvalModel loaded from hf:/gguf:, else None."""
-    try:
-        model = inspect.getclosurevars(em._forward).nonlocals.get("model")
-    except TypeError:
-        return None
-    return model if type(model).__module__.startswith("transformers") else None
-
-
-def make_scorer(em: Any) -> Scorer:
-    hf = _hf_module(em)
-    return HFPrefixScorer(hf, em.tokenizer) if hf is not None else FullScorer(em)
 
 
 # ---- the evaluation -----------------------------------------------------------------------------
@@ -243,6 +97,21 @@ class PromptResult:
     accuracy: float | None = None  # None: skipped
     reason: str = ""
     seconds: float = 0.0
+    accuracy_norm: float | None = None  # labels ranked by mean log-probability per token
+    n: int = 0
+    predicted: dict[str, int] = field(default_factory=dict)  # label -> how often it was answered
+
+    @property
+    def top_share(self) -> float:
+        return max(self.predicted.values()) / self.n if self.predicted and self.n else math.nan
+
+
+def _split_template(wrap: Callable[[str], str]) -> tuple[str, str]:
+    """(head, tail) of the model template around the user's text, found with a sentinel."""
+    sentinel = "\x00ICL-QUERY\x00"
+    text = wrap(sentinel)
+    head, _, tail = text.partition(sentinel)
+    return head, tail
 
 
 def evaluate(
@@ -254,15 +123,20 @@ def evaluate(
     on_step: Callable[[], Any] | None = None,
     on_prompt: Callable[[PromptResult], Any] | None = None,
     limit_note: str = "context",
+    seed: int = 0,
+    wrap: Callable[[str], str] | None = None,
 ) -> tuple[list[PromptResult], list[dict[str, Any]]]:
     """Every (label kind, shot count, prompt) of the sweep on one seeded test subset. `on_step` is
-    called after each test example, `on_prompt` with each prompt's result (scored or skipped)."""
-    tests = data.test_subset(task, cfg.test_size, cfg.seed)
+    called after each test example, `on_prompt` with each prompt's result (scored or skipped).
+    `wrap` is the model template: the prompt goes in as the user's turn, the label is the answer."""
+    tests = data.test_subset(task, cfg.test_size, seed)
+    head, tail = _split_template(wrap) if wrap is not None else ("", "")
+    space = "" if wrap is not None else " "  # a base model continues "label cue:" with " label"
     out, preds = [], []
     for n in cfg.shots:  # shot counts outermost: the cheap, short prompts finish first
         for kind in cfg.labels:
-            labels = data.label_strings(task, kind, cfg.seed)
-            label_ids = [tokenizer.encode(" " + lab) for lab in labels]
+            labels = data.label_strings(task, kind, seed)
+            label_ids = [tokenizer.encode(space + lab) for lab in labels]
             answer = max(map(len, label_ids)) if cfg.scoring == "likelihood" else cfg.max_new_tokens
             if n > data.max_shots(task):
                 reason = f"only {data.max_shots(task)} training examples in the smallest class"
@@ -271,10 +145,10 @@ def evaluate(
                     if on_prompt is not None:
                         on_prompt(out[-1])
                 continue
-            rounds = data.demo_rounds(task, n, cfg.seed)
+            rounds = data.demo_rounds(task, n, seed)
             for prompt in data.PROMPTS:
-                prefix = tokenizer.encode(data.build_prefix(task, rounds, labels, prompt, cfg.seed))
-                queries = [tokenizer.encode(data.query_text(task, ex, prompt)) for ex in tests]
+                prefix = tokenizer.encode(head + data.build_prefix(task, rounds, labels, prompt, seed))
+                queries = [tokenizer.encode(data.query_text(task, ex, prompt) + tail) for ex in tests]
                 need = len(prefix) + max(map(len, queries)) + answer
                 res = PromptResult(kind, n, prompt, need)
                 out.append(res)
@@ -283,136 +157,183 @@ def evaluate(
                     if on_prompt is not None:
                         on_prompt(res)
                     continue
-                t0, correct = time.time(), 0
+                t0, correct, correct_norm = time.time(), 0, 0
                 scorer.set_prefix(prefix)
                 for lo in range(0, len(tests), QUERY_CHUNK):  # chunks: packed together, progress between
                     chunk = range(lo, min(lo + QUERY_CHUNK, len(tests)))
                     if cfg.scoring == "likelihood":
                         ranked = scorer.rank_many([queries[i] for i in chunk], label_ids)
-                        answers = [labels[max(range(len(labels)), key=sc.__getitem__)] for sc in ranked]
+                        answers = [labels[max(range(len(labels)), key=lambda k, sc=sc: _raw(sc[k]))] for sc in ranked]
+                        normed = [labels[max(range(len(labels)), key=lambda k, sc=sc: _norm(sc[k]))] for sc in ranked]
                     else:
                         answers = [
                             data.parse_generation(scorer.greedy(queries[i], cfg.max_new_tokens), task) for i in chunk
                         ]
-                    for i, pred in zip(chunk, answers, strict=True):
+                        normed = answers
+                    for i, pred, pred_norm in zip(chunk, answers, normed, strict=True):
                         gold = labels[tests[i].label]
-                        ok = pred == (gold if cfg.scoring == "likelihood" else data.normalise(gold))
-                        correct += ok
+                        target = gold if cfg.scoring == "likelihood" else data.normalise(gold)
+                        correct += pred == target
+                        correct_norm += pred_norm == target
+                        res.predicted[pred] = res.predicted.get(pred, 0) + 1
                         preds.append(
                             dict(labels=kind, shots=n, prompt=prompt, i=i, text=tests[i].text[:100], gold=gold,
-                                 pred=pred, correct=bool(ok))
+                                 pred=pred, pred_norm=pred_norm, correct=bool(pred == target))
                         )  # fmt: skip
                         if on_step is not None:
                             on_step()
-                res.accuracy, res.seconds = correct / len(tests), time.time() - t0
+                res.n = len(tests)
+                res.accuracy, res.accuracy_norm = correct / len(tests), correct_norm / len(tests)
+                res.seconds = time.time() - t0
                 if on_prompt is not None:
                     on_prompt(res)
     return out, preds
 
 
-def best_per_shot(res: list[PromptResult]) -> dict[tuple[str, int], PromptResult]:
-    """The paper's number: for each (labels, shots), the best of the prompts that ran."""
-    best: dict[tuple[str, int], PromptResult] = {}
+def _raw(score: Any) -> float:
+    """A label's summed log-probability (scorers return (sum, tokens, greedy) or a plain number)."""
+    return score[0] if isinstance(score, tuple) else float(score)
+
+
+def _norm(score: Any) -> float:
+    """A label's mean log-probability per token: long labels are not penalised for their length."""
+    return score[0] / max(1, score[1]) if isinstance(score, tuple) else float(score)
+
+
+def to_rows(res: list[PromptResult], cfg: ICLConfig, ctx: Any, n_classes: int) -> list[dict]:
+    """Tidy rows: per (labels, shots, prompt) accuracy (raw and length-normalised) with n and 95%
+    intervals, the predicted-label distribution's summary; per (labels, shots) the mean of the prompts."""
+    who = model_name(cfg)
+
+    def row(kind: str, metric: str, value: float, step: int, prompt: str) -> dict:
+        return ctx.row(model=who, split=f"{cfg.dataset}/{kind}", metric=metric, value=value, step=step,
+                       slice_key="prompt", slice_value=prompt)  # fmt: skip
+
+    rows = [row(k, "chance", 1 / n_classes, 0, "-") for k in cfg.labels]
+    by_shot: dict[tuple[str, int], list[PromptResult]] = {}
     for r in res:
-        key = (r.labels, r.shots)
-        if r.accuracy is not None and (key not in best or r.accuracy > best[key].accuracy):
-            best[key] = r
-    return best
-
-
-def to_rows(res: list[PromptResult], cfg: ICLConfig, model_name: str, n_classes: int) -> list[dict]:
-    """Tidy rows; a model scored by generation is named `<model> [generate]`, so one report can hold both."""
-    if cfg.scoring != "likelihood":
-        model_name = f"{model_name} [{cfg.scoring}]"
-
-    def row(kind: str, metric: str, value: float, step: int, key: str, val: str) -> dict:
-        return results.make_row(
-            experiment=EXPERIMENT,
-            preset="eval",
-            variant=f"{cfg.dataset}/{kind}",
-            model=model_name,
-            seed=cfg.seed,
-            split="test",
-            metric=metric,
-            value=value,
-            step=step,
-            slice_key=key,
-            slice_value=val,
-        )
-
-    rows = [row(k, "chance", 1 / n_classes, 0, "labels", k) for k in cfg.labels]
-    for r in res:
-        rows.append(row(r.labels, "prompt_tokens", r.prompt_tokens or math.nan, r.shots, "prompt", r.prompt))
+        rows.append(row(r.labels, "prompt_tokens", r.prompt_tokens or math.nan, r.shots, r.prompt))
         if r.accuracy is None:
-            rows.append(row(r.labels, "skipped", 1, r.shots, "prompt", f"{r.prompt}: {r.reason}"))
-        else:
-            rows.append(row(r.labels, "accuracy", r.accuracy, r.shots, "prompt", r.prompt))
-            rows.append(row(r.labels, "seconds", r.seconds, r.shots, "prompt", r.prompt))
-    for (kind, n), r in best_per_shot(res).items():
-        rows.append(row(kind, "accuracy", r.accuracy, n, "prompt", "best"))
+            rows.append(row(r.labels, "skipped", 1, r.shots, f"{r.prompt}: {r.reason}"))
+            continue
+        by_shot.setdefault((r.labels, r.shots), []).append(r)
+        for metric, acc in (("accuracy", r.accuracy), ("accuracy_norm", r.accuracy_norm)):
+            lo, hi = results.interval95([1.0] * round(acc * r.n) + [0.0] * (r.n - round(acc * r.n)))
+            rows += [
+                row(r.labels, metric, acc, r.shots, r.prompt),
+                row(r.labels, f"{metric}_lo", lo, r.shots, r.prompt),
+            ]
+            rows.append(row(r.labels, f"{metric}_hi", hi, r.shots, r.prompt))
+        top = max(r.predicted, key=r.predicted.get)
+        rows += [
+            row(r.labels, "n", r.n, r.shots, r.prompt),
+            row(r.labels, "seconds", r.seconds, r.shots, r.prompt),
+            row(r.labels, "distinct_predictions", len(r.predicted), r.shots, r.prompt),
+            row(r.labels, "top_label_share", r.top_share, r.shots, r.prompt),
+            row(r.labels, f"top_label={top}", r.predicted[top], r.shots, r.prompt),
+        ]
+    for (kind, n), rs in by_shot.items():  # the headline: the mean of the prompts that ran
+        total = sum(r.n for r in rs)
+        for metric in ("accuracy", "accuracy_norm"):
+            hits = sum(round(getattr(r, metric) * r.n) for r in rs)
+            lo, hi = results.interval95([1.0] * hits + [0.0] * (total - hits))
+            rows += [row(kind, metric, hits / total, n, "mean"), row(kind, f"{metric}_lo", lo, n, "mean")]
+            rows.append(row(kind, f"{metric}_hi", hi, n, "mean"))
+        rows += [row(kind, "n", total, n, "mean"), row(kind, "prompts", len(rs), n, "mean")]
     return rows
 
 
-# ---- run directory ------------------------------------------------------------------------------
+def model_name(cfg: ICLConfig) -> str:
+    """The model's label, with the template and (when not likelihood) the scoring rule."""
+    extra = [cfg.template] + ([cfg.scoring] if cfg.scoring != "likelihood" else [])
+    return f"{model_label(cfg.model)} [{', '.join(extra)}]"
 
 
-def model_label(spec: str) -> str:
-    """A short name: the GGUF file's stem, the HF name, or `<family>-<checkpoint dir>`."""
-    kind, _, target = spec.partition(":")
-    if kind in ("gguf", "hf"):
-        return Path(target).stem if kind == "gguf" else target.rstrip("/").split("/")[-1]
-    name, config = Path(spec).name, Path(spec) / "config.json"
-    family = json.loads(config.read_text()).get("family", "") if config.is_file() else ""
-    return name if name.startswith(family) else f"{family}-{name}"
+# ---- the registered evaluation ------------------------------------------------------------------
 
 
-_LOADED: dict[tuple[str, str], Any] = {}
+@register
+class ICL(Experiment):
+    """In-context classification as a registered evaluation (`repro eval icl`)."""
 
+    name = EXPERIMENT
+    paper_ref = "MM v2 §4.3, ICL figures (Banking77, GoEmotions, TACRED)"
+    claim = CLAIM
+    preset_costs = {
+        "smoke": "seconds (synthetic task, 8 queries)",
+        "cpu": "~30 min on 2 idle cores for a 135M model: 60 queries x 4 prompts x 2 label kinds x 1-2 shots",
+        "paper": "1-16 shots, 500 queries (GPU)",
+    }
 
-def run_one(cfg: ICLConfig, out: Path, force: bool = False, device: str = "cpu", data_dir: Path | None = None) -> Path:
-    """Evaluate one model into out/icl/<model>/<dataset>-<scoring>/s<seed>/ (a no-op when done).
-    `data_dir`: a folder of local dataset copies (where the data lives is not part of the run's config)."""
-    from repro import runtime
-    from repro.eval.models import load_model
-    from repro.track import console, progress
+    def presets(self) -> dict[str, ICLConfig]:
+        return {
+            "smoke": ICLConfig(dataset="synthetic", shots=[1, 2], test_size=8),
+            "cpu": ICLConfig(),
+            "paper": ICLConfig(shots=[1, 2, 4, 8, 16], test_size=500, device="auto"),
+        }
 
-    task = data.load_task(cfg.dataset, cfg.data_path, cfg.seed, data_dir)  # data errors before any writing
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model_label(cfg.model))
-    run_dir = out / EXPERIMENT / slug / f"{cfg.dataset}-{cfg.scoring}" / f"s{cfg.seed}"
-    cfg_path, rows_path = run_dir / "config.yaml", run_dir / "rows.jsonl"
-    if run_dir.exists() and not force:
-        if rows_path.exists() and cfglib.load_yaml(cfg_path) == cfglib.to_dict(cfg):
-            console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
-            return run_dir
-        if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfglib.to_dict(cfg):
-            raise UserError(f"{run_dir} holds a run with a different config; pass --force to replace it.")
-    t0 = time.time()
-    if (cfg.model, device) not in _LOADED:  # one process evaluating several datasets loads once
-        _LOADED.clear()
-        _LOADED[cfg.model, device] = load_model(cfg.model, device)
-    em = _LOADED[cfg.model, device]
-    console.print(f"loaded {em.name} in {time.time() - t0:.0f} s (context {em.max_context})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rows_path.unlink(missing_ok=True)
-    cfglib.dump_yaml(cfg, cfg_path)
-    (run_dir / "env.json").write_text(json.dumps(runtime.environment(), indent=2))
-    total = len(cfg.labels) * len(cfg.shots) * len(data.PROMPTS) * min(cfg.test_size, len(task.test))
+    def variant(self, cfg: ICLConfig, overrides: list[str] | None = None) -> str:
+        from repro.eval.models import run_variant
 
-    def report_prompt(r: PromptResult) -> None:
-        acc = "skipped: " + r.reason if r.accuracy is None else f"accuracy {r.accuracy:.3f} ({r.seconds:.0f} s)"
-        console.print(f"  {r.labels:9s} {r.shots:2d}-shot {r.prompt:16s} {r.prompt_tokens or '-':>6} tok  {acc}")
+        parts = [
+            cfg.dataset,
+            cfg.template,
+            cfg.scoring,
+            f"shots={'+'.join(map(str, cfg.shots))}",
+            f"n={cfg.test_size}",
+            "+".join(cfg.labels),
+        ] + ([f"cap={cfg.max_context}"] if cfg.max_context else [])
+        return run_variant(cfg.model, parts)  # fmt: skip
 
-    with progress(total, f"icl {slug} {cfg.dataset}") as bar:
-        scorer = make_scorer(em)
-        limit, note = em.max_context, "context"
-        if cfg.max_context is not None and (limit is None or cfg.max_context < limit):
-            limit, note = cfg.max_context, f"cap (--max-context; the model reads {em.max_context})"
-        res, preds = evaluate(task, scorer, em.tokenizer, limit, cfg, bar.advance, report_prompt, note)
-    with (run_dir / "predictions.jsonl").open("w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in preds)
-    results.write_rows(to_rows(res, cfg, model_label(cfg.model), task.n_classes), rows_path)
-    console.print(f"[green]done[/] in {time.time() - t0:.0f} s: {rows_path}")
-    return run_dir
+    def check(self, cfg: ICLConfig) -> None:
+        from repro.eval.models import LOADED, check_template
+
+        if not cfg.model:
+            raise UserError("icl needs a model: --model CHECKPOINT_DIR, hf:NAME or gguf:FILE.")
+        if cfg.dataset not in data.DATASETS:
+            raise UserError(f"dataset {cfg.dataset!r} is unknown; choose one of {', '.join(data.DATASETS)}.")
+        if not cfg.labels or any(k not in data.LABEL_KINDS for k in cfg.labels):
+            raise UserError(f"--labels {','.join(cfg.labels)}: choose from {', '.join(data.LABEL_KINDS)}.")
+        if cfg.scoring not in ("likelihood", "generate"):
+            raise UserError(f"--scoring {cfg.scoring!r}: choose likelihood or generate.")
+        if cfg.test_size < 1 or not cfg.shots or min(cfg.shots) < 1:
+            raise UserError("--test-size and --shots need positive numbers.")
+        if (cfg.model, cfg.device) not in LOADED:
+            check_template(cfg.model, cfg.template)
+            from repro.eval.models import check_spec
+
+            check_spec(cfg.model)
+        data.load_task(cfg.dataset, cfg.data_path, 0, cfg.data_dir)  # data errors before any writing
+
+    def run(self, cfg: ICLConfig, ctx: Any) -> list[dict[str, Any]]:
+        from repro.eval.models import get_model
+        from repro.eval.scoring import PrefixScorer
+
+        task = data.load_task(cfg.dataset, cfg.data_path, ctx.seed, cfg.data_dir)
+        t0 = time.time()
+        em = get_model(cfg.model, str(ctx.device))
+        console.print(f"loaded {em.name} in {time.time() - t0:.0f} s (context {em.max_context})")
+        wrap = em.wrap(cfg.template) if cfg.template != "base" else None
+        total = len(cfg.labels) * len(cfg.shots) * len(data.PROMPTS) * min(cfg.test_size, len(task.test))
+
+        def report_prompt(r: PromptResult) -> None:
+            acc = "skipped: " + r.reason if r.accuracy is None else f"accuracy {r.accuracy:.3f} ({r.seconds:.0f} s)"
+            console.print(f"  {r.labels:9s} {r.shots:2d}-shot {r.prompt:16s} {r.prompt_tokens or '-':>6} tok  {acc}")
+
+        with progress(total, f"icl {em.name} {cfg.dataset}") as bar:
+            scorer = em.scorer() if hasattr(em, "scorer") else PrefixScorer(em)
+            limit, note = em.max_context, "context"
+            if cfg.max_context is not None and (limit is None or cfg.max_context < limit):
+                limit, note = cfg.max_context, f"cap (--max-context; the model reads {em.max_context})"
+            res, preds = evaluate(
+                task, scorer, em.tokenizer, limit, cfg, bar.advance, report_prompt, note, ctx.seed, wrap
+            )
+        with (ctx.run_dir / "predictions.jsonl").open("w") as f:
+            f.writelines(json.dumps(p) + "\n" for p in preds)
+        return to_rows(res, cfg, ctx, task.n_classes)
+
+    def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
+        return write_report(df, out_dir)
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -433,9 +354,9 @@ def _family(model: str) -> str | None:
 PAIRS = (("mmv2", "llama", "MMv2 vs Llama"), ("mmv1", "gpt2", "MMv1-vs-GPT-2 proxy"))
 
 
-def _verdict(best: pd.DataFrame, chance: float) -> str:
+def _verdict(mean: pd.DataFrame, chance: float) -> str:
     """Compare Memory Mosaics with transformers where both ran; else say what the runs do show."""
-    fam = best.assign(family=best.model.map(_family)).dropna(subset=["family"])
+    fam = mean.assign(family=mean.model.map(_family)).dropna(subset=["family"])
     for mosaic, transformer, label in PAIRS:
         if {mosaic, transformer} <= set(fam.family):
             by = fam.groupby(["step", "family"]).value.max().unstack()[[mosaic, transformer]].dropna()
@@ -445,67 +366,92 @@ def _verdict(best: pd.DataFrame, chance: float) -> str:
                 where = ", ".join(f"{s}-shot {g:+.3f}" for s, g in gap.items())
                 return f"{label} (tiny models, this repo's cpu presets): margin {where}; {trend}"
     parts = []
-    for model, sub in best.groupby("model"):
+    for model, sub in mean.groupby("model"):
         top = sub.loc[sub.value.idxmax()]
-        parts.append(f"{model} best {top.value:.3f} at {int(top.step)} shots (chance {chance:.3f})")
+        parts.append(f"{model} at most {top.value:.3f} ({int(top.step)} shots; chance {chance:.3f})")
     return "not tested (no MMv2/transformer pair): " + "; ".join(parts)
 
 
-def write_report(runs: Path, out_dir: Path) -> list[Path]:
-    """reports/icl/: table beside the paper's claim, prompt lengths, and one figure per dataset."""
-    df = results.collect(runs, EXPERIMENT)
+def _cells(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, labels, model, shots, prompt) with every metric as a column."""
+    keys = ["dataset", "labels", "model", "step", "slice_value"]
+    wide = df.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reset_index()
+    return wide.rename(columns={"step": "shots", "slice_value": "prompt"})
+
+
+def _ci(r: Any, metric: str) -> str:
+    if pd.isna(r.get(metric)):
+        return "n/a"
+    return results.fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], int(r["n"]))
+
+
+def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """reports/icl/: the mean of the 4 prompts per shot count beside the paper's claim, every prompt
+    with n, 95% intervals, length-normalised accuracy and the predicted-label distribution; figures."""
     if df.empty:
-        raise UserError(f"no finished icl runs under {runs}/; run `repro eval icl` first.")
-    df[["dataset", "labels"]] = df.variant.str.split("/", expand=True)
-    acc = df[df.metric == "accuracy"]
-    best = acc[acc.slice_value == "best"]
+        raise UserError("no finished icl runs; run `repro eval icl` first.")
+    df = df.copy()
+    df[["dataset", "labels"]] = df.split.str.split("/", expand=True)
+    chance = df[df.metric == "chance"].groupby(["dataset", "labels"]).value.first()
+    top_names = df[df.metric.str.startswith("top_label=")].copy()
+    top_names["top_label"] = top_names.metric.str.removeprefix("top_label=")
+    top_of = {(r.dataset, r.labels, r.model, r.step, r.slice_value): r.top_label for r in top_names.itertuples()}
+    wide = _cells(df[~df.metric.str.startswith("top_label=")])
+    mean = wide[wide.prompt == "mean"]
     entries = []
-    for (dataset, kind), sub in best.groupby(["dataset", "labels"], sort=False):
-        chance = df[(df.variant == f"{dataset}/{kind}") & (df.metric == "chance")].value.iloc[0]
+    for (dataset, kind), sub in mean.groupby(["dataset", "labels"], sort=False):
         ours = "; ".join(
-            f"{m}: " + ", ".join(f"{int(s)}:{v:.2f}" for s, v in zip(g.step, g.value, strict=True))
-            for m, g in sub.sort_values("step").groupby("model")
+            f"{m}: "
+            + ", ".join(f"{int(r.shots)}-shot {_ci(r, 'accuracy')}" for _, r in g.sort_values("shots").iterrows())
+            for m, g in sub.groupby("model")
         )
+        verdict_df = sub.rename(columns={"shots": "step", "accuracy": "value"})
         entries.append(
             dict(
                 dataset=dataset,
                 labels=kind,
                 paper=PAPER.get((dataset, kind), "no paper number"),
                 claim=CLAIM,
-                ours_best_by_shots=ours,
-                chance=round(chance, 3),
-                verdict=_verdict(sub, chance),
+                ours_mean_of_prompts=ours,
+                chance=round(chance[(dataset, kind)], 3),
+                verdict=_verdict(verdict_df, chance[(dataset, kind)]),
             )
         )
-    keys = ["dataset", "labels", "model", "step"]
-    per_prompt = acc.pivot_table(index=keys, columns="slice_value", values="value").reset_index()
-    lengths = df[df.metric == "prompt_tokens"].groupby(keys).value
-    tokens = pd.concat([lengths.min().rename("tokens_min"), lengths.max().rename("tokens_max")], axis=1).reset_index()
-    skipped = df[df.metric == "skipped"].groupby(keys).slice_value.agg(_skip_summary).rename("skipped").reset_index()
-    seconds = df[df.metric == "seconds"].groupby(keys).value.sum().rename("seconds_4_prompts").reset_index()
-    full = tokens.merge(per_prompt, on=keys, how="left").merge(seconds, on=keys, how="left")
-    full = full.merge(skipped, on=keys, how="left").fillna({"skipped": ""})
-    full = full.rename(columns={"step": "shots"})
-    for col in ("tokens_min", "tokens_max"):
-        full[col] = full[col].astype("Int64")  # token counts print as integers
-    detail = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in full.to_dict("records")]
+    detail = []
+    for _, r in wide.sort_values(["dataset", "labels", "model", "shots", "prompt"]).iterrows():
+        skipped = df[(df.metric == "skipped") & (df.dataset == r.dataset) & (df.labels == r["labels"])
+                     & (df.model == r.model) & (df.step == r.shots)]  # fmt: skip
+        if r.prompt == "mean" or not pd.isna(r.get("accuracy")):
+            share = r.get("top_label_share")
+            top = top_of.get((r.dataset, r["labels"], r.model, r.shots, r.prompt), "")
+            detail.append({
+                "dataset": r.dataset, "labels": r["labels"], "model": r.model, "shots": int(r.shots),
+                "prompt": r.prompt if r.prompt != "mean" else f"mean of {int(r.get('prompts', 0))} prompts",
+                "tokens": fmt_int(r.get("prompt_tokens")),
+                "accuracy [95% CI] n": _ci(r, "accuracy"),
+                "length-normalised": _ci(r, "accuracy_norm"),
+                "distinct predicted": fmt_int(r.get("distinct_predictions")),
+                "most predicted (share)": f"{top} ({share:.2f})" if top and not pd.isna(share) else "",
+                "collapsed": ("yes" if share >= COLLAPSED else "no") if not pd.isna(share) else "",
+                "seconds": round(float(r["seconds"]), 1) if not pd.isna(r.get("seconds")) else "",
+            })  # fmt: skip
+        elif r.prompt != "-" and len(skipped):
+            reason = next((s.split(":", 1)[1].strip() for s in skipped.slice_value if s.startswith(r.prompt)), "")
+            detail.append({"dataset": r.dataset, "labels": r["labels"], "model": r.model, "shots": int(r.shots),
+                           "prompt": r.prompt, "tokens": fmt_int(r.get("prompt_tokens")),
+                           "accuracy [95% CI] n": f"skipped: {reason}"})  # fmt: skip
     seeds = sorted(int(s) for s in df.seed.unique())
     notes = [
-        f"Ours: seeds {seeds}; `tokens_min`/`tokens_max`: the shortest and longest of the 4 prompts (prefix +",
-        "longest query + longest answer); a prompt over the model's context is skipped, never truncated. The",
-        "best of the 4 prompts (newline/space x shuffled/class-ordered) that ran is the reported number, as in",
-        "the paper; `skipped` names the prompts that did not fit.",
+        f"Ours: seeds {seeds}. Each cell: accuracy [95% Wilson interval] n=test examples. The headline is the mean",
+        "of the 4 prompts (newline/space x shuffled/class-ordered) that ran, pooled over their predictions (the",
+        "same test examples under each prompt, so its interval is optimistic); no prompt is picked on test data.",
+        "`length-normalised`: labels ranked by mean log-probability per label token instead of the sum.",
+        f"`most predicted (share)`: the label answered most often; `collapsed`: one label for >= {COLLAPSED:.0%} of",
+        "the queries. A prompt over the model's context is skipped, never truncated. `[chat]`: the model's chat",
+        "template (instruction, demonstrations and query as the user's turn, the label as the answer).",
         "Paper: ranges read off MMv2's ICL figures (large models, reference memory-mosaics.md §4.3).",
-        "MMv2 vs Llama: the mmv2-pretrain cpu-preset checkpoints (2 layers, d 128, TinyStories sample), far",
-        "too small to test the paper's claim; the verdict reports their margin for the record.",
+        "Timing (`seconds`, per prompt) on a shared 2-core machine (not idle).",
     ]
-    for cfg_path in sorted(runs.glob(f"{EXPERIMENT}/*/*/s*/config.yaml")):
-        cfg = cfglib.load_yaml(cfg_path)
-        cap = f"; prompts capped at {cfg['max_context']} tokens (--max-context)" if cfg.get("max_context") else ""
-        notes.append(
-            f"- {model_label(cfg['model'])} on {cfg['dataset']}: {cfg['test_size']} test examples, "
-            f"{cfg['scoring']} scoring, seed {cfg['seed']}{cap}."
-        )
     paths = results.write_table(
         entries,
         out_dir,
@@ -513,39 +459,37 @@ def write_report(runs: Path, out_dir: Path) -> list[Path]:
         notes,
         {"Every prompt, shot count and model": detail},
     )
-    for dataset in best.dataset.unique():
-        paths.append(_plot(best[best.dataset == dataset], df, dataset, out_dir / f"fig_{dataset}.png"))
+    for dataset in mean.dataset.unique():
+        paths.append(_plot(mean[mean.dataset == dataset], chance, dataset, out_dir / f"fig_{dataset}.png"))
     return paths
 
 
-def _skip_summary(reasons: pd.Series) -> str:
-    """`newline-shuffled, newline-ordered: 4156 tokens exceed ...` (the first prompt's reason)."""
-    names = [r.split(":", 1)[0] for r in reasons]
-    return ", ".join(names) + ":" + reasons.iloc[0].split(":", 1)[1]
+def fmt_int(x: Any) -> str:
+    return "" if x is None or pd.isna(x) else str(int(x))
 
 
-def _plot(best: pd.DataFrame, df: pd.DataFrame, dataset: str, path: Path) -> Path:
+def _plot(mean: pd.DataFrame, chance: pd.Series, dataset: str, path: Path) -> Path:
     results.figure_style()
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
     for ax, kind in zip(axes, data.LABEL_KINDS, strict=True):
-        sub = best[best.labels == kind]
-        for model, g in sub.sort_values("step").groupby("model"):
-            ax.plot(g.step, g.value, marker="o", label=model)
-        chance = df[(df.variant == f"{dataset}/{kind}") & (df.metric == "chance")].value
-        if len(chance):
-            ax.axhline(chance.iloc[0], ls=":", c="grey", label="chance")
+        sub = mean[mean["labels"] == kind]
+        for model, g in sub.sort_values("shots").groupby("model"):
+            err = [g.accuracy - g.accuracy_lo, g.accuracy_hi - g.accuracy]
+            ax.errorbar(g.shots, g.accuracy, yerr=err, marker="o", capsize=3, label=model)
+        if (dataset, kind) in chance:
+            ax.axhline(chance[(dataset, kind)], ls=":", c="grey", label="chance")
         band = PAPER_BANDS.get(dataset, {}).get(kind)
         if band:
             ax.axhspan(*band, color="C7", alpha=0.15, label="paper's range (large)")
         ax.set_xscale("log", base=2)
-        ticks = sorted(best.step.unique())
+        ticks = sorted(mean.shots.unique())
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])
         ax.set_ylim(0, 1)
         ax.set_title(f"{dataset}, {kind} labels")
         ax.set_xlabel("shots (examples per class)")
-    axes[0].set_ylabel("accuracy (best of 4 prompts)")
+    axes[0].set_ylabel("accuracy (mean of 4 prompts, 95% CI)")
     axes[1].legend(loc="best")
     fig.savefig(path)
     plt.close(fig)
@@ -569,10 +513,18 @@ def command(
     model: list[str] = typer.Option(
         ..., "--model", help="A checkpoint dir, hf:NAME or gguf:FILE; repeat or comma-separate for several."
     ),
-    dataset: str = typer.Option("banking77", help="banking77 | goemotions | tacred (local path only) | synthetic."),
+    dataset: Optional[str] = typer.Option(  # noqa: UP045
+        None, help="banking77 | goemotions | tacred (local path only) | synthetic (default: the preset's)."
+    ),
     labels: str = typer.Option("semantic,anonymous", help="Label kinds: semantic, anonymous (class_00, ...)."),
-    shots: str = typer.Option("1,2,4,8,16", help="Shot counts; one shot = one example of every class."),
-    test_size: int = typer.Option(100, help="Test examples (a seeded class-balanced subset)."),
+    shots: Optional[str] = typer.Option(  # noqa: UP045
+        None, help="Shot counts (default: the preset's); one shot = one example per class."
+    ),
+    test_size: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="Test examples, a seeded class-balanced subset (default: the preset's)."
+    ),
+    template: str = typer.Option("base", help="base | chat (the model's own chat template)."),
+    preset: str = typer.Option("cpu", help="smoke | cpu (~30 min on 2 cores) | paper."),
     seed: int = typer.Option(0, help="Seed of demonstrations, test subset and the anonymous mapping."),
     scoring: str = typer.Option("likelihood", help="likelihood (rank the label set) | generate (greedy, exact match)."),
     max_new_tokens: int = typer.Option(16, help="Generated tokens per answer when --scoring generate."),
@@ -589,33 +541,32 @@ def command(
     device: str = typer.Option("cpu", help="torch device for the model."),
 ) -> None:
     """In-context classification, semantic vs anonymous labels (MMv2 §4.3): run dirs, table, figure."""
-    from repro.track import console
+    from repro import registry, runtime
 
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir} is not a directory.")
-    if dataset not in data.DATASETS:
+    if dataset is not None and dataset not in data.DATASETS:
         raise UserError(f"dataset {dataset!r} is unknown; choose one of {', '.join(data.DATASETS)}.")
     kinds = [k.strip() for k in labels.split(",") if k.strip()]
     if not kinds or any(k not in data.LABEL_KINDS for k in kinds):
         raise UserError(f"--labels {labels!r}: choose from {', '.join(data.LABEL_KINDS)}.")
-    if scoring not in ("likelihood", "generate"):
-        raise UserError(f"--scoring {scoring!r}: choose likelihood or generate.")
-    if test_size < 1:
+    if test_size is not None and test_size < 1:
         raise UserError(f"--test-size {test_size}: expected a positive number of examples.")
-    specs = [s.strip() for m in model for s in m.split(",") if s.strip()]
-    for spec in specs:
-        cfg = ICLConfig(
-            spec,
-            dataset,
-            kinds,
-            _ints(shots, "--shots"),
-            test_size,
-            seed,
-            scoring,
-            max_new_tokens,
-            str(data_path) if data_path else None,
-            max_context,
-        )
-        run_one(cfg, out, force, device, data_dir)
-    paths = write_report(out, reports / EXPERIMENT)
+    overrides = [f"labels={','.join(kinds)}", f"template={template}", f"scoring={scoring}"]
+    overrides += [f"dataset={dataset}"] if dataset is not None else []
+    overrides += [f"max_new_tokens={max_new_tokens}", f"device={device}"]
+    if shots is not None:
+        overrides.append(f"shots={','.join(map(str, _ints(shots, '--shots')))}")
+    if test_size is not None:
+        overrides.append(f"test_size={test_size}")
+    if max_context is not None:
+        overrides.append(f"max_context={max_context}")
+    if data_path is not None:
+        overrides.append(f"data_path={data_path.resolve()}")
+    exp = registry.get(EXPERIMENT)
+    for spec in [s.strip() for m in model for s in m.split(",") if s.strip()]:
+        overrides_one = [f"model={spec}", *overrides]
+        runtime.launch(exp, preset=preset, overrides=overrides_one, seed=seed, out=out, force=force, data_dir=data_dir)
+    df = results.collect(out, EXPERIMENT)
+    paths = write_report(df[df.preset == preset].reset_index(drop=True), reports / EXPERIMENT)
     console.print("[green]report[/] " + ", ".join(str(p) for p in paths))

@@ -8,9 +8,7 @@ from repro.models.lm import LanguageModel
 
 
 @torch.no_grad()
-def per_position_loss(
-    model: LanguageModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 16
-) -> torch.Tensor:
+def per_position_loss(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """Mean cross-entropy at each position over windows x, y (N, T) -> (T,).
 
     With windows that start at document starts, position t is "t tokens into a document": the

