@@ -25,6 +25,7 @@ instead of ImageNet's ResNet50; the `cpu` preset holds out `photo` and `gray` on
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro import results
+from repro.data.domainbed import DOMAINBED, load_domainbed
 from repro.data.vision import DOMAINS, apply_domain, augment, class_subset, load_images, to_tensor
 from repro.errors import UserError
 from repro.experiments._transfer import (
@@ -87,8 +89,11 @@ class FinetuneGrid:
 class VeryLargeDropoutConfig:
     source: str = "cifar10:0-4"
     target: str = "cifar10:5-9"
-    domains: tuple[str, ...] = DOMAINS
-    test_domains: tuple[str, ...] = DOMAINS
+    domains: tuple[str, ...] = DOMAINS  # empty: all of the target's domains
+    test_domains: tuple[str, ...] = DOMAINS  # empty: every domain in turn
+    image_size: int = 224  # DomainBed targets only: images resized to this (VLD's 224)
+    domainbed_path: str | None = None  # DomainBed targets: DomainBed's folder; else $REPRO_DATA_DIR, else the hub
+    domainbed_hub_id: str | None = None  # a hub copy with image/label/domain columns (PACS: flwrlabs/pacs)
     dropouts: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneGrid = field(default_factory=FinetuneGrid)
@@ -130,21 +135,31 @@ class VeryLargeDropout(Experiment):
                 data=TransferData(),  # all 25 000 target images, 6 250 per domain
                 device="cpu",
             ),
-            "paper": VeryLargeDropoutConfig(),
+            "paper": VeryLargeDropoutConfig(
+                # VLD's data and fine-tuning protocol (PACS through the hub; the other DomainBed datasets via
+                # --set target=VLCS|OfficeHome|TerraIncognita plus DomainBed's folder or a hub copy); the
+                # backbone is ours (CIFAR ResNet18 w64 pretrained on CIFAR-10 0-4), not ImageNet's ResNet50
+                target="PACS",
+                domains=(),  # all of the target's domains, each held out in turn
+                test_domains=(),
+            ),
         }
 
     def check(self, cfg: VeryLargeDropoutConfig) -> None:
         parse_side(cfg.source)
-        parse_side(cfg.target)
-        unknown = set(cfg.domains) - set(DOMAINS)
+        if cfg.target not in DOMAINBED:
+            parse_side(cfg.target)
+        cfg, valid = _with_domains(cfg), DOMAINBED[cfg.target].domains if cfg.target in DOMAINBED else DOMAINS
+        unknown = set(cfg.domains) - set(valid)
         if unknown:
-            raise UserError(f"domains: unknown {sorted(unknown)}; choose among {', '.join(DOMAINS)}.")
+            raise UserError(f"domains: unknown {sorted(unknown)}; choose among {', '.join(valid)}.")
         if not set(cfg.test_domains) <= set(cfg.domains) or len(cfg.domains) < 2:
             raise UserError("test_domains must be among domains, and at least two domains are needed.")
         if any(not 0 <= p < 1 for p in cfg.dropouts):
             raise UserError("dropouts: each rate must lie in [0, 1).")
 
     def run(self, cfg: VeryLargeDropoutConfig, ctx: RunContext) -> list[dict[str, Any]]:
+        cfg = _with_domains(cfg)
         side = parse_side(cfg.source)
         src = load_side(side, "train", cfg.data.train_per_class, cfg.data)
         src_test = load_side(side, "test", cfg.data.test_per_class, cfg.data)
@@ -215,8 +230,20 @@ class VeryLargeDropout(Experiment):
 
     @staticmethod
     def _domains(cfg: VeryLargeDropoutConfig) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """Per domain: disjoint styled training images split into train / val, and the styled test images."""
-        side, data = parse_side(cfg.target), cfg.data
+        """Per domain: disjoint styled training images split into train / val, and the styled test images;
+        for a DomainBed target, each real domain split into train / val, and the whole domain as test."""
+        data = cfg.data
+        if cfg.target in DOMAINBED:
+            real = load_domainbed(cfg.target, cfg.domainbed_path, data.cache_dir, cfg.image_size, cfg.domainbed_hub_id)
+            out = {}
+            for dom in cfg.domains:
+                images, labels = real[dom]
+                order = np.random.default_rng(data.subset_seed).permutation(len(labels))
+                n_val = int(len(order) * cfg.finetune.holdout)
+                x, y = to_tensor(images[order]), torch.from_numpy(labels[order])
+                out[dom] = {"train": (x[n_val:], y[n_val:]), "val": (x[:n_val], y[:n_val]), "test": (x, y)}
+            return out
+        side = parse_side(cfg.target)
         tr_img, tr_y = class_subset(
             *load_images(side.dataset, "train", data.path, data.cache_dir, data.data_dir),
             side.classes,
@@ -398,6 +425,12 @@ class VeryLargeDropout(Experiment):
         )
         paths.append(_plot(chosen, per, models, out_dir / "fig_id_vs_ood.png"))
         return paths
+
+
+def _with_domains(cfg: VeryLargeDropoutConfig) -> VeryLargeDropoutConfig:
+    """Empty `domains` means all of the target's; empty `test_domains`, each of them in turn."""
+    domains = cfg.domains or (DOMAINBED[cfg.target].domains if cfg.target in DOMAINBED else DOMAINS)
+    return dataclasses.replace(cfg, domains=domains, test_domains=cfg.test_domains or domains)
 
 
 def _id_cost(per: pd.DataFrame) -> str:
