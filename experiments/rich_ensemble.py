@@ -17,10 +17,19 @@ backbone has the closest parameter count to n members (`matched_width`); joint =
 one episode. Linear probes (RRL protocol on cached features) on the source (ID) and target
 (transfer) tasks; fine-tuning on the target: whole network with a fresh head, and two-stage for CAT
 (members fine-tuned separately, head initialised at their averaged heads, then trained 2 epochs).
-Deviations: no ImageNet offline, so the `cpu` preset transfers CIFAR-10 classes 0-4 -> 5-9 with
-width-8 nets, 600 source and 500 target images per class, 5 + 2 epochs; the `paper` preset is
-the RRL code's CIFAR configuration (CIFAR-10 -> CIFAR-100, width 64) trained with the paper's
-ImageNet recipe (90 epochs, steps at 30 and 60, wd 1e-4), not the paper's ImageNet runs.
+Members, wide and joint networks come from the shared backbone cache when trained before (member 0
+of a seed is wd-transfer's wd=5e-4 backbone and very-large-dropout's); verdicts are on per-seed
+differences (paired by seed, 95% t-interval).
+
+`cpu` preset (issue 17): no ImageNet offline, so it transfers CIFAR-10 classes 0-4 -> 5-9 using all
+25 000 training images of each half; width-8 members trained 10 epochs (the shared recipe,
+`_transfer.cpu_backbone`); n in {1, 4}: CAT4 against wide4 (width 16, 0.700 M vs 0.703 M backbone
+parameters) and joint4, the paper's headline pairing (CAT4 vs ResNet50w2); fine-tuning 1 epoch
+(SGD 0.01 cosine) on the 25 000 target images, two-stage head 2 epochs. Sizing (reports/LOG.md,
+2026-12-01): training images per CPU-second 946 (width 8), 439 (width 16), 232 (4 towers of width 8);
+3 seeds ~85 min cold (alone) / ~18 min warm on 2 idle cores. Deviations: the `paper` preset is the
+RRL code's CIFAR configuration (CIFAR-10 -> CIFAR-100, width 64) trained with the paper's ImageNet
+recipe (90 epochs, steps at 30 and 60, wd 1e-4), not the paper's ImageNet runs.
 """
 
 from __future__ import annotations
@@ -105,7 +114,7 @@ class RichEnsemble(Experiment):
     claim = "CATn of separately trained nets transfers better than an equal-size wide or jointly trained net"
     preset_costs = {
         "smoke": "~20 s (generated images)",
-        "cpu": "~12 min on 2 idle cores (CIFAR-10 0-4 -> 5-9, width 8)",
+        "cpu": "3 seeds ~85 min cold / ~18 warm, 2 idle cores (CIFAR-10 0-4 -> 5-9, all images, CAT4 vs w16 / joint4)",
         "paper": "~1 GPU-day (CIFAR-10 -> CIFAR-100, ResNet18 width 64)",
     }
 
