@@ -102,8 +102,8 @@ class FinetuneGrid:
 class VeryLargeDropoutConfig:
     source: str = "cifar10:0-4"
     target: str = "cifar10:5-9"
-    domains: tuple[str, ...] = DOMAINS  # empty: all of the target's domains
-    test_domains: tuple[str, ...] = DOMAINS  # empty: every domain in turn
+    domains: tuple[str, ...] = ()  # empty: all of the target's domains (the four styles for a CIFAR target)
+    test_domains: tuple[str, ...] = ()  # empty: every domain held out in turn
     image_size: int = 224  # DomainBed targets only: images resized to this (VLD's 224)
     domainbed_path: str | None = None  # DomainBed targets: DomainBed's folder; else $REPRO_DATA_DIR, else the hub
     domainbed_hub_id: str | None = None  # a hub copy with image/label/domain columns (PACS: flwrlabs/pacs)
@@ -152,9 +152,7 @@ class VeryLargeDropout(Experiment):
                 # VLD's data and fine-tuning protocol (PACS through the hub; the other DomainBed datasets via
                 # --set target=VLCS|OfficeHome|TerraIncognita plus DomainBed's folder or a hub copy); the
                 # backbone is ours (CIFAR ResNet18 w64 pretrained on CIFAR-10 0-4), not ImageNet's ResNet50
-                target="PACS",
-                domains=(),  # all of the target's domains, each held out in turn
-                test_domains=(),
+                target="PACS",  # all four domains, each held out in turn
             ),
         }
 

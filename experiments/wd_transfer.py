@@ -78,7 +78,7 @@ class WdTransferConfig:
     tasks: tuple[str, ...] = ("cifar10>cifar100", "cifar100>cifar10")
     weight_decays: tuple[float, ...] = (0.0, 5e-4)
     convergence_wds: tuple[float, ...] = ()  # also pretrain these at 2x epochs (first task): the convergence check
-    convergence_seeds: tuple[int, ...] = (0,)  # run seeds that do the check (it costs two backbones' time)
+    convergence_seed: int = 0  # the run seed that does the check (it costs two backbones' time)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     data: TransferData = field(default_factory=TransferData)
@@ -168,7 +168,7 @@ class WdTransfer(Experiment):
                 for split, metric, value in values:
                     rows.append(ctx.row(model=model_name, split=split, metric=metric, value=value, step=0, **where))
                 if (
-                    t == 0 and wd in cfg.convergence_wds and ctx.seed in cfg.convergence_seeds
+                    t == 0 and wd in cfg.convergence_wds and ctx.seed == cfg.convergence_seed
                 ):  # same recipe and seed, twice the epochs
                     torch.manual_seed(seed)
                     twice = ResNet(ResNetConfig(width=cfg.pretrain.width, n_class=data.source_train.n_class))
