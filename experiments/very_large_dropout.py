@@ -105,7 +105,7 @@ class VeryLargeDropoutConfig:
     domains: tuple[str, ...] = ()  # empty: all of the target's domains (the four styles for a CIFAR target)
     test_domains: tuple[str, ...] = ()  # empty: every domain held out in turn
     image_size: int = 224  # DomainBed targets only: images resized to this (VLD's 224)
-    domainbed_path: str | None = None  # DomainBed targets: DomainBed's folder; else $REPRO_DATA_DIR, else the hub
+    domainbed_path: str | None = None  # DomainBed targets: DomainBed's folder; else data.data_dir, else the hub
     domainbed_hub_id: str | None = None  # a hub copy with image/label/domain columns (PACS: flwrlabs/pacs)
     dropouts: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -245,7 +245,9 @@ class VeryLargeDropout(Experiment):
         for a DomainBed target, each real domain split into train / val, and the whole domain as test."""
         data = cfg.data
         if cfg.target in DOMAINBED:
-            real = load_domainbed(cfg.target, cfg.domainbed_path, data.cache_dir, cfg.image_size, cfg.domainbed_hub_id)
+            real = load_domainbed(
+                cfg.target, cfg.domainbed_path, data.cache_dir, cfg.image_size, cfg.domainbed_hub_id, data.data_dir
+            )
             out = {}
             for dom in cfg.domains:
                 images, labels = real[dom]

@@ -18,7 +18,6 @@ from repro.experiments._transfer import cpu_backbone, member_seed
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
     torch.set_num_threads(1)
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     monkeypatch.delenv("REPRO_CACHE_DIR", raising=False)
 
 

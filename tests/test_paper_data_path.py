@@ -43,7 +43,6 @@ def fake_hub(monkeypatch, tmp_path):
     """`datasets.load_dataset` for the three hub ids the paper presets use, and nothing else."""
     torch.set_num_threads(1)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     served = {
         ("uoft-cs/cifar10", "train"): _hub_dataset(10, 6, "img", "label", 0),
         ("uoft-cs/cifar10", "test"): _hub_dataset(10, 3, "img", "label", 1),
@@ -117,7 +116,6 @@ def test_domainbed_hub_copy_and_one_sentence_errors(fake_hub, tmp_path):
 
 def test_very_large_dropout_on_a_domainbed_target(tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     cifar = write_cifar_pickles(tmp_path / "cifar10")
     root = _pacs_folder(tmp_path / "dbdata", per=5)
     overrides = [

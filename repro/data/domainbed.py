@@ -4,7 +4,7 @@ preset of very-large-dropout (VLD fine-tunes on them, leaving one domain out).
 Where images come from, in order:
 1. `data.path`: a folder in DomainBed's own layout (what `domainbed.scripts.download` writes),
    `<folder>/<domain>/<class>/<image>` (e.g. `PACS/photo/dog/056_0001.jpg`), or its parent;
-2. `$REPRO_DATA_DIR/<folder>/` (`PACS`, `VLCS`, `office_home`, `terra_incognita`);
+2. `data_dir/<folder>/` (the CLI's `--data-dir`; `PACS`, `VLCS`, `office_home`, `terra_incognita`);
 3. the Hugging Face hub: one `train` split with `image`, `label` and `domain` columns. Only PACS has
    a known hub copy (`flwrlabs/pacs`); for the others pass `--set data.hub_id=OWNER/NAME` of a copy
    with those columns.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +53,15 @@ def _resize(data: bytes | object, size: int) -> np.ndarray:
     return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))  # type: ignore[union-attr]
 
 
-def _local_root(spec: DomainBedSpec, path: str | None) -> Path | None:
+def _local_root(spec: DomainBedSpec, path: str | None, data_dir: str | None) -> Path | None:
     candidates = []
     if path:
         root = Path(path).expanduser()
         if not root.is_dir():
             raise UserError(f"data.path {path} is not a directory; give the folder holding {spec.folder}/<domain>/.")
         candidates += [root, root / spec.folder]
-    elif os.environ.get("REPRO_DATA_DIR"):
-        candidates.append(Path(os.environ["REPRO_DATA_DIR"]) / spec.folder)
+    elif data_dir:
+        candidates.append(Path(data_dir) / spec.folder)
     for root in candidates:
         if all((root / d).is_dir() for d in spec.domains):
             return root
@@ -120,12 +119,13 @@ def load_domainbed(
     cache_dir: str | None = ".cache/repro",
     image_size: int = 224,
     hub_id: str | None = None,
+    data_dir: str | None = None,
 ) -> Domains:
     """Every domain of a DomainBed dataset as (images, labels), images resized to image_size."""
     if name not in DOMAINBED:
         raise UserError(f"dataset {name}: choose one of {', '.join(DOMAINBED)}.")
     spec = DOMAINBED[name]
-    root = _local_root(spec, path)
+    root = _local_root(spec, path, data_dir)
     source = str(root.resolve()) if root is not None else (hub_id or spec.hub_id)
     if source is None:
         raise UserError(
