@@ -6,24 +6,41 @@ A task is written `SOURCE>TARGET`, each side `dataset` or `dataset:a-b` (classes
 from 0). The paper's warm-up is `cifar10>cifar100`; offline we only have CIFAR-10, so the cpu presets
 use its disjoint halves, `cifar10:0-4>cifar10:5-9` and back (airplane, automobile, bird, cat, deer
 vs dog, frog, horse, ship, truck).
+
+Pretraining goes through `pretrained`: a backbone is trained once per resolved spec (architecture,
+a digest of the training images, recipe, seed) and stored in the shared cache (`repro.cache`), so the
+three experiments and any rerun load it instead of training it again. Backbone seeds follow one rule
+(`member_seed`), the same in every arm and every experiment: the wd=0 and wd=5e-4 networks of a seed
+share their initialisation and batch order (a paired comparison), and the cpu presets' CIFAR-10 0-4
+backbone of seed s is one cache entry used by all three experiments.
+
+Verdicts are paired by seed (`repro.results.paired_diff`): the per-seed difference between two arms,
+its mean and 95% t-interval; the paper's direction holds "beyond noise" when the interval excludes 0.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repro import results
+from repro.cache import ModelCache, array_digest, cache_root
 from repro.data.vision import SPECS, augment, class_subset, load_images, to_tensor
 from repro.errors import UserError
+from repro.models.resnet import ResNet, Towers
 from repro.runtime import RunContext
+from repro.track import console
 from repro.train.loop import LoopConfig, train
-from repro.train.optim import OptimConfig
-from repro.train.probe import epoch_indices, steps_for
+from repro.train.optim import OptimConfig, lr_at
+from repro.train.probe import accuracy, epoch_indices, predict, steps_for
 
 N_CLASSES = {"cifar10": 10, "cifar100": 100}
 _SIDE = re.compile(r"^(cifar10|cifar100)(?::(\d+)-(\d+))?$")
@@ -52,6 +69,28 @@ class PretrainConfig:
         )
     )
     checkpoint_every: int = 200
+    cache_dir: str | None = "auto"  # auto: $REPRO_CACHE_DIR, else <runs>/_cache; none: train every time
+
+
+def cpu_backbone() -> PretrainConfig:
+    """The one backbone recipe of the three experiments' cpu presets (issue 17): a width-8 CIFAR
+    ResNet18 on all 25 000 images of a CIFAR-10 class half, SGD momentum 0.9, lr 0.1 cosine, batch
+    128, pad-crop + flip, wd 5e-4 on every parameter (RRL), `CPU_EPOCHS` epochs. The same recipe in
+    every experiment is what lets them share cached backbones; the sizing (throughput, convergence
+    probe, costs) is in reports/LOG.md (2026-12-01)."""
+    return PretrainConfig(width=8, epochs=CPU_EPOCHS)
+
+
+CPU_EPOCHS = 10.0  # the budget's ceiling for ~2 h cold (reports/LOG.md 2026-12-01)
+
+PRETRAIN_VERSION = 1  # bump when the training code changes what a spec produces (invalidates the cache)
+
+
+def member_seed(run_seed: int, j: int = 0) -> int:
+    """The seed of backbone j of a run seed, the same in every arm and experiment (so arms pair
+    and the cache shares): wd-transfer's networks and very-large-dropout's backbone are member 0,
+    rich-ensemble's CATn members are 0..n-1."""
+    return 1000 * run_seed + j
 
 
 @dataclass
@@ -81,9 +120,10 @@ def parse_task(text: str) -> tuple[Side, Side]:
 
 @dataclass
 class Split:
-    x: torch.Tensor  # (N, 3, 32, 32) normalised
+    x: torch.Tensor  # (N, 3, 32, 32) normalised, channels-last memory
     y: torch.Tensor  # (N,) labels 0..n_class-1
     n_class: int
+    spec: dict = field(default_factory=dict)  # what the images are (dataset, classes, count, content digest)
 
 
 def load_side(side: Side, split: str, per_class: int | None, data: TransferData) -> Split:
@@ -91,7 +131,14 @@ def load_side(side: Side, split: str, per_class: int | None, data: TransferData)
         raise UserError(f"dataset {side.dataset}: choose one of {', '.join(SPECS)}.")
     images, labels = load_images(side.dataset, split, data.path, data.cache_dir, data.data_dir)
     images, labels = class_subset(images, labels, side.classes, per_class, data.subset_seed)
-    return Split(to_tensor(images), torch.from_numpy(labels), len(side.classes))
+    spec = {
+        "dataset": side.dataset,
+        "classes": list(side.classes),
+        "split": split,
+        "n_train": len(labels),
+        "digest": array_digest(images, labels),  # the exact pixels: JPEG and pickle copies differ
+    }
+    return Split(to_tensor(images), torch.from_numpy(labels), len(side.classes), spec)
 
 
 @dataclass
@@ -112,7 +159,7 @@ def load_task(task: str, data: TransferData) -> TaskData:
     )
 
 
-def fit_classifier(
+def train_classifier(
     model: nn.Module,
     data: Split,
     cfg: PretrainConfig,
@@ -121,9 +168,9 @@ def fit_classifier(
     name: str,
     seed: int,
     epochs: float | None = None,
-) -> float:
-    """Supervised training (cross-entropy, augmented mini-batches) through the shared loop; a killed
-    run resumes from the loop's checkpoint. Returns the mean loss of the last 10% of steps."""
+) -> list[float]:
+    """Supervised training (cross-entropy, augmented mini-batches) through the shared loop, in
+    channels-last memory; a killed run resumes from the loop's checkpoint. Returns every step's loss."""
     bs = min(cfg.batch_size, len(data.x))
     steps = steps_for(cfg.epochs if epochs is None else epochs, len(data.x), bs)
 
@@ -137,10 +184,135 @@ def fit_classifier(
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(m(batch[0]), batch[1])
 
-    losses = train(
-        model, batch_fn, loss_fn, optim, steps, ctx, name, loop=LoopConfig(checkpoint_every=cfg.checkpoint_every)
-    )
-    return float(np.mean(losses[-max(1, steps // 10) :]))
+    model.to(memory_format=torch.channels_last)
+    loop = LoopConfig(checkpoint_every=cfg.checkpoint_every)
+    return train(model, batch_fn, loss_fn, optim, steps, ctx, name, loop=loop)
+
+
+def fit_classifier(
+    model: nn.Module,
+    data: Split,
+    cfg: PretrainConfig,
+    optim: OptimConfig,
+    ctx: RunContext,
+    name: str,
+    seed: int,
+    epochs: float | None = None,
+) -> float:
+    """`train_classifier`, returning the mean loss of the last 10% of steps."""
+    losses = train_classifier(model, data, cfg, optim, ctx, name, seed, epochs)
+    return float(np.mean(losses[-max(1, len(losses) // 10) :]))
+
+
+def arch_spec(model: nn.Module) -> dict:
+    if isinstance(model, Towers):
+        c = model.towers[0].cfg
+        towers = len(model.towers)
+    elif isinstance(model, ResNet):
+        c, towers = model.cfg, 1
+    else:
+        raise TypeError(f"no cache spec for {type(model).__name__}")
+    n_class = model.head.out_features
+    return {
+        "family": "cifar-resnet",
+        "towers": towers,
+        "width": c.width,
+        "blocks": list(c.blocks),
+        "in_channels": c.in_channels,
+        "n_class": n_class,
+    }
+
+
+def backbone_spec(
+    model: nn.Module, data: Split, cfg: PretrainConfig, optim: OptimConfig, seed: int, device: torch.device
+) -> dict:
+    """Everything that decides the trained weights, and nothing else (not the run, not the experiment)."""
+    recipe = {
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "augment": cfg.augment,
+        "optim": asdict(optim),
+        "precision": "bf16" if device.type == "cuda" else "fp32",  # the loop's autocast
+    }
+    return {
+        "kind": "supervised",
+        "version": PRETRAIN_VERSION,
+        "arch": arch_spec(model),
+        "data": data.spec,
+        "recipe": recipe,
+        "seed": seed,
+    }
+
+
+def pretrained(
+    model: nn.Module,
+    data: Split,
+    cfg: PretrainConfig,
+    optim: OptimConfig,
+    ctx: RunContext,
+    name: str,
+    seed: int,
+    test: Split | None = None,
+) -> dict:
+    """Give `model` the weights of its supervised pretraining: from the shared cache when an entry
+    with the same spec exists (logged as a hit, with the time it saves), else by training it (and
+    storing weights, training curve and meta in the cache). `model` must be freshly built with
+    `torch.manual_seed(seed)` as the caller does. Returns hit, hash, train_s (the original training
+    time), loss (mean of the last 10% of steps) and test_acc (on `test`, measured now)."""
+    spec = backbone_spec(model, data, cfg, optim, seed, ctx.device)
+    store = None
+    if cfg.cache_dir is not None:
+        store = ModelCache(cache_root(ctx.run_dir) if cfg.cache_dir == "auto" else Path(cfg.cache_dir))
+    model.to(memory_format=torch.channels_last)
+    start = time.time()
+    meta = store.load(spec, model) if store is not None else None
+    if meta is not None:
+        model.to(ctx.device).eval()
+        info = {
+            "hit": True,
+            "hash": meta["hash"],
+            "train_s": meta.get("train_s", float("nan")),
+            "loss": meta.get("loss", float("nan")),
+        }
+        console.print(
+            f"[green]backbone cache hit[/] {name}: {meta['hash']} loaded in {time.time() - start:.1f} s "
+            f"(its training took {info['train_s']:.0f} s; {meta['path']})",
+            highlight=False,
+        )
+    else:
+        losses = train_classifier(model, data, cfg, optim, ctx, name, seed)
+        train_s = time.time() - start
+        steps = len(losses)
+        info = {"hit": False, "hash": "", "train_s": train_s, "loss": float(np.mean(losses[-max(1, steps // 10) :]))}
+    if test is not None:
+        info["test_acc"] = accuracy(predict(model, test.x, ctx.device), test.y)
+    if store is not None and meta is None:
+        curve = [{"step": i, "loss": v, "lr": lr_at(i, len(losses), optim)} for i, v in enumerate(losses)]
+        extra = {k: info[k] for k in ("train_s", "loss", "test_acc") if k in info}
+        saved = store.save(
+            spec,
+            model,
+            curve,
+            {
+                **extra,
+                "name": name,
+                "experiment": ctx.experiment,
+                "threads": torch.get_num_threads(),
+                "device": str(ctx.device),
+            },
+        )
+        info["hash"] = saved.name
+        console.print(f"backbone {name} trained in {info['train_s']:.0f} s, cached as {saved}", highlight=False)
+    ctx.tracker.log(0, **{f"{name}/cache_hit": float(info["hit"]), f"{name}/pretrain_s": time.time() - start})
+    return info
+
+
+def pretrain_rows(ctx: RunContext, model: str, info: dict, **slice_: str) -> list[dict]:
+    """Rows recording where a backbone came from: cache_hit (1/0) and the seconds its training took."""
+    return [
+        ctx.row(model=model, split="pretrain", metric=metric, value=float(info[key]), step=0, **slice_)
+        for metric, key in (("cache_hit", "hit"), ("train_s", "train_s"), ("train_loss", "loss"))
+    ]
 
 
 def effective_rank(feats: torch.Tensor) -> float:
@@ -152,9 +324,10 @@ def effective_rank(feats: torch.Tensor) -> float:
 
 
 def direction_verdict(diff: float, expected_sign: int, se: float) -> str:
-    """`diff` is (method - baseline) in accuracy, the paper's effect has sign `expected_sign`; `se`
-    is the standard error of `diff` (binomial, over the pooled test examples). Within 2 s.e. the
-    direction is still given, marked as within noise."""
+    """Binomial verdict, kept for bonsai's single-seed report; the transfer experiments use the paired
+    `verdict` below. `diff` is (method - baseline) in accuracy, the paper's effect has sign
+    `expected_sign`; `se` is the standard error of `diff` (binomial, over the pooled test examples).
+    Within 2 s.e. the direction is still given, marked as within noise."""
     same = np.sign(diff) == expected_sign
     if abs(diff) < 2 * se:
         return f"{'same' if same else 'opposite'} direction, within noise (< 2 s.e. = {200 * se:.1f} pt)"
@@ -166,13 +339,19 @@ def diff_se(p1: float, p2: float, n: int) -> float:
     return float(np.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / max(1, n)))
 
 
-def verdict_summary(verdicts: list[str]) -> str:
+def verdict(a: dict | pd.Series, b: dict | pd.Series, expected_sign: int) -> tuple[str, str]:
+    """(`+1.23 [+0.40, +2.06]`, verdict) for arm a minus arm b, paired by seed (see module docstring)."""
+    p = results.paired_diff(a, b)
+    return results.fmt_paired(p), results.paired_verdict(p, expected_sign)
+
+
+def verdict_summary(verdicts: list[str], noise: str = "2 s.e.") -> str:
     """One line counting the verdicts: how many point the paper's way, and how many beyond the noise."""
     same = [v for v in verdicts if v.startswith(("reproduced", "same direction"))]
-    resolved = [v for v in verdicts if not v.startswith(("same direction", "opposite direction"))]
+    resolved = [v for v in verdicts if v.startswith(("reproduced", "not reproduced"))]
     return (
         f"Summary: {len(same)} of {len(verdicts)} comparisons point the paper's way; "
-        f"{len(resolved)} of {len(verdicts)} are beyond 2 s.e. "
+        f"{len(resolved)} of {len(verdicts)} are beyond {noise} "
         f"({sum(v.startswith('reproduced') for v in verdicts)} reproduced, "
         f"{sum(v.startswith('not reproduced') for v in verdicts)} opposite)."
     )
@@ -183,3 +362,23 @@ def mean_std(values: list[float] | np.ndarray, scale: float = 100.0) -> str:
     if len(v) == 0:
         return "n/a"
     return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+
+
+def wall_note(df: pd.DataFrame) -> str:
+    wall = df[df.metric == "wall_s"].value
+    return f"wall time per run {wall.mean() / 60:.1f} min (min {wall.min() / 60:.1f}, max {wall.max() / 60:.1f})."
+
+
+def provenance(df: pd.DataFrame) -> list[str]:
+    """Where the backbones came from: how many were loaded from the shared cache, how long the others took."""
+    pre = df[df.split == "pretrain"]
+    hits, trained = pre[pre.metric == "cache_hit"], pre[pre.metric == "train_s"]
+    if hits.empty:
+        return []
+    hit = hits.value.to_numpy() == 1
+    seconds = trained.value.to_numpy() if len(trained) == len(hits) else np.full(len(hits), np.nan)
+    return [
+        f"Backbones: {len(hits)} used; {len(hits) - hit.sum()} trained in these runs "
+        f"({np.nansum(seconds[~hit]) / 60:.1f} min), {hit.sum()} loaded from the shared cache "
+        f"(runs/_cache/backbones; their training had taken {np.nansum(seconds[hit]) / 60:.1f} min)."
+    ]

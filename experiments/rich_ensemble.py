@@ -17,10 +17,19 @@ backbone has the closest parameter count to n members (`matched_width`); joint =
 one episode. Linear probes (RRL protocol on cached features) on the source (ID) and target
 (transfer) tasks; fine-tuning on the target: whole network with a fresh head, and two-stage for CAT
 (members fine-tuned separately, head initialised at their averaged heads, then trained 2 epochs).
-Deviations: no ImageNet offline, so the `cpu` preset transfers CIFAR-10 classes 0-4 -> 5-9 with
-width-8 nets, 600 source and 500 target images per class, 5 + 2 epochs; the `paper` preset is
-the RRL code's CIFAR configuration (CIFAR-10 -> CIFAR-100, width 64) trained with the paper's
-ImageNet recipe (90 epochs, steps at 30 and 60, wd 1e-4), not the paper's ImageNet runs.
+Members, wide and joint networks come from the shared backbone cache when trained before (member 0
+of a seed is wd-transfer's wd=5e-4 backbone and very-large-dropout's); verdicts are on per-seed
+differences (paired by seed, 95% t-interval).
+
+`cpu` preset (issue 17): no ImageNet offline, so it transfers CIFAR-10 classes 0-4 -> 5-9 using all
+25 000 training images of each half; width-8 members trained 10 epochs (the shared recipe,
+`_transfer.cpu_backbone`); n in {1, 4}: CAT4 against wide4 (width 16, 0.700 M vs 0.703 M backbone
+parameters) and joint4, the paper's headline pairing (CAT4 vs ResNet50w2); fine-tuning 1 epoch
+(SGD 0.01 cosine) on the 25 000 target images, two-stage head 2 epochs. Sizing (reports/LOG.md,
+2026-12-01): training images per CPU-second 946 (width 8), 439 (width 16), 232 (4 towers of width 8);
+3 seeds ~85 min cold (alone) / ~18 min warm on 2 idle cores. Deviations: the `paper` preset is the
+RRL code's CIFAR configuration (CIFAR-10 -> CIFAR-100, width 64) trained with the paper's ImageNet
+recipe (90 epochs, steps at 30 and 60, wd 1e-4), not the paper's ImageNet runs.
 """
 
 from __future__ import annotations
@@ -43,13 +52,18 @@ from repro.experiments._transfer import (
     Split,
     TaskData,
     TransferData,
-    diff_se,
-    direction_verdict,
+    cpu_backbone,
     fit_classifier,
     load_task,
     mean_std,
+    member_seed,
     parse_task,
+    pretrain_rows,
+    pretrained,
+    provenance,
+    verdict,
     verdict_summary,
+    wall_note,
 )
 from repro.models.resnet import ResNet, ResNetConfig, Towers, backbone_params, matched_width
 from repro.registry import Experiment, register
@@ -65,11 +79,6 @@ PAPER_PROBE = {  # model -> (ImageNet ID, CIFAR100 transfer)
     "wide4": (77.6, 72.6),
 }
 PAPER_FT = {"single": 85.58, "wide4": 87.13, "joint2": 85.77, "joint4": 85.56, "cat2": 87.07, "cat4": 88.00}
-CPU_NOTES = [
-    "At the cpu scale the members are under-trained (5 epochs on 3 000 images), so concatenating them also",
-    "helps in-distribution (an ensemble effect the paper's converged ImageNet nets do not have); the paper's",
-    "claim is then best read as 'the transfer gain exceeds the ID gain'. One seed: see reports/LOG.md.",
-]
 FT_MODELS = ("single", "wide", "joint", "cat2ft", "catinit")
 
 
@@ -105,7 +114,7 @@ class RichEnsemble(Experiment):
     claim = "CATn of separately trained nets transfers better than an equal-size wide or jointly trained net"
     preset_costs = {
         "smoke": "~20 s (generated images)",
-        "cpu": "~12 min on 2 idle cores (CIFAR-10 0-4 -> 5-9, width 8)",
+        "cpu": "3 seeds ~85 min cold / ~18 warm, 2 idle cores (CIFAR-10 0-4 -> 5-9, all images, CAT4 vs w16 / joint4)",
         "paper": "~1 GPU-day (CIFAR-10 -> CIFAR-100, ResNet18 width 64)",
     }
 
@@ -124,10 +133,11 @@ class RichEnsemble(Experiment):
             ),
             "cpu": RichEnsembleConfig(
                 tasks=("cifar10:0-4>cifar10:5-9",),
-                pretrain=PretrainConfig(width=8, epochs=5),
+                ns=(1, 4),  # CAT4 vs wide4 / joint4, the paper's headline pairing (CAT4 vs ResNet50w2)
+                pretrain=cpu_backbone(),  # member 0 is wd-transfer's and very-large-dropout's backbone
                 probe=ProbeConfig(weight_decays=(1e-4, 1e-3, 1e-2)),
-                finetune=FinetuneConfig(epochs=2, models=("single", "wide", "joint", "cat2ft")),
-                data=TransferData(train_per_class=600, target_per_class=500, test_per_class=400),
+                finetune=FinetuneConfig(epochs=1, models=("single", "wide", "joint", "cat2ft")),
+                data=TransferData(),  # all 25 000 source and target training images
                 device="cpu",
             ),
             "paper": RichEnsembleConfig(
@@ -160,7 +170,7 @@ class RichEnsemble(Experiment):
         rows: list[dict[str, Any]] = []
         for t, task in enumerate(cfg.tasks):
             data = load_task(task, cfg.data)
-            models = self._pretrain(cfg, data, ctx, t)
+            models = self._pretrain(cfg, data, ctx, t, rows)
             for name, model in models.items():
                 row = dict(split="source", step=0, slice_key="task", slice_value=task, model=name)
                 rows.append(ctx.row(**row, metric="params", value=backbone_params(model)))
@@ -189,27 +199,33 @@ class RichEnsemble(Experiment):
         rows.append(ctx.row(model="run", split="all", metric="wall_s", value=time.time() - ctx.started, step=0))
         return rows
 
-    def _pretrain(self, cfg: RichEnsembleConfig, data: TaskData, ctx: RunContext, t: int) -> dict[str, nn.Module]:
-        """Members (seeds), wide and joint networks, each in one supervised episode; CATn built from members."""
-        w, n_class = cfg.pretrain.width, data.source_train.n_class
+    def _pretrain(
+        self, cfg: RichEnsembleConfig, data: TaskData, ctx: RunContext, t: int, rows: list[dict[str, Any]]
+    ) -> dict[str, nn.Module]:
+        """Members (seeds), wide and joint networks, each in one supervised episode (or from the shared
+        backbone cache: member 0 is wd-transfer's and very-large-dropout's backbone); CATn built from members."""
+        w, n_class, task = cfg.pretrain.width, data.source_train.n_class, cfg.tasks[t]
+        pre, optim = cfg.pretrain, cfg.pretrain.optim
+
+        def fit(model: nn.Module, name: str, seed: int) -> nn.Module:
+            info = pretrained(model, data.source_train, pre, optim, ctx, f"t{t}.{name}", seed, data.source_test)
+            rows.extend(pretrain_rows(ctx, name, info, slice_key="task", slice_value=task))
+            return model.eval()
+
         members = []
         for j in range(max(cfg.ns)):
-            seed = ctx.seed * 1000 + 100 * t + j
+            seed = member_seed(ctx.seed, 100 * t + j)
             torch.manual_seed(seed)
-            m = ResNet(ResNetConfig(width=w, n_class=n_class))
-            fit_classifier(m, data.source_train, cfg.pretrain, cfg.pretrain.optim, ctx, f"t{t}.member{j}", seed)
-            members.append(m.eval())
+            members.append(fit(ResNet(ResNetConfig(width=w, n_class=n_class)), f"member{j}", seed))
         models: dict[str, nn.Module] = {"single": members[0]}
         for n in (n for n in cfg.ns if n > 1):
-            seed = ctx.seed * 1000 + 100 * t + 50 + n
+            seed = member_seed(ctx.seed, 100 * t + 50 + n)
             torch.manual_seed(seed)
-            wide = ResNet(ResNetConfig(width=matched_width(w, n), n_class=n_class))
-            fit_classifier(wide, data.source_train, cfg.pretrain, cfg.pretrain.optim, ctx, f"t{t}.wide{n}", seed)
+            wide = fit(ResNet(ResNetConfig(width=matched_width(w, n), n_class=n_class)), f"wide{n}", seed)
             torch.manual_seed(seed + 1)
-            joint = Towers.build(n, ResNetConfig(width=w, n_class=n_class))
-            fit_classifier(joint, data.source_train, cfg.pretrain, cfg.pretrain.optim, ctx, f"t{t}.joint{n}", seed + 1)
+            joint = fit(Towers.build(n, ResNetConfig(width=w, n_class=n_class)), f"joint{n}", seed + 1)
             models[f"cat{n}"] = Towers.from_members(members[:n]).eval()
-            models[f"wide{n}"], models[f"joint{n}"] = wide.eval(), joint.eval()
+            models[f"wide{n}"], models[f"joint{n}"] = wide, joint
         return models
 
     def _finetune(
@@ -266,15 +282,16 @@ class RichEnsemble(Experiment):
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         results.figure_style()
-        runs = df[df.model != "run"]
+        runs = df[(df.model != "run") & (df.split != "pretrain")]
         seeds = sorted(int(s) for s in df.seed.unique())
         ns = sorted({int(m[-1]) for m in runs.model.unique() if m[-1].isdigit()} | {1})
         params = runs[runs.metric == "params"].groupby("model").value.mean()
 
-        def vals(model: str, split: str, metric: str) -> np.ndarray:
-            return runs[(runs.model == model) & (runs.split == split) & (runs.metric == metric)].value.to_numpy()
+        def vals(model: str, split: str, metric: str) -> pd.Series:
+            """One value per seed (the seeds pair the arms)."""
+            sub = runs[(runs.model == model) & (runs.split == split) & (runs.metric == metric)]
+            return sub.groupby("seed").value.mean()
 
-        n_test = {s: int(vals("single", s, "n_test")[0]) * len(seeds) for s in ("source", "target")}
         entries = []
         for name in ["single"] + [f"{f}{n}" for n in ns if n > 1 for f in ("cat", "wide", "joint")]:
             if name not in params:
@@ -285,35 +302,32 @@ class RichEnsemble(Experiment):
                     "model": name,
                     "backbone params": f"{params[name] / 1e6:.3f} M",
                     "paper probe ID / transfer": "{} / {}".format(*PAPER_PROBE[name]) if name in PAPER_PROBE else "-",
-                    "ours probe ID (source)": mean_std(vals(name, "source", "probe_acc")),
-                    "ours probe transfer (target)": mean_std(vals(name, "target", "probe_acc")),
+                    "ours probe ID (source)": mean_std(vals(name, "source", "probe_acc").to_numpy()),
+                    "ours probe transfer (target)": mean_std(vals(name, "target", "probe_acc").to_numpy()),
                     "paper fine-tune": f"{paper_ft}" + (" [2ft]" if name.startswith("cat") else "")
                     if paper_ft
                     else "-",
-                    "ours fine-tune": mean_std(vals(name, "target", "ft_acc"))
+                    "ours fine-tune": mean_std(vals(name, "target", "ft_acc").to_numpy())
                     + (" [2ft]" if name.startswith("cat") and len(vals(name, "target", "ft_acc")) else ""),
                 }
             )
         verdicts = [
-            row
-            for n in ns
-            if n > 1
-            for other in ("wide", "joint")
-            for row in _verdicts(f"cat{n}", f"{other}{n}", vals, n_test)
+            row for n in ns if n > 1 for other in ("wide", "joint") for row in _verdicts(f"cat{n}", f"{other}{n}", vals)
         ]
-        wall = df[df.metric == "wall_s"].value
         notes = [
-            verdict_summary([v["verdict"] for v in verdicts if v["measure"] != "ID probe"]) + " (ID rows excluded)",
-            *(CPU_NOTES if df.preset.iloc[0] == "cpu" else []),
+            verdict_summary([v["verdict"] for v in verdicts if v["measure"] != "ID probe"], "the paired 95% interval")
+            + " (ID rows excluded)",
             f"Ours: preset `{df.preset.iloc[0]}`, task {', '.join(dict.fromkeys(runs.slice_value))}, seeds {seeds}, "
-            f"mean ± std over seeds; wall time per run {wall.mean() / 60:.1f} min.",
+            f"mean ± std over seeds; {wall_note(df)}",
             "Paper: CAT, ImageNet-pretrained ResNet50s; probe ID = ImageNet, transfer = CIFAR100 (reference §3.1,",
             "read off the figure); fine-tuning = CIFAR100 (§3.2). The paper's wide row is ResNet50w2 (CAT4's size).",
             "Ours: probe ID = a probe on the source classes, transfer = on the target classes; fine-tune = target",
             "accuracy after fine-tuning (cat rows: two-stage). Backbone parameters exclude the classifier.",
-            "Verdicts compare the direction of (cat - other) with the paper's; a difference under 2 binomial standard",
-            "errors is marked as within noise. `transfer gain - ID gain`: the paper's point is that concatenation",
-            "buys little in-distribution but much on a new task (CAT4 vs ResNet50w2: +0.6 ImageNet, +5.6 CIFAR100).",
+            "Verdicts compare the direction of (cat - other) with the paper's, paired by seed: reproduced when the",
+            "95% t-interval of the per-seed differences excludes 0. `transfer gain - ID gain`: the paper's point is",
+            "that concatenation buys little in-distribution but much on a new task (CAT4 vs ResNet50w2: +0.6",
+            "ImageNet, +5.6 CIFAR100).",
+            *provenance(df),
         ]
         paths = results.write_table(
             entries,
@@ -326,10 +340,11 @@ class RichEnsemble(Experiment):
         return paths
 
 
-def _verdicts(cat: str, other: str, vals: Any, n_test: dict[str, int]) -> list[dict[str, str]]:
-    """Direction of (cat - other) on each measure, and whether the transfer gain exceeds the ID gain."""
+def _verdicts(cat: str, other: str, vals: Any) -> list[dict[str, str]]:
+    """Direction of (cat - other) on each measure, paired by seed, and whether the transfer gain
+    exceeds the ID gain (per seed: (cat - other) on transfer minus (cat - other) in-distribution)."""
     out = []
-    diffs: dict[str, tuple[float, float]] = {}
+    diffs: dict[str, pd.Series] = {}
     for split, metric, what in (
         ("target", "probe_acc", "transfer probe"),
         ("target", "ft_acc", "fine-tune ([2ft] cat)"),
@@ -338,31 +353,33 @@ def _verdicts(cat: str, other: str, vals: Any, n_test: dict[str, int]) -> list[d
         a, b = vals(cat, split, metric), vals(other, split, metric)
         if not len(a) or not len(b):
             continue
-        diff, se = a.mean() - b.mean(), diff_se(a.mean(), b.mean(), n_test[split])
-        diffs[what] = (diff, se)
+        diffs[what] = a - b
         if split == "source":
-            expected = "cat ≈ other (CAT4 vs w2: +0.6)"
-            verdict = "reproduced (within 2 pt)" if abs(diff) < 0.02 else f"differs ({100 * diff:+.1f} pt)"
+            p = results.paired_diff(a, b)
+            expected, diff = "cat ≈ other (CAT4 vs w2: +0.6)", results.fmt_paired(p)
+            word = "reproduced (within 2 pt)" if abs(p["mean"]) < 0.02 else f"differs ({100 * p['mean']:+.1f} pt)"
         else:
-            expected, verdict = "cat > other", direction_verdict(diff, 1, se)
+            expected = "cat > other"
+            diff, word = verdict(a, b, 1)
         out.append(
             {
                 "comparison": f"{cat} vs {other}",
                 "measure": what,
                 "paper": expected,
-                "ours (cat - other)": f"{100 * diff:+.2f} pt",
-                "verdict": verdict,
+                "ours (cat - other), 95% CI": diff,
+                "verdict": word,
             }
         )
     if "transfer probe" in diffs and "ID probe" in diffs:
-        (dt, st), (di, si) = diffs["transfer probe"], diffs["ID probe"]
+        gain = (diffs["transfer probe"] - diffs["ID probe"]).dropna()
+        diff, word = verdict(gain, pd.Series(0.0, index=gain.index), 1)
         out.append(
             {
                 "comparison": f"{cat} vs {other}",
                 "measure": "transfer gain - ID gain (probes)",
                 "paper": "> 0 (CAT4 vs w2: +5.0)",
-                "ours (cat - other)": f"{100 * (dt - di):+.2f} pt",
-                "verdict": direction_verdict(dt - di, 1, float(np.hypot(st, si))),
+                "ours (cat - other), 95% CI": diff,
+                "verdict": word,
             }
         )
     return out

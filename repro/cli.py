@@ -181,6 +181,10 @@ def _register_benchmarks() -> None:
 
 _register_benchmarks()
 
+from repro.cache import app as cache_app  # noqa: E402  (`repro cache list|clear`, issue 17)
+
+app.add_typer(cache_app, name="cache")
+
 
 def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")

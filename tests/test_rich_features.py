@@ -13,7 +13,7 @@ from repro import registry, results, runtime
 from repro.cli import app
 
 EXPERIMENTS = {
-    "wd-transfer": ("cifar", {"table.md", "table.csv", "fig_wd_transfer.png"}, "94.89"),
+    "wd-transfer": ("cifar", {"table.md", "table.csv", "table_1.csv", "fig_wd_transfer.png"}, "94.89"),
     "rich-ensemble": ("cifar", {"table.md", "table.csv", "table_1.csv", "fig_cat_vs_size.png"}, "85.58"),
     "very-large-dropout": ("cifar", {"table.md", "table.csv", "table_1.csv", "fig_id_vs_ood.png"}, "+2.6"),
     "bonsai": ("mnist", {"table.md", "table.csv", "table_1.csv", "table_2.csv", "fig_bonsai.png"}, "69.9"),

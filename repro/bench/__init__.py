@@ -4,6 +4,8 @@ The one home of every benchmark, with the commands `repro bench train|kernels|ev
 
 - `train.py`: training (and decoding) tokens/s of language models built through the model registry,
   interleaved in one process (`repro bench train`; the `mmv2-pretrain` speed rows use it too);
+- `images.py`: images/s of the rich-features ResNet training step against its forward+backward floor
+  (`repro bench train --families resnet8,...`, issue 17);
 - `kernels.py`: each kernel backend against the reference first, then time, peak memory and the
   fraction of the GPU's peak (`repro bench kernels`);
 - `eval.py`: an evaluation's cost (a RULER sample, ICL label scoring) against the model's bare forward
@@ -36,7 +38,14 @@ def train_command(
     compile: bool = typer.Option(False, help="torch.compile both models."),
     out: Path = typer.Option(Path("reports/bench"), help="Where the table goes."),
 ) -> None:
-    """Training tokens/s of each model family at the same shape, measured in one run."""
+    """Training tokens/s of each model family at the same shape, measured in one run. Image models
+    (`--families resnet8,resnet16,towers4x8 --batch-size 128`): images/s of a training step and of
+    its forward+backward floor."""
+    if families.startswith(("resnet", "towers")):  # the image path (issue 17)
+        from repro.bench.images import resnet_bench_command
+
+        resnet_bench_command(families, batch_size, rounds, steps, out)
+        return
     from repro.bench.train import ThroughputConfig, training_throughput, write_throughput_report
 
     cfg = ThroughputConfig(

@@ -336,24 +336,36 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def to_tensor(
-    images: np.ndarray, mean: tuple[float, ...] = CIFAR_MEAN, std: tuple[float, ...] = CIFAR_STD
+    images: np.ndarray,
+    mean: tuple[float, ...] = CIFAR_MEAN,
+    std: tuple[float, ...] = CIFAR_STD,
+    channels_last: bool = True,
 ) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> normalised float (N, C, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255).permute(0, 3, 1, 2)  # (N, C, H, W)
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return ((x - m) / s).contiguous()
+    """uint8 (N, H, W, C) -> normalised float (N, C, H, W), by default in channels-last memory
+    (the NHWC bytes as they come from the array cache, no copy to planar layout: oneDNN's CPU
+    convolutions and cuDNN's tensor-core kernels both prefer it; see reports/LOG.md for the timing)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)  # (N, H, W, C)
+    x = (x - torch.tensor(mean)) / torch.tensor(std)  # per channel, broadcast over the last dim
+    x = x.permute(0, 3, 1, 2)  # (N, C, H, W) view with channels-last strides
+    return x if channels_last else x.contiguous()
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """The usual CIFAR augmentation on a batch: random crop after `pad` zero padding, random flip."""
+    """The usual CIFAR augmentation on a batch: random crop after `pad` zero padding, random flip.
+
+    One gather for the whole batch (no per-image Python loop); the draws (dy, dx, flip) come from
+    `gen` in that order, and the result keeps the input's memory format."""
     B, _, H, W = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2 pad, W + 2 pad)
-    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + H, dx[i] : dx[i] + W] for i in range(B)])
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
     flip = torch.rand(B, generator=gen) < 0.5
-    return torch.where(flip.view(B, 1, 1, 1), out.flip(3), out)
+    rows = dy[:, None] + torch.arange(H)  # (B, H) source rows of each output row
+    cols = dx[:, None] + torch.arange(W)  # (B, W) source columns
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a horizontal flip reads the columns backwards
+    out = padded[torch.arange(B)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    out = out.permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
+    return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
 
 
 # ---- multi-domain shift (very large dropout) -----------------------------------------------------
