@@ -313,7 +313,12 @@ def test_repro_eval_refuses_a_truncated_checkpoint_in_one_sentence(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path / "ckpt")
     weights = ckpt / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-100])
-    result = runner.invoke(app, ["eval", "ruler", "--model", str(ckpt), "--out", str(tmp_path / "runs")])
+    # --ctx within the checkpoint's context: the context check (from config.json) comes before the weights load
+    essay = tmp_path / "essay.txt"  # a haystack, so the command reaches the weights
+    essay.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    args = ["eval", "ruler", "--model", str(ckpt), "--ctx", "16", "--tasks", "niah_single_1", "--essays", str(essay)]
+    args += ["--out", str(tmp_path / "runs")]
+    result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "truncated or damaged" in one_sentence(result.output)
 
