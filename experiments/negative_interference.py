@@ -159,15 +159,12 @@ def fit_mlp(
     train(model, batch_fn, loss_fn, cfg.optim, steps, ctx, name)
 
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def t_interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval (normal quantile beyond 11 values)."""
+    """Mean and half-width of the 95% Student-t interval over seeds (nan half-width for one seed)."""
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
         return float(v.mean()), float("nan")
-    return float(v.mean()), T95.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()), results.t975(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
 
 
 @register
