@@ -35,7 +35,7 @@ PairSplit = Literal["train", "heldout"]
 @dataclass
 class RetrievalConfig:
     n_keys: int = 32  # key symbols
-    n_values: int = 32  # value symbols
+    n_values: int = 32  # value symbols (at least n_facts: a document's values are distinct)
     n_facts: int = 4  # K: pairs stated at the start of a document, each asked once at the end
     holdout_every: int = 0  # > 0: pairs with (k + v) % holdout_every == 0 appear only in evaluation documents
 
@@ -44,8 +44,11 @@ class RetrievalTask:
     """The symbols (ids from `base` on) and the document builder."""
 
     def __init__(self, cfg: RetrievalConfig, base: int):
-        if cfg.n_facts > cfg.n_keys:
-            raise UserError(f"retrieval.n_facts ({cfg.n_facts}) cannot exceed retrieval.n_keys ({cfg.n_keys}).")
+        if cfg.n_facts > min(cfg.n_keys, cfg.n_values):
+            raise UserError(
+                f"retrieval.n_facts ({cfg.n_facts}) cannot exceed retrieval.n_keys ({cfg.n_keys}) "
+                f"or retrieval.n_values ({cfg.n_values}): a document's keys and values are distinct."
+            )
         if cfg.holdout_every and not 2 <= cfg.holdout_every <= cfg.n_values:
             raise UserError(
                 f"retrieval.holdout_every ({cfg.holdout_every}) must be 0 (no held-out pairs) or between 2 and "
@@ -69,10 +72,13 @@ class RetrievalTask:
         K = self.cfg.n_facts
         keys = rng.choice(self.cfg.n_keys, size=K, replace=False)
         if not self.cfg.holdout_every:
-            allowed = np.ones((K, self.cfg.n_values), dtype=bool)  # (K, n_values): any value
+            values = rng.choice(self.cfg.n_values, size=K, replace=False)  # distinct: each stated once
         else:
-            allowed = self._heldout[keys] if pairs == "heldout" else ~self._heldout[keys]
-        values = np.array([rng.choice(np.flatnonzero(row)) for row in allowed])
+            allowed = self._heldout[keys] if pairs == "heldout" else ~self._heldout[keys]  # (K, n_values)
+            values = np.zeros(K, dtype=np.int64)
+            for i, row in enumerate(allowed):
+                free = np.flatnonzero(row & ~np.isin(np.arange(len(row)), values[:i]))
+                values[i] = rng.choice(free if len(free) else np.flatnonzero(row))  # a repeat only if forced
         facts = np.stack([np.full(K, self.fact_id), self.keys[keys], self.values[values]], 1)  # (K, 3)
         order = rng.permutation(K)
         asks = np.stack([np.full(K, self.ask_id), self.keys[keys[order]], self.values[values[order]]], 1)
