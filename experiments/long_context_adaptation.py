@@ -38,8 +38,7 @@ from repro.errors import UserError
 from repro.eval.lm import mean_loss
 from repro.experiments.mmv2_pretrain import FAMILIES, ShapeV2, Stage, _recipe
 from repro.experiments.mmv2_pretrain import build_model as build_pair_model
-from repro.experiments.tinystories_ood import lm_loss
-from repro.models.lm import LanguageModel
+from repro.models.lm import LanguageModel, next_token_loss
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
@@ -67,7 +66,8 @@ class LongContextConfig:
     pretrain: Stage = field(default_factory=lambda: Stage(64, 2000, 16, _recipe(3e-3, 200)))
     # constant lr, no warmup: "accuracy after n steps" must not depend on the planned total
     finetune: Stage = field(default_factory=lambda: Stage(256, 128, 8, OptimConfig(lr=1e-3, schedule="constant")))
-    eval_steps: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128)  # fine-tuning steps at which both are scored
+    # fine-tuning steps after which both are scored (and always before fine-tuning, step 0)
+    eval_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
     test_docs: int = 128  # fixed per seed: K questions each
     val_docs: int = 64  # for choosing steps and learning rates
     eval_batch: int = 16
@@ -130,7 +130,7 @@ class LongContextAdaptation(Experiment):
             retrieval=RetrievalConfig(n_keys=8, n_values=8, n_facts=2),
             pretrain=Stage(32, 20, 4, _recipe(3e-3, 2)),
             finetune=Stage(64, 4, 2, OptimConfig(lr=1e-3, schedule="constant")),
-            eval_steps=(0, 1, 2, 4),
+            eval_steps=(1, 2, 4),
             test_docs=8,
             val_docs=4,
             val_text_windows=4,
@@ -156,7 +156,7 @@ class LongContextAdaptation(Experiment):
             # Fig. 8 fine-tunes at 32k up to 800 steps (batch and lr unpublished: ours)
             pretrain=Stage(4096, 48_000, 1024, _recipe(3e-4, 2000)),
             finetune=Stage(32768, 800, 128, OptimConfig(lr=3e-5, schedule="constant")),
-            eval_steps=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 800),
+            eval_steps=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 800),
             test_docs=500,
             val_docs=200,
             eval_batch=1,
@@ -178,8 +178,10 @@ class LongContextAdaptation(Experiment):
                 f"finetune.block_size ({cfg.finetune.block_size}) must exceed pretrain.block_size "
                 f"({cfg.pretrain.block_size}): the experiment fine-tunes at a longer context."
             )
-        if not cfg.eval_steps or min(cfg.eval_steps) < 0 or max(cfg.eval_steps) > cfg.finetune.steps:
-            raise UserError(f"eval_steps must lie in [0, finetune.steps={cfg.finetune.steps}].")
+        if max(cfg.eval_steps) > cfg.finetune.steps:
+            raise UserError(
+                f"eval_steps must lie in [1, finetune.steps={cfg.finetune.steps}] (step 0 is always scored)."
+            )
         task = RetrievalTask(cfg.retrieval, 0)  # validates the retrieval fields
         if cfg.pretrain.block_size < task.min_length():
             raise UserError(
@@ -236,7 +238,7 @@ class LongContextAdaptation(Experiment):
         train(
             model,
             pre_batch,
-            lm_loss,
+            next_token_loss,
             cfg.pretrain.optim,
             cfg.pretrain.steps,
             ctx,
@@ -266,7 +268,7 @@ class LongContextAdaptation(Experiment):
 
         def ft_eval(m: torch.nn.Module) -> dict[str, float]:
             # the loop evaluates after every step (eval_every=1) and once more at the end: the call
-            # count is the step, since this stage never resumes mid-way (checkpoint_every=0)
+            # count is the step, since this stage never resumes mid-way (its state is removed first)
             nonlocal calls
             calls = min(calls + 1, cfg.finetune.steps)
             if calls in cfg.eval_steps and calls not in curve:
@@ -276,10 +278,10 @@ class LongContextAdaptation(Experiment):
 
         ft_loop = LoopConfig(**{**cfg.loop.__dict__, "eval_every": 1})
         name = f"{family}-finetune"
-        train(
-            model, ft_batch, lm_loss, cfg.finetune.optim, cfg.finetune.steps, ctx, name, loop=ft_loop, eval_fn=ft_eval,
-            checkpoint_every=0,
-        )  # fmt: skip
+        # a stage interrupted mid-way restarts from the pretrained weights, so the call count stays the step
+        ctx.state_path(f"{name}.train").unlink(missing_ok=True)
+        ft = cfg.finetune
+        train(model, ft_batch, next_token_loss, ft.optim, ft.steps, ctx, name, loop=ft_loop, eval_fn=ft_eval)
         model.save(ctx.run_dir / "checkpoints" / name)
         for step, by_split in sorted(curve.items()):
             for split, by_len in by_split.items():

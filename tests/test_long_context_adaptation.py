@@ -124,9 +124,9 @@ def test_smoke_run_report_and_resume(corpus, tmp_path):
     acc = df[(df.metric == "accuracy") & (df.split == "test")]
     cfg = exp.config("smoke")
     assert set(acc.model) == {"llama", "mosaic_v2"}
-    assert sorted(acc.step.unique()) == list(cfg.eval_steps)
+    assert sorted(acc.step.unique()) == [0, *cfg.eval_steps]
     assert sorted(acc.slice_value.astype(int).unique()) == [cfg.pretrain.block_size, cfg.finetune.block_size]
-    assert acc.value.between(0, 1).all() and len(acc) == 2 * 2 * 2 * len(cfg.eval_steps)
+    assert acc.value.between(0, 1).all() and len(acc) == 2 * 2 * 2 * (1 + len(cfg.eval_steps))
     params = df[df.metric == "params"].groupby("model").value.first()
     assert abs(params["mosaic_v2"] / params["llama"] - 1) < 0.01  # equal size
     assert (run_dir / "checkpoints" / "mosaic_v2-finetune" / "model.safetensors").exists()
@@ -145,7 +145,7 @@ def test_smoke_run_report_and_resume(corpus, tmp_path):
 def test_bad_settings_are_user_errors():
     exp = registry.get("long-context-adaptation")
     cfg = exp.config("smoke")
-    cfg.eval_steps = (0, 1, 99)
+    cfg.eval_steps = (1, 99)
     with pytest.raises(UserError, match="eval_steps"):
         exp.check(cfg)
     cfg = exp.config("smoke")
