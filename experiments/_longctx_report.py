@@ -31,12 +31,17 @@ def cell(values: Any, scale: float = 100.0) -> str:
     return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
 
 
-def steps_to_adapt(acc: pd.DataFrame, short: int, long: int) -> pd.DataFrame:
+def steps_to_adapt(acc: pd.DataFrame, short: int, long: int, floor: float = 0.0) -> pd.DataFrame:
     """Per (model, seed): the first evaluated step at which the long-context accuracy reaches
-    ADAPTED x the short-context accuracy after pretraining; NaN when it never does."""
+    ADAPTED x the short-context accuracy after pretraining; NaN when it never does, or when the
+    short-context accuracy is not above `floor` (chance: there is no retrieval to carry over)."""
     out = []
     for (model, seed), g in acc.groupby(["model", "seed"]):
-        target = ADAPTED * float(g[(g.step == 0) & (g.context == short)].value.iloc[0])
+        pretrained = float(g[(g.step == 0) & (g.context == short)].value.iloc[0])
+        if pretrained <= floor:
+            out.append({"model": model, "seed": seed, "steps": math.nan})
+            continue
+        target = ADAPTED * pretrained
         curve = g[g.context == long].sort_values("step")
         hit = curve[curve.value >= target]
         out.append({"model": model, "seed": seed, "steps": float(hit.step.iloc[0]) if len(hit) else math.nan})
@@ -98,7 +103,8 @@ def claim_entries(acc: pd.DataFrame, df: pd.DataFrame, short: int, long: int) ->
                 else ("reversed" if mean + half < 0 else "not shown (interval includes 0)"),
             }
         )
-        adapt = steps_to_adapt(acc, short, long).pivot(index="seed", columns="model", values="steps")
+        floor = _scalar(df, "chance_copy")
+        adapt = steps_to_adapt(acc, short, long, floor).pivot(index="seed", columns="model", values="steps")
         fmt = lambda s: ", ".join("never" if math.isnan(v) else str(int(v)) for v in s)  # noqa: E731
         mm, ll = adapt["mosaic_v2"], adapt["llama"].fillna(math.inf)
         fewer = bool((mm.max() < ll.min()) and not mm.isna().any())
