@@ -4,6 +4,7 @@ length): accuracy at the long context against fine-tuning steps, mean and 95% t-
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def curve_table(acc: pd.DataFrame, short: int, long: int) -> list[dict[str, Any]
     return rows
 
 
-def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path) -> Path:
+def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: float = math.nan) -> Path:
     import matplotlib.pyplot as plt
 
     results.figure_style()
@@ -150,6 +151,8 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path) -> Path:
             if context != short:  # where a fully adapted model would be: its accuracy at the pretraining context
                 short_acc = acc[(acc.model == m) & (acc.context == short) & (acc.step == 0)].value
                 ax.axhline(100 * short_acc.mean(), color=COLORS[m], ls=":", lw=1)
+        if not math.isnan(chance):
+            ax.axhline(100 * chance, color="0.5", ls="--", lw=0.8, label="chance: copying any stated value")
         ax.set_xscale("log")
         ticks = sorted(acc.step.unique())
         ax.set_xticks([t + 1 for t in ticks], [str(t) for t in ticks])
@@ -157,10 +160,11 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path) -> Path:
         ax.set_xlabel("fine-tuning steps at the long context (log scale of steps + 1)")
         ax.set_ylim(-3, 103)
     axes[0].set_ylabel("retrieval accuracy (%)")
-    axes[0].set_title(f"at the long context ({long} tokens); dotted: each model at {short} after pretraining")
-    axes[1].set_title(f"at the pretraining context ({short} tokens)")
+    axes[0].set_title(f"at the long context ({long} tokens)\ndotted: each model at {short} tokens after pretraining")
+    axes[1].set_title(f"at the pretraining context ({short} tokens)\n(does fine-tuning long keep it?)")
     axes[0].legend(loc="center right")
-    fig.text(0.01, -0.04, f"Paper (MM v2 Fig. 8): {PAPER_FIG8}. Bands: 95% t-interval over seeds.", fontsize=8)
+    note = textwrap.fill(f"Paper (MM v2 Fig. 8): {PAPER_FIG8}. Bands: 95% t-interval over seeds.", 140)
+    fig.text(0.01, -0.08, note, fontsize=8, va="top")
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -191,5 +195,5 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     }
     title = "Long-context adaptation: fine-tuning steps needed after short pretraining"
     paths = results.write_table(claim_entries(acc, df, short, long), out_dir, title, notes, extra)
-    paths.append(plot_curves(acc, short, long, out_dir / "fig_adaptation.png"))
+    paths.append(plot_curves(acc, short, long, out_dir / "fig_adaptation.png", _scalar(df, "chance_copy")))
     return paths
