@@ -38,18 +38,19 @@ import pandas as pd
 import torch
 
 from repro.data.retrieval import RetrievalConfig, RetrievalTask, mixed_batch, retrieval_accuracy
-from repro.data.text import TextDataConfig, TokenWindows, prepare_lm_data
+from repro.data.text import TextDataConfig, TokenWindows, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.errors import UserError
 from repro.eval.lm import mean_loss
 from repro.experiments.mmv2_pretrain import FAMILIES, ShapeV2, Stage, _recipe
 from repro.experiments.mmv2_pretrain import build_model as build_pair_model
+from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 
-LABELS = {"llama": "Transformer (Llama, RoPE)", "mosaic_v2": "Memory Mosaics v2"}
+LABELS = {f: models.label(f) for f in FAMILIES}
 COLORS = {"llama": "C3", "mosaic_v2": "C0"}
 PAPER_FIG8 = (
     "RULER QA at 32k after 4k pretraining: MM v2 +22 points after 1 fine-tuning minibatch, at its optimum "
@@ -85,7 +86,8 @@ class LongContextConfig:
 
 
 def build_model(family: str, shape: ShapeV2, vocab_size: int, block_size: int) -> LanguageModel:
-    """The one place this experiment builds a model: `mmv2-pretrain`'s equal-parameter pair."""
+    """The one place this experiment builds a model: `mmv2-pretrain`'s equal-parameter pair, made
+    through the model registry (the mosaic's SwiGLU width is chosen to match the Llama's parameters)."""
     return build_pair_model(family, shape, vocab_size, block_size)
 
 
@@ -193,6 +195,14 @@ class LongContextAdaptation(Experiment):
                 f"pretrain.block_size ({cfg.pretrain.block_size}) is too short for {cfg.retrieval.n_facts} facts; "
                 f"it needs at least {task.min_length()} tokens."
             )
+
+    def memory_estimate(self, cfg: LongContextConfig) -> int:
+        vocab = vocab_lower_bound(cfg.data)
+        batches = (
+            (cfg.pretrain.batch_size, cfg.pretrain.block_size),
+            (cfg.finetune.batch_size, cfg.finetune.block_size),
+        )
+        return max(logits_bytes(b, T, vocab) for b, T in (*batches, (cfg.eval_batch, cfg.finetune.block_size)))
 
     def run(self, cfg: LongContextConfig, ctx: RunContext) -> list[dict[str, Any]]:
         tokenizer, data = prepare_lm_data(cfg.data)
