@@ -87,9 +87,9 @@ def claim_entries(acc: pd.DataFrame, df: pd.DataFrame, short: int, long: int) ->
             "claim": f"precondition: both retrieve at the pretraining context ({short} tokens)",
             "paper": "RULER at 4k after 4k pretraining (Table 3): transformer small 39.4, MM v2 small 45.0",
             "ours": ", ".join(f"{LABELS[m]} {cell(at(m, 0, short))}%" for m in models) + f"; {chance}",
-            "verdict": "met"
-            if all(at(m, 0, short).mean() > 2 * _scalar(df, "chance_copy") for m in models)
-            else "not met",
+            "verdict": f"met (every 95% interval above {copy:.0f}%)"
+            if all(_above_zero(at(m, 0, short) - copy / 100) for m in models)
+            else "not met (an interval reaches chance)",
         },
         {
             "claim": f"before fine-tuning, at {long // short}x the context ({long} tokens)",
@@ -184,7 +184,7 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: fl
     axes[0].set_ylabel("retrieval accuracy (%)")
     axes[0].set_title(f"at the long context ({long} tokens)\ndotted: each model at {short} tokens after pretraining")
     axes[1].set_title(f"at the pretraining context ({short} tokens)\n(does fine-tuning long keep it?)")
-    axes[0].legend(loc="center right")
+    axes[1].legend(loc="upper right", bbox_to_anchor=(1.0, 0.9))  # the empty band between the curves
     note = textwrap.fill(f"Paper (MM v2 Fig. 8): {PAPER_FIG8}. Bands: 95% t-interval over seeds.", 140)
     fig.text(0.01, -0.08, note, fontsize=8, va="top")
     fig.savefig(path)
@@ -208,6 +208,14 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         f"Paper (Fig. 8, {PAPER_FIG8}): RULER QA on 1.5B/8B models; ours: synthetic key -> value retrieval in"
         " TinyStories text with 2-layer models (see the experiment docstring for the deviations).",
     ]
+    mm_short = acc[(acc.model == "mosaic_v2") & (acc.step == 0) & (acc.context == short)].value.mean()
+    mm_long = acc[(acc.model == "mosaic_v2") & (acc.step == 0) & (acc.context == long)].value.mean()
+    if mm_long >= ADAPTED * mm_short:  # why the paper's first-step jump cannot show here
+        notes.append(
+            "MM v2 is at its pretraining-context accuracy before any fine-tuning step, so the paper's +22-point"
+            " first step has nothing to add here: the paper's MM v2 extrapolates only partly (Table 3, small: 45.0"
+            f" at 4k, 31.7 at 32k), ours fully on this easier task ({long // short}x, not 8x; few distinct keys)."
+        )
     extra = {
         f"Test accuracy (%) against fine-tuning steps, at {long} and {short} tokens": curve_table(acc, short, long)
     }

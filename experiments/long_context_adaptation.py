@@ -118,7 +118,7 @@ class LongContextAdaptation(Experiment):
     claim = "pretrained short, MM v2 uses a longer context after 1-2 fine-tuning steps; a transformer needs far more"
     preset_costs = {
         "smoke": "~20 s",
-        "cpu": "~25 min for 3 seeds on 2 cores",
+        "cpu": "~13-23 min per seed on the loaded shared 2-core machine (3 seeds for the report)",
         "paper": "4k pretraining then 32k fine-tuning of the 1.5B/8B models: an H100 cluster",
     }
 
