@@ -13,7 +13,6 @@ import pandas as pd
 
 from repro import results
 from repro.experiments.long_context_adaptation import COLORS, LABELS, PAPER_FIG8
-from repro.experiments.negative_interference import t_interval
 
 ADAPTED = 0.9  # "adapted": long-context accuracy at least this share of the model's own short-context accuracy
 
@@ -28,7 +27,7 @@ def accuracy_frame(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 def cell(values: Any, scale: float = 100.0) -> str:
     """'mean ± half-width' of a 95% t-interval, in percent by default."""
-    mean, half = t_interval(np.asarray(values, dtype=float) * scale)
+    mean, half = results.t_interval(np.asarray(values, dtype=float) * scale)
     return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
 
 
@@ -55,7 +54,7 @@ def _scalar(df: pd.DataFrame, metric: str) -> float:
 
 
 def _above_zero(values: pd.Series) -> bool:
-    mean, half = t_interval(values.to_numpy())
+    mean, half = results.t_interval(values.to_numpy())
     return not math.isnan(half) and mean - half > 0
 
 
@@ -112,7 +111,7 @@ def claim_entries(acc: pd.DataFrame, df: pd.DataFrame, short: int, long: int) ->
         )
     if set(models) == set(LABELS):
         gap = at("mosaic_v2", 1, long) - at("llama", last, long)  # paired by seed
-        mean, half = t_interval(100 * gap.to_numpy())
+        mean, half = results.t_interval(100 * gap.to_numpy())
         entries.append(
             {
                 "claim": f"the transformer after {last} steps vs MM v2 after 1",
@@ -165,7 +164,7 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: fl
             sub = acc[(acc.model == m) & (acc.context == context)]
             if not len(sub):
                 continue
-            stats = sub.groupby("step").value.apply(lambda v: t_interval(100 * v.to_numpy())).apply(pd.Series)
+            stats = sub.groupby("step").value.apply(lambda v: results.t_interval(100 * v.to_numpy())).apply(pd.Series)
             x = stats.index.to_numpy() + 1  # steps + 1 on a log axis, so step 0 shows
             mean, half = stats[0].to_numpy(), np.nan_to_num(stats[1].to_numpy())
             ax.plot(x, mean, "o-", ms=4, color=COLORS[m], label=LABELS[m])

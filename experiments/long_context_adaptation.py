@@ -41,14 +41,15 @@ from repro.data.retrieval import RetrievalConfig, RetrievalTask, mixed_batch, re
 from repro.data.text import TextDataConfig, TokenWindows, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.errors import UserError
 from repro.eval.lm import mean_loss
-from repro.experiments.mmv2_pretrain import FAMILIES, ShapeV2, Stage, _recipe
-from repro.experiments.mmv2_pretrain import build_model as build_pair_model
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
+from repro.models.pairing import PAIR, ShapeV2, build_pair_model
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
-from repro.train.optim import OptimConfig
+from repro.train.optim import OptimConfig, Stage, mmv2_recipe
+
+FAMILIES = PAIR  # the pair this experiment compares
 
 LABELS = {f: models.label(f) for f in FAMILIES}
 COLORS = {"llama": "C3", "mosaic_v2": "C0"}
@@ -69,7 +70,7 @@ class LongContextConfig:
     # 8 keys and 8 values, 4 facts a document: with 32 symbols the Llama stayed at chance after 2,000 steps
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(n_keys=8, n_values=8, n_facts=4))
     retrieval_fraction: float = 0.75  # share of each batch's rows that are retrieval documents (the rest: text)
-    pretrain: Stage = field(default_factory=lambda: Stage(64, 2000, 16, _recipe(3e-3, 200)))
+    pretrain: Stage = field(default_factory=lambda: Stage(64, 2000, 16, mmv2_recipe(3e-3, 200)))
     # constant lr, no warmup: "accuracy after n steps" must not depend on the planned total
     finetune: Stage = field(default_factory=lambda: Stage(256, 128, 8, OptimConfig(lr=1e-3, schedule="constant")))
     # fine-tuning steps after which both are scored (and always before fine-tuning, step 0)
@@ -86,8 +87,9 @@ class LongContextConfig:
 
 
 def build_model(family: str, shape: ShapeV2, vocab_size: int, block_size: int) -> LanguageModel:
-    """The one place this experiment builds a model: `mmv2-pretrain`'s equal-parameter pair, made
-    through the model registry (the mosaic's SwiGLU width is chosen to match the Llama's parameters)."""
+    """The one place this experiment builds a model: the equal-parameter pair of mmv2-pretrain
+    (`repro.models.pairing`), made through the model registry (the mosaic's SwiGLU width matches the
+    Llama's parameters)."""
     return build_pair_model(family, shape, vocab_size, block_size)
 
 
@@ -135,7 +137,7 @@ class LongContextAdaptation(Experiment):
                 query_chunk=64,
             ),
             retrieval=RetrievalConfig(n_keys=8, n_values=8, n_facts=2),
-            pretrain=Stage(32, 20, 4, _recipe(3e-3, 2)),
+            pretrain=Stage(32, 20, 4, mmv2_recipe(3e-3, 2)),
             finetune=Stage(64, 4, 2, OptimConfig(lr=1e-3, schedule="constant")),
             eval_steps=(1, 2, 4),
             test_docs=8,
@@ -161,7 +163,7 @@ class LongContextAdaptation(Experiment):
             retrieval=RetrievalConfig(n_keys=1024, n_values=1024, n_facts=16),
             # §4.2 small: batch 1024 x 4096, 200B tokens (~48k steps), peak lr 3e-4, 2000 warmup;
             # Fig. 8 fine-tunes at 32k up to 800 steps (batch and lr unpublished: ours)
-            pretrain=Stage(4096, 48_000, 1024, _recipe(3e-4, 2000)),
+            pretrain=Stage(4096, 48_000, 1024, mmv2_recipe(3e-4, 2000)),
             finetune=Stage(32768, 800, 128, OptimConfig(lr=3e-5, schedule="constant")),
             eval_steps=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 800),
             test_docs=500,

@@ -42,49 +42,18 @@ from repro.errors import UserError
 from repro.eval.lm import mean_loss
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
-from repro.models.mosaic_v2 import mosaic_v2_ffn_for
+from repro.models.pairing import PAIR, ShapeV2, build_pair_model
 from repro.plan import PlanModel, PlanSpec, PlanStage
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train import distributed
 from repro.train.loop import LoopConfig, train
-from repro.train.optim import OptimConfig
+from repro.train.optim import Stage, mmv2_recipe
 
-FAMILIES = ("llama", "mosaic_v2")  # the pair this experiment compares
+FAMILIES = PAIR  # the pair this experiment compares
 STAGES = ("pretrain", "finetune")
 # §4.2: (params, GFLOPs/token at context 256) of the large models
 PAPER_SIZES = {"transformer": (8.8e9, 16.7), "mosaic_v2": (9.9e9, 18.9), "mosaic_v2 w/o long-term": (8.3e9, 15.6)}
-
-
-@dataclass
-class ShapeV2:
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    ffn_size: int = 384  # the transformer's SwiGLU width
-    mosaic_ffn_size: int | None = None  # None: chosen so both models have equal parameters
-    short_window: int = 32  # h (paper 256)
-    long_skip_min: int = 8  # m at inference (paper 64)
-    long_skip_max: int = 32  # m ~ U[m_min, m_max] in training (paper 256)
-    query_chunk: int = 512
-    dropout: float = 0.0
-    rope_theta: float = 10000.0
-    vocab_size: int | None = None  # None: the tokenizer's, padded to a multiple of 64
-
-
-@dataclass
-class Stage:
-    block_size: int
-    steps: int
-    batch_size: int
-    optim: OptimConfig
-
-
-def _recipe(lr: float, warmup: int) -> OptimConfig:
-    """§4.2: AdamW (0.9, 0.95), wd 0.1, clip 1, warmup then cosine decay to lr/100."""
-    return OptimConfig(
-        lr=lr, min_lr=lr / 100, schedule="cosine", warmup_steps=warmup, beta2=0.95, weight_decay=0.1, grad_clip=1.0
-    )
 
 
 @dataclass
@@ -100,8 +69,8 @@ class BenchConfig:
 class MMv2PretrainConfig:
     families: tuple[str, ...] = FAMILIES
     model: ShapeV2 = field(default_factory=ShapeV2)
-    pretrain: Stage = field(default_factory=lambda: Stage(128, 300, 16, _recipe(3e-3, 30)))
-    finetune: Stage = field(default_factory=lambda: Stage(512, 60, 4, _recipe(1e-3, 6)))
+    pretrain: Stage = field(default_factory=lambda: Stage(128, 300, 16, mmv2_recipe(3e-3, 30)))
+    finetune: Stage = field(default_factory=lambda: Stage(512, 60, 4, mmv2_recipe(1e-3, 6)))
     eval_multiples: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # x the pretraining context
     eval_tokens: int = 16384  # validation tokens per evaluated length
     eval_batch_tokens: int = 8192
@@ -113,33 +82,6 @@ class MMv2PretrainConfig:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(eval_every=100, checkpoint_every=50, log_every=10))
     data: TextDataConfig = field(default_factory=lambda: TextDataConfig(dataset="tinystories", tokenizer="bpe"))
     device: str = "auto"
-
-
-def build_model(family: str, shape: ShapeV2, vocab_size: int, block_size: int, long_term: bool = True) -> LanguageModel:
-    """A Llama or an MM v2 of one shape; the mosaic's SwiGLU width matches the Llama's parameters
-    unless `shape.mosaic_ffn_size` is set."""
-    common = dict(
-        n_layer=shape.n_layer,
-        n_head=shape.n_head,
-        n_embd=shape.n_embd,
-        block_size=block_size,
-        vocab_size=vocab_size,
-        dropout=shape.dropout,
-    )
-    if family == "llama":
-        return models.build_model("llama", **common, ffn_size=shape.ffn_size, rope_theta=shape.rope_theta)
-    cfg = models.model_config(
-        "mosaic_v2",
-        **common,
-        short_window=shape.short_window,
-        long_skip_min=shape.long_skip_min,
-        long_skip_max=shape.long_skip_max,
-        long_term=long_term,
-        query_chunk=shape.query_chunk,
-    )
-    d = shape.n_embd
-    ffn_size = shape.mosaic_ffn_size or mosaic_v2_ffn_for(4 * d * d + 3 * d * shape.ffn_size, cfg)
-    return models.build_model("mosaic_v2", **{**vars(cfg), "ffn_size": ffn_size})
 
 
 def paper_models() -> dict[str, LanguageModel]:
@@ -189,7 +131,7 @@ def bench_mmv2(
     shape, bench = shape or ShapeV2(), bench or BenchConfig()
     gen = torch.Generator().manual_seed(0)
     idx = torch.randint(vocab_size, (max(1, bench.train_tokens // context), context + 1), generator=gen).to(device)
-    models = {f: build_model(f, shape, vocab_size, context).to(device) for f in FAMILIES}
+    models = {f: build_pair_model(f, shape, vocab_size, context).to(device) for f in FAMILIES}
     cfg = SpeedConfig(
         steps=1, warmup=1, rounds=bench.repeats, decode_prompt=bench.decode_prompt, decode_tokens=bench.decode_tokens
     )
@@ -226,7 +168,7 @@ def memory_probe(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(family, ShapeV2(**shape), vocab_size, 128).eval()
+    model = build_pair_model(family, ShapeV2(**shape), vocab_size, 128).eval()
     idx = torch.randint(vocab_size, (1, length))
     with torch.no_grad():
         model(idx[:, :64])  # warm up the allocator and lazy inits
@@ -303,8 +245,8 @@ class MMv2Pretrain(Experiment):
                 long_skip_max=8,
                 query_chunk=64,
             ),
-            pretrain=Stage(32, 20, 4, _recipe(3e-3, 2)),
-            finetune=Stage(64, 6, 2, _recipe(1e-3, 1)),
+            pretrain=Stage(32, 20, 4, mmv2_recipe(3e-3, 2)),
+            finetune=Stage(64, 6, 2, mmv2_recipe(1e-3, 1)),
             eval_multiples=(1, 2, 4, 8),
             eval_tokens=1024,
             eval_batch_tokens=1024,
@@ -334,9 +276,9 @@ class MMv2Pretrain(Experiment):
             # §4.2: batch 1024 x 4096, 1T tokens (~240k steps), peak lr 1e-3 (large), 2000 warmup. A Stage's
             # batch is per GPU and micro-batch: 4 x accum 4 x 64 GPUs = 1024 sequences per step (with N GPUs,
             # set loop.accum = 256 / N). `repro plan mmv2-pretrain` shows what this costs and that it fits.
-            pretrain=Stage(4096, 240_000, 4, _recipe(1e-3, 2000)),
+            pretrain=Stage(4096, 240_000, 4, mmv2_recipe(1e-3, 2000)),
             # no published recipe (§4.2): 1 x 4 x 64 = 256 sequences of 32k per step, 8.6B tokens
-            finetune=Stage(32768, 1000, 1, _recipe(1e-4, 100)),
+            finetune=Stage(32768, 1000, 1, mmv2_recipe(1e-4, 100)),
             eval_multiples=(1, 2, 4, 8, 16),
             eval_tokens=1 << 22,
             eval_batch_tokens=1 << 17,
@@ -373,12 +315,14 @@ class MMv2Pretrain(Experiment):
         the preset's `model.vocab_size`, else GPT-2's padded (the tokenizer is not loaded to plan)."""
         vocab = cfg.model.vocab_size or 50304
         T = cfg.pretrain.block_size
-        planned = [PlanModel(models.label(f), lambda f=f: build_model(f, cfg.model, vocab, T)) for f in cfg.families]
+        planned = [
+            PlanModel(models.label(f), lambda f=f: build_pair_model(f, cfg.model, vocab, T)) for f in cfg.families
+        ]
         if "mosaic_v2" in cfg.families:
             planned.append(
                 PlanModel(
                     "MM v2 w/o long-term memory",
-                    lambda: build_model("mosaic_v2", cfg.model, vocab, T, long_term=False),
+                    lambda: build_pair_model("mosaic_v2", cfg.model, vocab, T, long_term=False),
                     "the paper's ablation size; not trained by this experiment",
                 )
             )
@@ -398,7 +342,7 @@ class MMv2Pretrain(Experiment):
         for f_index, family in enumerate(cfg.families):
             torch.manual_seed(ctx.seed * 100 + f_index)
             with distributed.build_context(cfg.loop):  # FSDP: ranks > 0 build on meta, rank 0's init is broadcast
-                model = build_model(family, cfg.model, vocab, cfg.pretrain.block_size)
+                model = build_pair_model(family, cfg.model, vocab, cfg.pretrain.block_size)
             for s_index, (stage_name, stage) in enumerate(zip(STAGES, (cfg.pretrain, cfg.finetune), strict=True)):
                 name, T = f"{family}-{stage_name}", stage.block_size
                 model.config.block_size = T  # the checkpoint records the context it was trained at

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -159,14 +158,6 @@ def fit_mlp(
     train(model, batch_fn, loss_fn, cfg.optim, steps, ctx, name)
 
 
-def t_interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval over seeds (nan half-width for one seed)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), results.t975(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
-
-
 @register
 class NegativeInterference(Experiment):
     name = "negative-interference"
@@ -276,12 +267,12 @@ class NegativeInterference(Experiment):
             forgetting[m] = (end - learned.reindex(end.index)).groupby("seed").mean()
 
         def cell(values: pd.Series) -> str:
-            mean, half = t_interval(values.to_numpy())
+            mean, half = results.t_interval(values.to_numpy())
             return f"{mean:.4f} ± {half:.4f}" if not math.isnan(half) else f"{mean:.4f}"
 
         gap = final_past["mlp"] - final_past["memory"]  # paired by seed
-        g_mean, g_half = t_interval(gap.to_numpy())
-        f_mean, f_half = t_interval(forgetting["mlp"].to_numpy())
+        g_mean, g_half = results.t_interval(gap.to_numpy())
+        f_mean, f_half = results.t_interval(forgetting["mlp"].to_numpy())
         holds = lambda mean, half: (not math.isnan(half)) and mean - half > 0  # noqa: E731
         entries = [
             {

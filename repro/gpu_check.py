@@ -77,10 +77,10 @@ def _pct(x: float | None) -> str:
 
 
 def _equal_size_models(n_layer: int, n_embd: int, n_head: int, block_size: int, vocab: int) -> dict[str, Any]:
-    from repro.experiments.mmv2_pretrain import ShapeV2, build_model
+    from repro.models.pairing import ShapeV2, build_pair_model
 
     shape = ShapeV2(n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_size=int(3.5 * n_embd), query_chunk=block_size)
-    return {f: build_model(f, shape, vocab, block_size) for f in ("llama", "mosaic_v2")}
+    return {f: build_pair_model(f, shape, vocab, block_size) for f in ("llama", "mosaic_v2")}
 
 
 def _training(

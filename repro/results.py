@@ -203,6 +203,14 @@ def t975(df: int) -> float:
     return T975[max(k for k in T975 if k <= df)]
 
 
+def t_interval(values: Any) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval over seeds (nan half-width for one value)."""
+    v = pd.Series(values, dtype=float).to_numpy()
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else math.nan, math.nan
+    return float(v.mean()), t975(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+
+
 def paired_diff(a: dict[int, float] | pd.Series, b: dict[int, float] | pd.Series) -> dict[str, Any]:
     """Mean of the per-seed differences a[s] - b[s] over the seeds both arms ran, with its 95% t-interval.
 

@@ -61,10 +61,10 @@ def test_paper_size_table_matches_section_4_2():
 
 
 def test_cpu_shapes_have_equal_parameters():
-    from repro.experiments.mmv2_pretrain import ShapeV2, build_model
+    from repro.models.pairing import ShapeV2, build_pair_model
 
     shape = ShapeV2()
-    llama, mm = (build_model(f, shape, 4096, 128) for f in ("llama", "mosaic_v2"))
+    llama, mm = (build_pair_model(f, shape, 4096, 128) for f in ("llama", "mosaic_v2"))
     assert abs(mm.num_params() / llama.num_params() - 1) < 0.005
     assert mm.config.ffn_size < shape.ffn_size  # the second memory is paid for by a narrower SwiGLU
 

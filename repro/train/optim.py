@@ -28,6 +28,23 @@ class OptimConfig:
     decay_all: bool = False  # weight decay on gains and biases too (RRL's pretraining decays BN)
 
 
+@dataclass
+class Stage:
+    """One training stage of a language-model experiment: its context, length, batch and recipe."""
+
+    block_size: int
+    steps: int
+    batch_size: int
+    optim: OptimConfig
+
+
+def mmv2_recipe(lr: float, warmup: int) -> OptimConfig:
+    """Memory Mosaics v2 §4.2: AdamW (0.9, 0.95), wd 0.1, clip 1, warmup then cosine decay to lr/100."""
+    return OptimConfig(
+        lr=lr, min_lr=lr / 100, schedule="cosine", warmup_steps=warmup, beta2=0.95, weight_decay=0.1, grad_clip=1.0
+    )
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Weight decay on matrices, kernels and embeddings (dim >= 2), none on scalars, gains and biases
     unless `decay_all`."""
