@@ -224,7 +224,7 @@ def ablation_entries(ablation: pd.DataFrame, main: pd.DataFrame) -> list[dict[st
                 }
             )
         settings = [p for p in variant.rsplit("-", 1)[0].split("+") if p.startswith(ABLATION_KEYS)]
-        d, h, n = paired(_pair(_per_seed(sub, family, depth), ref))
+        d, h, n = paired(_pair(dict(zip(sub.seed.astype(int), sub.value, strict=True)), ref))
         entries.append(
             {
                 "model": f"{LABELS.get(family, family)}, {_plural(depth)}",
@@ -237,6 +237,16 @@ def ablation_entries(ablation: pd.DataFrame, main: pd.DataFrame) -> list[dict[st
     return entries
 
 
+def still_falling(df: pd.DataFrame) -> str:
+    """Per model: in how many seeds the last validation loss is below the one before it."""
+    val = df[(df.split == "validation") & (df.metric == "loss")].sort_values("step")
+    parts = []
+    for model, sub in val.groupby("model"):
+        falls = [len(v) > 1 and v.iloc[-1] < v.iloc[-2] for _, v in sub.groupby("seed").value]
+        parts.append(f"{model} {sum(falls)}/{len(falls)}")
+    return ", ".join(parts)
+
+
 def notes(df: pd.DataFrame) -> list[str]:
     seeds = sorted(int(s) for s in df.seed.unique())
     passes = df[df.metric == "passes"].value
@@ -244,8 +254,10 @@ def notes(df: pd.DataFrame) -> list[str]:
     speed = df[df.metric == "tok_per_s"].groupby("model").value.median()
     speeds = ", ".join(f"{k} {v:,.0f}" for k, v in speed.sort_index().items())
     return [
-        f"Ours: preset `{df.preset.iloc[0]}`, variant `{df.variant.iloc[0]}`, seeds {seeds}; mean ± std over seeds.",
-        f"{steps} steps per model, {passes.max() if len(passes) else float('nan'):.2f} passes over the training text.",
+        f"Ours: preset `{df.preset.iloc[0]}` (run variants: {', '.join(sorted(df.variant.unique()))}), seeds {seeds};"
+        " mean ± std over seeds.",
+        f"{steps} steps per model, {passes.max() if len(passes) else float('nan'):.2f} passes over the training text;"
+        f" validation loss still falling at the last evaluation (seeds): {still_falling(df)}.",
         "Paper: BabiStories, GPT-2 tokenizer, d 768, context 512, 80k steps on 64 GPUs (memory-mosaics.md §3).",
         "Verdicts pair the mosaic with the GPT-2 of the same seed; the interval is a 95% Student-t interval of",
         "the mean paired difference; beyond seed noise = the interval excludes zero.",

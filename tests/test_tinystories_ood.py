@@ -99,3 +99,18 @@ def test_killed_run_resumes_on_the_same_curve(corpus, tmp_path, monkeypatch):
     clean, resumed = curve(tmp_path / "clean"), curve(tmp_path / "killed")
     assert len(clean) == len(resumed) > 3
     assert resumed == pytest.approx(clean, rel=1e-5)
+
+
+def test_paired_verdicts_and_sweep_split():
+    from repro.experiments._tinystories_report import paired, split_sweep, verdict
+
+    d, h, n = paired([-0.10, -0.12, -0.11])
+    assert n == 3 and d == pytest.approx(-0.11) and h == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
+    assert verdict(d, h, n, "lower").startswith("reproduced, beyond seed noise")
+    assert verdict(d, h, n, "higher").startswith("differs: opposite, beyond seed noise")
+    assert verdict(*paired([0.2, -0.1, 0.05]), "lower").startswith("opposite direction, within seed noise")
+    assert verdict(*paired([0.2, -0.1, 0.05]), "not higher").startswith("not contradicted")
+    variants = ["default", "depths=4-0a1b2c", "depths=1+families=mosaic+model.head_scale=inv_sqrt_width-3f00aa"]
+    df = pd.DataFrame({"variant": variants, "seed": [0, 0, 0]})
+    main, ablation = split_sweep(df)
+    assert list(main.variant) == variants[:2] and list(ablation.variant) == variants[2:]
