@@ -34,21 +34,21 @@ def _ood_label(split: str) -> str:
     return OOD_LABELS.get(key, key)
 
 
-def split_sweep(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(main sweep, head-scale side-by-side). The main sweep is `default` plus runs that only chose
-    their depths (`--set depths=1`: a sweep run depth by depth, so a cut-short one keeps its finished
-    depths); without those, the variant with the most seeds."""
+def split_sweep(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(main sweep, head-scale side-by-side, other variants). The main sweep is `default` plus runs
+    that only chose their depths (`--set depths=1`: a sweep run depth by depth, so a cut-short one
+    keeps its finished depths); without those, the variant with the most seeds."""
     variant = df.variant.astype(str)
     is_ablation = variant.str.contains("|".join(k.replace(".", r"\.") for k in ABLATION_KEYS))
-    main, ablation = df[~is_ablation], df[is_ablation]
+    rest = df[~is_ablation]
     by_depth = variant.eq("default") | variant.str.fullmatch(r"depths=[0-9_]+-[0-9a-f]{6}")
     if by_depth[~is_ablation].any():
-        main = df[by_depth & ~is_ablation]
-    elif main.variant.nunique() > 1:
-        counts = main.groupby("variant").seed.nunique()
+        is_main = by_depth & ~is_ablation
+    else:
+        counts = rest.groupby("variant").seed.nunique()
         chosen = "default" if "default" in counts.index else counts.idxmax()
-        main = main[main.variant == chosen]
-    return main, ablation
+        is_main = variant.eq(chosen) & ~is_ablation
+    return df[is_main], df[is_ablation], df[~is_main & ~is_ablation]
 
 
 def with_model_keys(df: pd.DataFrame) -> pd.DataFrame:
@@ -331,7 +331,7 @@ def plot_positions(df: pd.DataFrame, splits: list[str], titles: list[str], path:
 
 def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     results.figure_style()
-    main, ablation = split_sweep(df)
+    main, ablation, others = split_sweep(df)
     main = with_model_keys(main if len(main) else df)
     entries = loss_entries(main) + position_entries(main) + size_entries(main)
     extra = {}
@@ -339,6 +339,17 @@ def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         heading = "Head scale and init side by side (the cpu preset's choice)"
         extra[heading] = ablation_entries(with_model_keys(ablation), main)
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for variant, sub in with_model_keys(others).groupby("variant") if len(others) else ():
+        if sub.family.nunique() < 2:
+            continue  # nothing to pair
+        settings = variant.rsplit("-", 1)[0]
+        seeds = sorted(int(s) for s in sub.seed.unique())
+        extra[f"Other runs: {settings.replace('+', ', ')} (seeds {seeds})"] = loss_entries(sub) + position_entries(sub)
+        splits = ["validation"] + sorted(s for s in sub.split.unique() if str(s).startswith("ood:"))
+        titles = [f"{settings}: " + ("TinyStories validation" if s == "validation" else _ood_label(s)) for s in splits]
+        slug = "".join(c if c.isalnum() else "_" for c in settings)
+        figures.append(plot_positions(sub, splits, titles, out_dir / f"fig_position_loss_{slug}.png"))
     paths = results.write_table(entries, out_dir, "TinyStories / OOD: paper vs ours", notes(main), extra)
     paths.append(plot_loss_vs_blocks(main, out_dir / "fig_loss_vs_blocks.png"))
     paths.append(plot_loss_curves(main, out_dir / "fig_loss_curves.png"))
@@ -347,4 +358,4 @@ def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     if ood:
         titles = [f"OOD: {_ood_label(s)}" for s in ood]
         paths.append(plot_positions(main, ood, titles, out_dir / "fig_ood_position_loss.png"))
-    return paths
+    return paths + figures

@@ -110,7 +110,13 @@ def test_paired_verdicts_and_sweep_split():
     assert verdict(d, h, n, "higher").startswith("differs: opposite, beyond seed noise")
     assert verdict(*paired([0.2, -0.1, 0.05]), "lower").startswith("opposite direction, within seed noise")
     assert verdict(*paired([0.2, -0.1, 0.05]), "not higher").startswith("not contradicted")
-    variants = ["default", "depths=4-0a1b2c", "depths=1+families=mosaic+model.head_scale=inv_sqrt_width-3f00aa"]
-    df = pd.DataFrame({"variant": variants, "seed": [0, 0, 0]})
-    main, ablation = split_sweep(df)
-    assert list(main.variant) == variants[:2] and list(ablation.variant) == variants[2:]
+    variants = [
+        "default",
+        "depths=4-0a1b2c",
+        "depths=1+families=mosaic+model.head_scale=inv_sqrt_width-3f00aa",
+        "depths=1+steps=200-77aa00",
+    ]
+    df = pd.DataFrame({"variant": variants, "seed": [0, 0, 0, 0]})
+    main, ablation, others = split_sweep(df)
+    assert list(main.variant) == variants[:2] and list(ablation.variant) == variants[2:3]
+    assert list(others.variant) == variants[3:]
