@@ -21,8 +21,6 @@ from repro.models import registry as models
 LABELS = {family: models.label(family) for family in ("gpt2", "mosaic")}
 OOD_LABELS = {"simple-wiki": "Wikipedia", "paul-graham": "Paul Graham essays"}
 ABLATION_KEYS = ("model.head_scale", "model.init")
-# two-sided 95% quantiles of Student's t by degrees of freedom (standard table values)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def _plural(depth: int) -> str:
@@ -64,7 +62,7 @@ def paired(diffs: list[float]) -> tuple[float, float, int]:
     n = len(d)
     if n < 2:
         return (float(d.mean()) if n else float("nan")), float("nan"), n
-    return float(d.mean()), T975.get(n - 1, 1.96) * float(d.std(ddof=1)) / np.sqrt(n), n
+    return float(d.mean()), results.t975(n - 1) * float(d.std(ddof=1)) / np.sqrt(n), n
 
 
 def verdict(diff: float, half: float, n: int, want: str) -> str:

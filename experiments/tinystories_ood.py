@@ -100,10 +100,12 @@ class EvalShape:
 class OODConfig:
     """Texts that are not stories, each read whole and tokenized with the training tokenizer."""
 
-    # named corpora (repro.data.text.DATASETS): one that is neither local nor on the hub is skipped, with a note
-    datasets: tuple[str, ...] = ("simple-wiki", "paul-graham")
+    # named corpora (repro.data.text.DATASETS): one that is neither local nor on the hub is skipped, with a
+    # note; empty by default here so that `ood.datasets=` may drop them all (the presets name two)
+    datasets: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()  # any plain-text files (or folders): one more text each; documents = blank-line blocks
     max_chars: int | None = 2_000_000  # per text: only the first documents' windows are read
+    data_dir: str | None = None  # a folder of local copies, DIR/<folder>/ (`repro run --data-dir` sets it)
 
 
 @dataclass
@@ -128,7 +130,7 @@ class TinyStoriesOODConfig:
     )
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(eval_every=20, checkpoint_every=40))
     data: TextDataConfig = field(default_factory=lambda: TextDataConfig(dataset="tinystories", tokenizer="bpe"))
-    ood: OODConfig = field(default_factory=OODConfig)
+    ood: OODConfig = field(default_factory=lambda: OODConfig(datasets=("simple-wiki", "paul-graham")))
     eval: EvalShape = field(default_factory=EvalShape)
     device: str = "auto"
 
@@ -143,7 +145,7 @@ def ood_texts(cfg: OODConfig, tokenizer: Tokenizer, cache_dir: str) -> dict[str,
         if key in out:
             raise UserError(f"ood: two texts are named {key}; rename one of the files.")
         try:
-            docs = load_texts(c.dataset, "validation", c.path, cfg.max_chars, val_fraction=1.0)
+            docs = load_texts(c.dataset, "validation", c.path, cfg.max_chars, val_fraction=1.0, data_dir=cfg.data_dir)
         except UserError as e:
             if c.path is not None:
                 raise
