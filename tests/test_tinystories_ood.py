@@ -27,6 +27,12 @@ def _wiki(n: int) -> str:
     return "".join(f" = Topic {i} = \n\n The topic number {i} is a subject of study .\n\n" for i in range(n))
 
 
+def _essays(n: int) -> str:
+    return "".join(
+        f"Essay {i}. Startups grow when founders make what users want, {i} times over.\n\n" for i in range(n)
+    )
+
+
 @pytest.fixture
 def corpus(tmp_path):
     root = tmp_path / "corpus"
@@ -34,6 +40,7 @@ def corpus(tmp_path):
     (root / "train.txt").write_text(_stories(300, 0))
     (root / "valid.txt").write_text(_stories(60, 1))
     (root / "wiki.txt").write_text(_wiki(40))
+    (root / "essays.txt").write_text(_essays(30))
     return root
 
 
@@ -41,8 +48,8 @@ def _overrides(corpus):
     return [
         f"data.path={corpus}",
         f"data.cache_dir={corpus.parent / 'cache'}",
-        f"ood.path={corpus / 'wiki.txt'}",
-        "ood.val_fraction=1.0",
+        "ood.datasets=",  # no named corpus: the test must not look for local copies or the hub
+        f"ood.paths={corpus / 'wiki.txt'},{corpus / 'essays.txt'}",
     ]
 
 
@@ -53,12 +60,14 @@ def test_smoke_run_report_and_checkpoints(corpus, tmp_path):
     assert set(df.model) == {"gpt2-L1", "mosaic-L1", "gpt2-L2", "mosaic-L2"}
     val = df[(df.split == "validation") & (df.metric == "loss")]
     assert len(val) >= 4 * 3 and val.value.between(0.1, 10).all()  # evaluated every 10 of 30 steps
-    positions = df[(df.metric == "position_loss") & (df.split == "ood")]
-    assert len(positions) == 4 * 32  # one value per position of the 32-token window, per model
+    for text in ("wiki", "essays"):  # one value per position of the 32-token window, per model and text
+        assert len(df[(df.metric == "position_loss") & (df.split == f"ood:{text}")]) == 4 * 32
     paths = exp.report(df, tmp_path / "report")
-    assert {p.name for p in paths} >= {"table.md", "fig_loss_curves.png", "fig_position_loss.png"}
+    figures = {"fig_loss_vs_blocks.png", "fig_loss_curves.png", "fig_position_loss.png", "fig_ood_position_loss.png"}
+    assert {p.name for p in paths} >= {"table.md", *figures}
     table = pd.read_csv(tmp_path / "report" / "table.csv")
-    assert table.claim.str.startswith("(c) OOD").sum() == 2
+    assert table.claim.str.startswith("(c) OOD").sum() == 2 * 2  # two texts x two depths
+    assert table.claim.str.startswith("(a)").sum() == 2
     for name in ("gpt2-L1", "mosaic-L2"):  # a checkpoint loads without the run, with its tokenizer
         model = load_model(str(run_dir / "checkpoints" / name))
         text = model.generate(model.tokenizer.encode("Once upon a time,"), 8)
@@ -90,3 +99,24 @@ def test_killed_run_resumes_on_the_same_curve(corpus, tmp_path, monkeypatch):
     clean, resumed = curve(tmp_path / "clean"), curve(tmp_path / "killed")
     assert len(clean) == len(resumed) > 3
     assert resumed == pytest.approx(clean, rel=1e-5)
+
+
+def test_paired_verdicts_and_sweep_split():
+    from repro.experiments._tinystories_report import paired, split_sweep, verdict
+
+    d, h, n = paired([-0.10, -0.12, -0.11])
+    assert n == 3 and d == pytest.approx(-0.11) and h == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
+    assert verdict(d, h, n, "lower").startswith("reproduced, beyond seed noise")
+    assert verdict(d, h, n, "higher").startswith("differs: opposite, beyond seed noise")
+    assert verdict(*paired([0.2, -0.1, 0.05]), "lower").startswith("opposite direction, within seed noise")
+    assert verdict(*paired([0.2, -0.1, 0.05]), "not higher").startswith("not contradicted")
+    variants = [
+        "default",
+        "depths=4-0a1b2c",
+        "depths=1+families=mosaic+model.head_scale=inv_sqrt_width-3f00aa",
+        "depths=1+steps=200-77aa00",
+    ]
+    df = pd.DataFrame({"variant": variants, "seed": [0, 0, 0, 0]})
+    main, ablation, others = split_sweep(df)
+    assert list(main.variant) == variants[:2] and list(ablation.variant) == variants[2:3]
+    assert list(others.variant) == variants[3:]

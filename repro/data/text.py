@@ -24,6 +24,7 @@ Document rules for plain text (`data.doc_split`, "auto" by default):
   boundaries are lost) falls back to one document per blank-line block, i.e. per paragraph;
 - simple-wiki: WikiText format, where a top-level heading line ` = Title = ` starts an article
   (` = = Section = = ` does not); without such headings, blank-line blocks;
+- paul-graham (local files only, `$REPRO_DATA_DIR/paul_graham_essays/`): one document per file;
 - text (local files only): blank-line blocks.
 
 Tokens are written once per (documents, tokenizer) under `cache_dir`, with end-of-text after each
@@ -79,13 +80,15 @@ DATASETS = {
     "simple-wiki": DatasetSpec(
         ("simple-wiki", "wikitext2_raw"), "wikimedia/wikipedia", "20231101.simple", ("train",), "wikitext"
     ),
+    # local only (an essay per file, one document each): an out-of-distribution text that is not stories
+    "paul-graham": DatasetSpec(("paul_graham_essays",), None, None, (), "none"),
     "text": DatasetSpec((), None, None, (), "blank"),
 }
 
 
 @dataclass
 class TextDataConfig:
-    dataset: str = "tinystories"  # tinystories | simple-wiki | text (local files only)
+    dataset: str = "tinystories"  # tinystories | simple-wiki | paul-graham | text (the last two local only)
     path: str | None = None  # a local file or directory, used instead of the hub
     data_dir: str | None = None  # a folder of local copies, DIR/<folder>/ (`repro run --data-dir` sets it)
     tokenizer: TokenizerKind = "auto"  # auto: gpt2 when loadable, else a BPE trained on train

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,11 @@ class MosaicConfig:
     pmem_size: int | None = None  # persistent pairs per head; None: 3.5 n_embd rounded (2688 at d=768)
     ic_dropout: float = 0.05  # dropout on the memories' attention weights
     hd_dropout: float = 0.05  # dropout on each memory's output (residual branch)
+    # The Library multiplies the logits by 1/sqrt(d) and draws Linear weights N(0, 1/fan_in): tuned for
+    # d 768 and 80k steps. At d 128 and a few hundred steps the scaled tied head cannot grow large enough
+    # and the model underfits (reports/tinystories-ood), so small presets turn the scale off.
+    head_scale: Literal["inv_sqrt_width", "none"] = "inv_sqrt_width"  # logits x 1/sqrt(n_embd), or x 1
+    init: Literal["library", "nanogpt"] = "library"  # library: N(0, 1/fan_in); nanogpt: N(0, 0.02)
 
     def pmem_pairs(self) -> int:
         """3.5 d pairs make a block's parameters match a GPT-2 block: 3d^2 + 2d^2 + 7d^2 = 12d^2."""
@@ -204,7 +210,8 @@ class MosaicBlock(nn.Module):
 
 class MemoryMosaic(LanguageModel):
     """Memory Mosaics v1 language model: token embedding (no position encoding: the leaky averages
-    carry order), n_layer mosaic blocks, final LayerNorm, tied head, logits scaled by 1/sqrt(d)."""
+    carry order), n_layer mosaic blocks, final LayerNorm, tied head, logits scaled by 1/sqrt(d)
+    (config.head_scale; the Library's choice, off at small width)."""
 
     config_class = MosaicConfig
 
@@ -224,7 +231,18 @@ class MemoryMosaic(LanguageModel):
         The Library also draws the Embedding from N(0, 1), but its tied head Linear is initialised
         after it and overwrites the shared matrix, which therefore starts at N(0, 1/d); we keep that
         effective init. The p-mem tables and the per-head scalars are set in their modules.
+        init="nanogpt" is the authors' nanoMosaics init instead: N(0, 0.02), c_proj N(0, 0.02/sqrt(2L)).
         """
+        if self.config.init == "nanogpt":
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+            return
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=1 / math.sqrt(module.weight.shape[1]))
@@ -241,9 +259,12 @@ class MemoryMosaic(LanguageModel):
     def forward(self, idx: torch.Tensor, cache: MosaicCache | None = None) -> torch.Tensor:
         x = self.wte(idx)  # (B, T, C)
         x = run_blocks(self.blocks, x, cache)
-        # scaling the (B, T, C) input of the linear head instead of its (B, T, V) output: same logits, V/C
-        # times fewer multiplications (the vocabulary is much larger than the width)
-        return self.lm_head(self.ln_f(x) * (1.0 / math.sqrt(self.config.n_embd)))  # (B, T, V)
+        x = self.ln_f(x)
+        if self.config.head_scale == "inv_sqrt_width":
+            # scaling the (B, T, C) input of the linear head instead of its (B, T, V) output: same logits,
+            # V/C times fewer multiplications (the vocabulary is much larger than the width)
+            x = x * (1.0 / math.sqrt(self.config.n_embd))
+        return self.lm_head(x)  # (B, T, V)
 
 
 # The paper's shape is GPT-2 small's (reference 1.2: d 768, 12 heads, context 512, vocab 50304); pmem
