@@ -30,19 +30,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from repro.data.regbench import RegBenchSplit, V, make_splits
 from repro.errors import UserError
 from repro.eval.regbench import Tally, ngram_probs, score
-from repro.models.lm import LanguageModel
+from repro.models import registry as models
+from repro.models.lm import LanguageModel, cross_entropy, next_token_loss
+from repro.models.mosaic_v2 import mosaic_v2_ffn_for
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig
 
 FAMILIES = ("mosaic", "gpt2", "mosaic_v2", "llama")
-LABELS = {"mosaic": "Memory Mosaic", "gpt2": "Transformer (GPT-2)", "mosaic_v2": "Memory Mosaic v2", "llama": "Llama"}
 NGRAMS = (1, 2, 3, 4)
 
 
@@ -106,45 +106,34 @@ def non_embedding_params(model: LanguageModel) -> int:
 
 
 def build(family: str, shape: ModelShape) -> LanguageModel:
-    """One RegBench model at the paper's shape. The transformer's non-embedding parameters set the
-    budget: the mosaic meets it with pmem 448 (the paper's choice), Llama and Memory Mosaics v2 by
-    their SwiGLU width. Built with the current model classes until the registry lands."""
-    from repro.models.mosaic import MemoryMosaic, MosaicConfig
-    from repro.models.mosaic_v2 import MemoryMosaicV2, MosaicV2Config, mosaic_v2_ffn_for
-    from repro.models.transformer import GPT, GPTConfig, Llama, LlamaConfig
-
-    d, L = shape.n_embd, shape.n_layer
-    common = dict(n_layer=L, n_embd=d, vocab_size=V, block_size=shape.block_size)
+    """One RegBench model at the paper's shape, through the model registry. The transformer's
+    non-embedding parameters set the budget: the mosaic meets it with pmem 448 (the paper's
+    choice), Llama and Memory Mosaics v2 by their SwiGLU width."""
+    d = shape.n_embd
+    common = dict(n_layer=shape.n_layer, n_embd=d, vocab_size=V, block_size=shape.block_size)
     gpt_block = 12 * d * d + 13 * d  # one GPT-2 block with biases: attention, 4d MLP, two LayerNorms
     if family == "gpt2":
-        return GPT(GPTConfig(**common, n_head=shape.transformer_heads, dropout=shape.transformer_dropout, bias=True))
-    if family == "mosaic":
-        drop = shape.mosaic_dropout
-        cfg = MosaicConfig(
-            **common, n_head=shape.mosaic_heads, pmem_size=shape.pmem_size, ic_dropout=drop, hd_dropout=drop
+        return models.build_model(
+            "gpt2", **common, n_head=shape.transformer_heads, dropout=shape.transformer_dropout, bias=True
         )
-        return MemoryMosaic(cfg)
+    if family == "mosaic":
+        return models.build_model(
+            "mosaic", **common, n_head=shape.mosaic_heads, pmem_size=shape.pmem_size, dropout=shape.mosaic_dropout
+        )
     if family == "llama":
         ffn = math.floor((gpt_block - 4 * d * d - 2 * d) / (3 * d))  # 4d^2 attention + 2 RMSNorm gains
-        return Llama(LlamaConfig(**common, n_head=shape.transformer_heads, ffn_size=ffn))
+        return models.build_model("llama", **common, n_head=shape.transformer_heads, ffn_size=ffn)
     if family == "mosaic_v2":
-        cfg = MosaicV2Config(
+        cfg = models.model_config(
+            "mosaic_v2",
             **common,
             n_head=shape.mosaic_heads,
             short_window=shape.short_window,
             long_skip_min=shape.long_skip_min,
             long_skip_max=shape.long_skip_max,
         )
-        cfg.ffn_size = mosaic_v2_ffn_for(gpt_block, cfg)
-        return MemoryMosaicV2(cfg)
+        return models.build_model("mosaic_v2", **{**vars(cfg), "ffn_size": mosaic_v2_ffn_for(gpt_block, cfg)})
     raise UserError(f"unknown family '{family}'; choose from {', '.join(FAMILIES)}.")
-
-
-def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Next-symbol cross-entropy averaged over every symbol target (`|` and padding are -1)."""
-    x, y = batch[0], batch[1]
-    logits = model(x)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1)
 
 
 def epoch_batches(split: RegBenchSplit, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -178,7 +167,7 @@ def evaluate(model: LanguageModel, split: RegBenchSplit, batch_size: int, device
     for index in sorted_batches(split, batch_size):
         x, y, delta = split.batch(index)
         logits = model(x.to(device)).float().cpu()  # (B, T, V)
-        nll += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum"))
+        nll += float(cross_entropy(logits, y, reduction="none").sum())
         count += int((y >= 0).sum())
         tally.add(score(torch.softmax(logits, -1), x, y, delta))
     model.train(was_training)
@@ -191,7 +180,7 @@ def validation_loss(model: LanguageModel, split: RegBenchSplit, batch_size: int,
     for index in sorted_batches(split, batch_size):
         x, y, _ = split.batch(index)
         logits = model(x.to(device)).float().cpu()
-        nll += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum"))
+        nll += float(cross_entropy(logits, y, reduction="none").sum())
         count += int((y >= 0).sum())
     return nll / max(1, count)
 
@@ -217,10 +206,10 @@ class RegBench(Experiment):
 
     def presets(self) -> dict[str, RegBenchConfig]:
         smoke = RegBenchConfig(
-            sizes=(8, 16),
+            sizes=(4, 8),
             epochs=(2, 1),
-            n_val=8,
-            n_test=16,
+            n_val=4,
+            n_test=8,
             batch_size=4,
             eval_batch_size=8,
             val_every_epochs=1,
@@ -343,7 +332,7 @@ class RegBench(Experiment):
 
         start = time.perf_counter()
         loop = LoopConfig(log_every=max(1, per_epoch), eval_every=eval_every, checkpoint_every=eval_every)
-        train(model, batch_fn, lm_loss, optim, steps, ctx, name, loop=loop, eval_fn=eval_fn)
+        train(model, batch_fn, next_token_loss, optim, steps, ctx, name, loop=loop, eval_fn=eval_fn)
         curve = ctx.metric_curve(f"{name}/val_loss")  # the loop logs each evaluation at its step
         best_step = min(curve, key=lambda sv: sv[1])[0] if curve else steps
         best.update(finished=True, step=best_step, seconds=best["seconds"] + time.perf_counter() - start)
