@@ -190,7 +190,7 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         f"Learning rate used: {lrs}. Training time summed over seeds and N (shared, loaded CPU): {wall}.",
         "Deviations from the protocol (regbench.md) are listed in experiments/regbench.py's docstring: one",
         "fixed test set for all N, disjoint languages across splits, length-bucketed batches; at the cpu",
-        "preset far fewer epochs than 200, no dropout, 100 validation automata, no hyper-parameter grid.",
+        "preset far fewer epochs than 200 (column epochs), no dropout, 50 validation automata, one lr per family.",
     ]
     extra = {"In-context n-gram reference rows (test automata)": _ngram_entries(df),
              "Verdicts (paired over seeds: same test automata for both models)": _verdict_entries(df)}  # fmt: skip
