@@ -9,8 +9,8 @@ Protocol: ../shared/reference/regbench.md, followed to the letter except (also i
 - one test set of 500 held-out automata per seed, the same for every model and every N (the original
   re-draws it per N), and languages disjoint across splits (the original has no isomorphism check);
 - length-bucketed batches (each batch padded to its own longest sequence), not the whole split;
-- the `cpu` preset trains 10 epochs at N = 100 (40 steps) and 2 at N = 500 (32 steps) instead of
-  200, with no dropout (CPU attention dropout takes a 4x slower path), 50 validation automata
+- the `cpu` preset trains 10 epochs at N = 100 (40 steps) and 1 at N = 500 (16 steps) instead of
+  200 (sized for a 2-core machine shared by ~20 jobs), with no dropout (CPU attention dropout takes a 4x slower path), 50 validation automata
   instead of 500, and one learning rate per family instead of a grid, the best validation loss of a
   probe at N = 100, seed 0, 40 steps (mosaic 1e-2 over 1e-3, 3e-3; Llama 1e-3 over 3e-3; MMv2 3e-3
   over 1e-2 at 20 steps; reports/LOG.md); GPT-2, the paper's baseline, whose probe preferred the
@@ -88,7 +88,7 @@ class Grid:
 @dataclass
 class RegBenchConfig:
     sizes: tuple[int, ...] = (100, 500)  # N: number of training automata (one sequence each)
-    epochs: tuple[int, ...] = (10, 2)  # per size
+    epochs: tuple[int, ...] = (10, 1)  # per size
     families: tuple[str, ...] = FAMILIES
     n_val: int = 50
     n_test: int = 500
