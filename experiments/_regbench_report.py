@@ -102,12 +102,14 @@ def paired_gap(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
     return float(d.mean()), T975.get(len(d) - 1, 1.96) * float(d.std(ddof=1)) / np.sqrt(len(d)), len(d)
 
 
-def _verdict(mean: float, half: float, sign: int) -> str:
+def _verdict(mean: float, half: float, sign: int, paper: bool) -> str:
     if np.isnan(half):
         return "one seed: no verdict"
     if abs(mean) <= half:
         return "within seed noise (95% interval contains 0)"
-    return "reproduced, beyond seed noise" if np.sign(mean) == sign else "not reproduced (opposite), beyond seed noise"
+    if np.sign(mean) == sign:
+        return "reproduced, beyond seed noise" if paper else "holds, beyond seed noise"
+    return ("not reproduced" if paper else "does not hold") + " (opposite sign), beyond seed noise"
 
 
 def _verdict_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -129,7 +131,7 @@ def _verdict_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
                     "claim": claim + ("" if where == "paper" else " (beyond the paper)"),
                     "paper gap": gap,
                     "ours gap (paired, 95% CI)": f"{fmt.format(mean)} ± {half:.3f} ({n} seeds)",
-                    "verdict": _verdict(mean, half, sign),
+                    "verdict": _verdict(mean, half, sign, where == "paper"),
                 })  # fmt: skip
     return entries
 
