@@ -10,15 +10,18 @@ Protocol: ../shared/reference/regbench.md, followed to the letter except (also i
   re-draws it per N), and languages disjoint across splits (the original has no isomorphism check);
 - length-bucketed batches (each batch padded to its own longest sequence), not the whole split;
 - the `cpu` preset trains 10 epochs at N = 100 (40 steps) and 1 at N = 500 (16 steps) instead of
-  200 (sized for a 2-core machine shared by ~20 jobs), with no dropout (CPU attention dropout takes a 4x slower path), 50 validation automata
-  instead of 500, and one learning rate per family instead of a grid, the best validation loss of a
-  probe at N = 100, seed 0, 40 steps (mosaic 1e-2 over 1e-3, 3e-3; Llama 1e-3 over 3e-3; MMv2 3e-3
-  over 1e-2 at 20 steps; reports/LOG.md); GPT-2, the paper's baseline, whose probe preferred the
-  lowest lr tried (1e-3 over 3e-3, 1e-2), keeps a grid {3e-4, 1e-3} chosen on validation per run.
-  Few steps want a higher lr than the paper's 1e-4..5e-4 over 800+ steps;
+  200 (sized for a 2-core machine shared by ~20 jobs), with no dropout (CPU attention dropout takes
+  a 4x slower path), 50 validation automata instead of 500, and one learning rate per family
+  instead of a grid, the best validation loss of a probe at N = 100, seed 0, 40 steps (mosaic 1e-2
+  over 1e-3, 3e-3; Llama 1e-3 over 3e-3; MMv2 3e-3 over 1e-2 at 20 steps; reports/LOG.md); GPT-2,
+  the paper's baseline, whose probe preferred the lowest lr tried (1e-3 over 3e-3, 1e-2), keeps a
+  grid {3e-4, 1e-3} chosen on validation per run. Few steps want a higher lr than the paper's
+  1e-4..5e-4 over 800+ steps;
 - the schedule is the code's (10% linear warmup, cosine to 0.1 lr) in our optimizer's form: the
   cosine starts after the warmup (timm's counts from step 0), warmup starts at lr/warmup, not 1e-6;
 - the hyper-parameter grid of the `paper` preset covers lr x weight decay, not width and depth;
+- GPT-2's one dropout rate also acts on the residual branches (the benchmark: 0.1 on embeddings and
+  attention, 0 on residuals);
 - Memory Mosaics v2 and the Llama-style transformer are beyond the paper (windows scaled to
   RegBench's ~380-token sequences: short-term h = 64, long-term skip m ~ U[16, 64], 16 at test).
 """
