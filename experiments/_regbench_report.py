@@ -23,7 +23,6 @@ PAPER = {
 }  # fmt: skip
 # reference regbench.md §5, [SIM]: an approximate re-simulation, 150 sequences
 PAPER_NGRAM = {1: (0.49, 0.62), 2: (0.84, 0.29), 3: (0.94, 0.19), 4: (0.95, 0.21)}
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # Student t, 97.5%
 
 
 def _ms(values: np.ndarray) -> str:
@@ -98,10 +97,9 @@ def _ngram_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
 def paired_gap(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
     """Mean and 95% half-width (Student t) of a - b over the seeds both have (each seed has its own
     test automata, shared by both models, so the difference is paired)."""
-    d = (a - b).dropna().to_numpy()
-    if len(d) < 2:
-        return (float(d.mean()) if len(d) else float("nan")), float("nan"), len(d)
-    return float(d.mean()), T975.get(len(d) - 1, 1.96) * float(d.std(ddof=1)) / np.sqrt(len(d)), len(d)
+    d = (a - b).dropna()
+    mean, half = results.t_interval(d)
+    return mean, half, len(d)
 
 
 def _verdict(mean: float, half: float, sign: int, paper: bool) -> str:
