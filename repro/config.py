@@ -104,9 +104,7 @@ def type_name(typ: Any) -> str:
         inner = [a for a in get_args(typ) if a is not type(None)]
         return " or ".join(type_name(a) for a in inner) + " or none"
     if origin in (tuple, list):
-        return (
-            f"a comma-separated list of {type_name(get_args(typ)[0]).removeprefix('an ').removeprefix('a ')}s"
-        )
+        return f"a comma-separated list of {type_name(get_args(typ)[0]).removeprefix('an ').removeprefix('a ')}s"
     return getattr(typ, "__name__", str(typ))
 
 

@@ -35,9 +35,7 @@ class Experiment:
     def config(self, preset: str) -> Any:
         presets = self.presets()
         if preset not in presets:
-            raise UserError(
-                f"experiment '{self.name}' has no preset '{preset}'; choose one of {list(presets)}."
-            )
+            raise UserError(f"experiment '{self.name}' has no preset '{preset}'; choose one of {list(presets)}.")
         return presets[preset]
 
     def variant(self, cfg: Any, overrides: list[str] | None) -> str:

@@ -167,9 +167,7 @@ def test_hub_splits_are_mapped_and_carved(monkeypatch):
 
     def fake_load(hub_id, config=None, split="train"):
         calls.append((hub_id, config, split))
-        return datasets.Dataset.from_dict(
-            {"text": [f" doc {split} {i} " for i in range(10)], "id": list(range(10))}
-        )
+        return datasets.Dataset.from_dict({"text": [f" doc {split} {i} " for i in range(10)], "id": list(range(10))})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     assert T.load_texts("tinystories", "test")[0] == "doc validation 0"  # no test split: validation
@@ -284,9 +282,7 @@ def test_sequential_and_document_windows():
 def test_prepare_lm_data_shares_one_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setattr(tk, "gpt2_tokenizer", lambda: None)
     tinystories_txt(tmp_path / "ts" / "train.txt", stories(60))
-    (tmp_path / "wiki.raw").write_text(
-        "".join(f" = T{i} = \n Body {i} of the article . \n" for i in range(9))
-    )
+    (tmp_path / "wiki.raw").write_text("".join(f" = T{i} = \n Body {i} of the article . \n" for i in range(9)))
     cfg = T.TextDataConfig(path=str(tmp_path / "ts"), vocab_size=300, cache_dir=str(tmp_path / "c"))
     ood = T.TextDataConfig(dataset="simple-wiki", path=str(tmp_path / "wiki.raw"), val_fraction=1.0)
     tok, splits = T.prepare_lm_data(cfg, ood)
@@ -299,9 +295,7 @@ def test_prepare_lm_data_shares_one_tokenizer(tmp_path, monkeypatch):
     )
     files = sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_file())
     tok2, _ = T.prepare_lm_data(cfg, ood)
-    assert (
-        tok2.name == tok.name and sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_file()) == files
-    )
+    assert tok2.name == tok.name and sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_file()) == files
 
 
 @pytest.mark.skipif(not SHARED_TINY.is_dir(), reason="needs the shared TinyStories sample")

@@ -74,9 +74,7 @@ class DatasetSpec:
 
 
 DATASETS = {
-    "tinystories": DatasetSpec(
-        ("tinystories",), "roneneldan/TinyStories", None, ("train", "validation"), "line"
-    ),
+    "tinystories": DatasetSpec(("tinystories",), "roneneldan/TinyStories", None, ("train", "validation"), "line"),
     "simple-wiki": DatasetSpec(
         ("simple-wiki", "wikitext2_raw"), "wikimedia/wikipedia", "20231101.simple", ("train",), "wikitext"
     ),
@@ -264,17 +262,13 @@ def _load_local(
     return _carve(docs, split, val_fraction)
 
 
-def _load_hub(
-    spec: DatasetSpec, name: str, split: str, val_fraction: float, max_chars: int | None
-) -> list[str]:
+def _load_hub(spec: DatasetSpec, name: str, split: str, val_fraction: float, max_chars: int | None) -> list[str]:
     """Hugging Face hub or its cache; every failure becomes one UserError (no retries, no hang)."""
     import datasets
 
     where = spec.hub_id + (f" ({spec.hub_config})" if spec.hub_config else "")
     eval_splits = [s for s in ("validation", "test") if s in spec.hub_splits]
-    hub_split = (
-        "train" if split == "train" or not eval_splits else split if split in eval_splits else eval_splits[0]
-    )
+    hub_split = "train" if split == "train" or not eval_splits else split if split in eval_splits else eval_splits[0]
     try:
         if not hf_offline():
             # A quick reachability check: load_dataset itself retries for ~25 s when offline.
@@ -283,9 +277,7 @@ def _load_hub(
             HfApi().dataset_info(spec.hub_id, timeout=10)
         ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split).select_columns(["text"])
     except Exception as e:  # connection errors, offline mode without a cached copy, a moved dataset
-        raise _missing(
-            name, f"the Hugging Face hub copy {where} could not be loaded ({type(e).__name__})"
-        ) from e
+        raise _missing(name, f"the Hugging Face hub copy {where} could not be loaded ({type(e).__name__})") from e
     lo, hi = 0, len(ds)
     if not eval_splits:  # carve validation/test out of the only split, by rows
         n_val = max(1, round(hi * val_fraction)) if val_fraction > 0 else 0
@@ -305,9 +297,7 @@ def _load_hub(
 def _missing(name: str, why: str) -> UserError:
     spec = DATASETS[name]
     hint = f" or --data-dir DIR (holding DIR/{spec.folders[0]}/)" if spec.folders else ""
-    return UserError(
-        f"dataset {name} is not available: {why}; point at local files with --set data.path=PATH{hint}."
-    )
+    return UserError(f"dataset {name} is not available: {why}; point at local files with --set data.path=PATH{hint}.")
 
 
 def _local_source(spec: DatasetSpec, name: str, path: str | None, data_dir: str | None) -> Path | None:
@@ -362,18 +352,14 @@ def load_texts(
         docs = _load_hub(spec, dataset, split, val_fraction, max_chars)
     docs = cap_chars(docs, max_chars)
     if not docs:
-        raise UserError(
-            f"dataset {dataset} has no {split} documents (check data.path and data.val_fraction)."
-        )
+        raise UserError(f"dataset {dataset} has no {split} documents (check data.path and data.val_fraction).")
     return docs
 
 
 # ---- token files --------------------------------------------------------------------------------
 
 
-def build_token_file(
-    texts: Sequence[str], tokenizer: Tokenizer, path: str | Path, chunk_chars: int = 4_000_000
-) -> int:
+def build_token_file(texts: Sequence[str], tokenizer: Tokenizer, path: str | Path, chunk_chars: int = 4_000_000) -> int:
     """Tokenize documents into `path` (uint16, end-of-text after each); returns the token count.
 
     Writes `path`, `<stem>.docs.npy` (each document's first token offset) and `<stem>.json`
@@ -487,9 +473,7 @@ class TokenWindows:
         w = torch.from_numpy(windows.astype(np.int64))  # (N, T+1)
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()  # (N, T) each, targets shifted by one
 
-    def batch(
-        self, step: int, batch_size: int, block_size: int, seed: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, batch_size: int, block_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """`batch_size` windows at random offsets; the same (seed, step) always gives the same batch.
 
         Returns CPU LongTensors x, y of shape (B, T) with y[:, t] = x[:, t+1] (the next token).
@@ -499,9 +483,7 @@ class TokenWindows:
         offsets = torch.randint(len(self.tokens) - block_size, (batch_size,), generator=gen).tolist()
         return self._pairs(np.stack([self.tokens[o : o + block_size + 1] for o in offsets]))
 
-    def sequential_windows(
-        self, block_size: int, max_windows: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequential_windows(self, block_size: int, max_windows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Non-overlapping windows from the start, for deterministic evaluation: x, y (N, T)."""
         self._check(block_size)
         n = (len(self.tokens) - 1) // block_size
