@@ -126,16 +126,7 @@ class LongContextAdaptation(Experiment):
 
     def presets(self) -> dict[str, LongContextConfig]:
         smoke = LongContextConfig(
-            model=ShapeV2(
-                n_layer=1,
-                n_head=2,
-                n_embd=32,
-                ffn_size=96,
-                short_window=8,
-                long_skip_min=2,
-                long_skip_max=8,
-                query_chunk=64,
-            ),
+            model=ShapeV2.smoke(),
             retrieval=RetrievalConfig(n_keys=8, n_values=8, n_facts=2),
             pretrain=Stage(32, 20, 4, mmv2_recipe(3e-3, 2)),
             finetune=Stage(64, 4, 2, OptimConfig(lr=1e-3, schedule="constant")),

@@ -235,16 +235,7 @@ class MMv2Pretrain(Experiment):
 
     def presets(self) -> dict[str, MMv2PretrainConfig]:
         smoke = MMv2PretrainConfig(
-            model=ShapeV2(
-                n_layer=1,
-                n_head=2,
-                n_embd=32,
-                ffn_size=96,
-                short_window=8,
-                long_skip_min=2,
-                long_skip_max=8,
-                query_chunk=64,
-            ),
+            model=ShapeV2.smoke(),
             pretrain=Stage(32, 20, 4, mmv2_recipe(3e-3, 2)),
             finetune=Stage(64, 6, 2, mmv2_recipe(1e-3, 1)),
             eval_multiples=(1, 2, 4, 8),

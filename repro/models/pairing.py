@@ -33,6 +33,20 @@ class ShapeV2:
     rope_theta: float = 10000.0
     vocab_size: int | None = None  # None: the tokenizer's, padded to a multiple of 64
 
+    @classmethod
+    def smoke(cls) -> ShapeV2:
+        """The seconds-scale shape every `smoke` preset of the pair uses (tests run it)."""
+        return cls(
+            n_layer=1,
+            n_head=2,
+            n_embd=32,
+            ffn_size=96,
+            short_window=8,
+            long_skip_min=2,
+            long_skip_max=8,
+            query_chunk=64,
+        )
+
 
 def build_pair_model(
     family: str, shape: ShapeV2, vocab_size: int, block_size: int, long_term: bool = True
