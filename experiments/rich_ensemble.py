@@ -24,10 +24,11 @@ differences (paired by seed, 95% t-interval).
 `cpu` preset (issue 17): no ImageNet offline, so it transfers CIFAR-10 classes 0-4 -> 5-9 using all
 25 000 training images of each half; width-8 members trained 10 epochs (the shared recipe,
 `_transfer.cpu_backbone`); n in {1, 4}: CAT4 against wide4 (width 16, 0.700 M vs 0.703 M backbone
-parameters) and joint4, the paper's headline pairing (CAT4 vs ResNet50w2); fine-tuning 1 epoch
+parameters), the paper's headline pairing (CAT4 vs ResNet50w2); joint4 only with `--set joint=true`
+(it would add 54 CPU-minutes to the cold run; the `paper` preset keeps it); fine-tuning 1 epoch
 (SGD 0.01 cosine) on the 25 000 target images, two-stage head 2 epochs. Sizing (reports/LOG.md,
 2026-12-01): training images per CPU-second 946 (width 8), 439 (width 16), 232 (4 towers of width 8);
-3 seeds ~85 min cold (alone) / ~18 min warm on 2 idle cores. Deviations: the `paper` preset is the
+3 seeds ~55 min cold (alone) / ~15 min warm on 2 idle cores. Deviations: the `paper` preset is the
 RRL code's CIFAR configuration (CIFAR-10 -> CIFAR-100, width 64) trained with the paper's ImageNet
 recipe (90 epochs, steps at 30 and 60, wd 1e-4), not the paper's ImageNet runs.
 """
@@ -104,6 +105,7 @@ class RichEnsembleConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     data: TransferData = field(default_factory=TransferData)
+    joint: bool = True  # train the jointly trained towers (jointN) as the second equal-size comparison
     device: str = "auto"
 
 
@@ -114,7 +116,7 @@ class RichEnsemble(Experiment):
     claim = "CATn of separately trained nets transfers better than an equal-size wide or jointly trained net"
     preset_costs = {
         "smoke": "~20 s (generated images)",
-        "cpu": "3 seeds ~85 min cold / ~18 warm, 2 idle cores (CIFAR-10 0-4 -> 5-9, all images, CAT4 vs w16 / joint4)",
+        "cpu": "3 seeds ~55 min cold / ~15 warm, 2 idle cores (CIFAR-10 0-4 -> 5-9, all images, CAT4 vs w16)",
         "paper": "~1 GPU-day (CIFAR-10 -> CIFAR-100, ResNet18 width 64)",
     }
 
@@ -133,11 +135,12 @@ class RichEnsemble(Experiment):
             ),
             "cpu": RichEnsembleConfig(
                 tasks=("cifar10:0-4>cifar10:5-9",),
-                ns=(1, 4),  # CAT4 vs wide4 / joint4, the paper's headline pairing (CAT4 vs ResNet50w2)
+                ns=(1, 4),  # CAT4 vs wide4, the paper's headline pairing (CAT4 vs ResNet50w2)
                 pretrain=cpu_backbone(),  # member 0 is wd-transfer's and very-large-dropout's backbone
                 probe=ProbeConfig(weight_decays=(1e-4, 1e-3, 1e-2)),
-                finetune=FinetuneConfig(epochs=1, models=("single", "wide", "joint", "cat2ft")),
+                finetune=FinetuneConfig(epochs=1, models=("single", "wide", "cat2ft")),
                 data=TransferData(),  # all 25 000 source and target training images
+                joint=False,  # joint4 costs 54 of the preset's ~155 CPU-minutes; --set joint=true adds it
                 device="cpu",
             ),
             "paper": RichEnsembleConfig(
@@ -222,10 +225,13 @@ class RichEnsemble(Experiment):
             seed = member_seed(ctx.seed, 100 * t + 50 + n)
             torch.manual_seed(seed)
             wide = fit(ResNet(ResNetConfig(width=matched_width(w, n), n_class=n_class)), f"wide{n}", seed)
-            torch.manual_seed(seed + 1)
-            joint = fit(Towers.build(n, ResNetConfig(width=w, n_class=n_class)), f"joint{n}", seed + 1)
             models[f"cat{n}"] = Towers.from_members(members[:n]).eval()
-            models[f"wide{n}"], models[f"joint{n}"] = wide, joint
+            models[f"wide{n}"] = wide
+            if cfg.joint:
+                torch.manual_seed(seed + 1)
+                models[f"joint{n}"] = fit(
+                    Towers.build(n, ResNetConfig(width=w, n_class=n_class)), f"joint{n}", seed + 1
+                )
         return models
 
     def _finetune(
@@ -251,7 +257,7 @@ class RichEnsemble(Experiment):
         def test(model: nn.Module) -> float:
             return accuracy(predict(model, te.x, ctx.device), te.y)
 
-        want = set(ft.models)
+        want = set(ft.models) - (set() if cfg.joint else {"joint"})
         if want & {"single", "cat2ft"}:
             n_members = max(cfg.ns) if "cat2ft" in want else 1
             members = models["single"], *(models[f"cat{max(cfg.ns)}"].towers[1:n_members] if n_members > 1 else ())
