@@ -163,11 +163,11 @@ def test_allocation_over_a_groups_leaves():
     assert set(plan) == {"a", "b", "c"} and all(len(v) == got[k] for k, v in plan.items())  # "d", "t" whole
 
 
-def _tiny_checkpoint(path: Path) -> Path:
+def _tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     from repro.data.tokenizer import byte_tokenizer
     from repro.models.registry import build_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     build_model("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=512, vocab_size=257).save(path)
     byte_tokenizer().save(path)
     return path
@@ -191,6 +191,13 @@ def test_harness_runs_local_tasks_skips_the_rest_and_reports_n(data_dir, tmp_pat
     assert "37.3 (ARC avg)" in line and "n=5" in line and "[" in line
     assert "| no offline data |" in next(x for x in table.splitlines() if x.startswith("| hellaswag |"))
     assert "| copa |" in table  # a non-paper task in the other-tasks table
+    # a second model on the same seeded documents: per-document differences, paired
+    other = _tiny_checkpoint(tmp_path / "other", seed=1)
+    harness.command(**{**kw, "model": str(other)}, data_dir=data_dir, allow_code_execution=False)
+    table = (tmp_path / "rep" / "harness" / "table.md").read_text()
+    assert "## Paired differences on the same documents" in table
+    line = next(x for x in table.split("## Paired")[1].splitlines() if x.startswith("| arc-easy |"))
+    assert "n=5" in line and "[" in line
 
 
 def test_without_a_data_dir_an_offline_hub_task_is_still_an_error(tmp_path, monkeypatch):

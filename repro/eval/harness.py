@@ -557,10 +557,28 @@ def result_rows(
         if counts and None not in counts:
             rows.append(row(task, "n", sum(counts)))
         samples = [s for t in leaves(task) for s in res.get("samples", {}).get(t, [])]
+        rows += doc_rows(task, leaves, res, row)
         mc = all(res["configs"].get(t, {}).get("output_type") == "multiple_choice" for t in leaves(task))
         if samples and mc:
             rows.append(row(task, "chance", sum(1 / len(s["arguments"]) for s in samples) / len(samples)))
     return rows
+
+
+def doc_rows(task: str, leaves: Any, res: dict[str, Any], row: Any) -> list[dict[str, Any]]:
+    """Per-document scores of a paper benchmark's table metric (`doc:<metric>` rows, slice_value
+    `<leaf>#<doc_id>`), so two models scored on the same documents can be compared pairwise."""
+    bench = next((b for b in PAPER19 if b.task == task), None)
+    if bench is None:
+        return []
+    metric, _, filt = bench.metric.partition(",")
+    out = []
+    for leaf in leaves(task):
+        for s in res.get("samples", {}).get(leaf, []):
+            value = s.get(metric)
+            if (filt and s.get("filter") != filt) or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            out.append(row(task, f"doc:{metric}", value, slice_key="doc", slice_value=f"{leaf}#{s['doc_id']}"))
+    return out
 
 
 @register

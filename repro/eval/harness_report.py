@@ -33,7 +33,8 @@ def _pct(x: float) -> str:
 def _scores(df: Any) -> Any:
     """One score per (model, long-term memory removed?, task, metric): the run with most documents."""
     n = df[df.metric == "n"].set_index(["variant", "split"]).value
-    df = df[~df.metric.isin(NOT_SCORES) & ~df.metric.str.endswith("_stderr")].copy()
+    df = df[~df.metric.isin(NOT_SCORES) & ~df.metric.str.endswith("_stderr") & ~df.metric.str.startswith("doc:")]
+    df = df.copy()
     df["removed"] = df.variant.str.contains("__no-ltm")
     df["docs"] = [n.get((v, s), 0) for v, s in zip(df.variant, df.split, strict=True)]
     df = df.sort_values("docs", ascending=False, kind="stable")
@@ -78,6 +79,72 @@ def _mean(values: list[float | None], n: int) -> str:
 def _first(df: Any, task: str, metric: str) -> float | None:
     v = df[(df.split == task) & (df.metric == metric)].value
     return float(v.max()) if len(v) else None
+
+
+def _doc_scores(df: Any) -> dict[tuple[str, bool], dict[str, Any]]:
+    """(model, long-term memory removed?) -> {task: per-document scores indexed by `<leaf>#<doc_id>`},
+    from the run with most documents of each task."""
+    import pandas as pd
+
+    docs = df[df.metric.str.startswith("doc:")]
+    out: dict[tuple[str, bool], dict[str, Any]] = {}
+    for (model, variant, task), sub in docs.groupby(["model", "variant", "split"]):
+        key = (model, "__no-ltm" in variant)
+        have = out.setdefault(key, {})
+        if task not in have or len(sub) > len(have[task]):
+            have[task] = pd.Series(sub.value.to_numpy(), index=sub.slice_value.to_numpy())
+    return out
+
+
+def _paired_table(df: Any) -> list[dict[str, Any]]:
+    """Per benchmark, (A - B) averaged over the documents both scored, with a 95% t-interval over those
+    documents: every model with and without its long-term memory, and every two models. Group rows:
+    the mean of the per-benchmark differences (Table 2's grouping), its interval from their standard errors."""
+    import math
+
+    from repro import results
+
+    scores = _doc_scores(df)
+    if len(scores) < 2:
+        return []
+    keys = sorted(scores, key=lambda k: ("mosaic" not in k[0], k))  # MMv2 first: differences read MMv2 - other
+    pairs = [((m, False), (m, True)) for m, r in keys if r and (m, False) in scores]
+    kept = [k for k in keys if not k[1]]
+    pairs += [(a, b) for i, a in enumerate(kept) for b in kept[i + 1 :]]
+
+    def name(k: tuple[str, bool]) -> str:
+        return f"{k[0]}{' without LTM' if k[1] else ''}"
+
+    table = []
+    groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for b in PAPER19:
+        entry = {"benchmark": b.name, "Table 2 group": "13 tasks" if b.in_13 else "other 6"}
+        for a, c in pairs:
+            col = f"{name(a)} - {name(c)}"
+            x, y = scores[a].get(b.task), scores[c].get(b.task)
+            if x is None or y is None:
+                entry[col] = "-"
+                continue
+            p = results.paired_diff(x, y)
+            entry[col] = f"{results.fmt_paired(p)} n={p['n']}"
+            if p["n"] > 1:
+                se = (p["hi"] - p["mean"]) / results.t975(p["n"] - 1)
+                groups.setdefault(col, {}).setdefault(entry["Table 2 group"], []).append((p["mean"], se))
+        table.append(entry)
+    for group in ("13 tasks", "other 6"):
+        entry = {"benchmark": f"mean over the {group} run", "Table 2 group": group}
+        for a, c in pairs:
+            col = f"{name(a)} - {name(c)}"
+            got = groups.get(col, {}).get(group, [])
+            if not got:
+                entry[col] = "-"
+                continue
+            k = len(got)
+            mean = sum(m for m, _ in got) / k
+            half = 1.96 * math.sqrt(sum(se * se for _, se in got)) / k
+            entry[col] = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] ({k} tasks)"
+        table.append(entry)
+    return table
 
 
 def write_report(df: Any, out_dir: Path) -> list[Path]:
@@ -137,6 +204,10 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
                     entry[f"ours: {m} {tag}"] = _mean(vals, len(benches))
             table2.append(entry)
         extra["Table 2: long-term memory removed after training"] = table2
+
+    paired = _paired_table(df) if not df.empty else []
+    if paired:
+        extra["Paired differences on the same documents (points, 95% interval)"] = paired
 
     paper_tasks = {b.task for b in PAPER19}
     local = []
