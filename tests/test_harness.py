@@ -213,6 +213,8 @@ def test_long_term_memory_removal_is_reported_as_table_2(tmp_path):
     harness.command(**kw, no_long_term=False)
     removed = harness.command(**kw, no_long_term=True)
     assert "__no-ltm" in removed.parent.name
+    many = harness.HarnessConfig(model=str(ckpt), tasks=harness.expand_tasks("paper19")[:12], no_long_term=True)
+    assert "__no-ltm" in harness.Harness().variant(many)  # not cut off by a long task list
     table = (tmp_path / "rep" / "harness" / "table.md").read_text()
     assert "## Table 2: long-term memory removed after training" in table
     assert "| 13 tasks | 57.1 | 56.8 | 56.6 | n/a (0/13 run) | n/a (0/13 run) |" in table

@@ -605,11 +605,12 @@ class Harness(Experiment):
     def variant(self, cfg: HarnessConfig, overrides: list[str] | None = None) -> str:
         from repro.eval.models import run_variant
 
-        parts = ["+".join(cfg.tasks) if cfg.tasks != expand_tasks("paper19") else "paper19", cfg.template]
+        # no-ltm first: the report tells the two apart by it, and a long task list is cut short
+        parts = ["no-ltm"] if cfg.no_long_term else []
+        parts += ["+".join(cfg.tasks) if cfg.tasks != expand_tasks("paper19") else "paper19", cfg.template]
         parts += [f"limit={cfg.limit}"] if cfg.limit is not None else []
         parts += ["local-data"] if cfg.data_dir else []
         parts += [f"k={cfg.num_fewshot}"] if cfg.num_fewshot is not None else []
-        parts += ["no-ltm"] if cfg.no_long_term else []
         return run_variant(cfg.model, parts)
 
     def check(self, cfg: HarnessConfig) -> None:
