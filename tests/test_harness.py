@@ -181,15 +181,15 @@ def test_command_writes_a_run_and_the_paper19_report(tmp_path):
     ckpt, tasks = _tiny_checkpoint(tmp_path / "ckpt"), _write_tasks(tmp_path / "tasks")
     kw = dict(model=str(ckpt), tasks="toy_mc,toy_gen", limit=None, num_fewshot=None, no_long_term=False)
     kw |= dict(include_path=tasks, batch_size=4, device="cpu", out=tmp_path / "runs", reports=tmp_path / "rep")
-    kw |= dict(template="base", preset="cpu")
+    kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False)
     run_dir = harness.command(**kw, force=False)
     assert {"config.yaml", "env.json", "results.json", "rows.jsonl"} <= {p.name for p in run_dir.iterdir()}
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     got = {(r["split"], r["metric"]): r["value"] for r in rows}
     assert 0 <= got["toy_mc", "acc"] <= 1 and got["toy_mc", "chance"] == 0.25 and got["toy_gen", "n"] == 8
     table = (tmp_path / "rep" / "harness" / "table.md").read_text()
-    assert "| hellaswag | hellaswag | acc_norm | 79.2 | 78.6 | not run (offline) |" in table
-    assert "toy_mc" in table and "## Local tasks" in table and "n=8 |" in table  # intervals and n
+    assert "| hellaswag | hellaswag | acc_norm | 79.2 | 78.6 | 40.9 | - | - | not run (offline) |" in table
+    assert "toy_mc" in table and "## Other tasks run" in table and "n=8 |" in table  # intervals and n
     before = (run_dir / "rows.jsonl").stat().st_mtime_ns
     harness.command(**kw, force=False)  # finished: a no-op
     assert (run_dir / "rows.jsonl").stat().st_mtime_ns == before
@@ -209,10 +209,12 @@ def test_long_term_memory_removal_is_reported_as_table_2(tmp_path):
     assert score_requests(model, pair)[0][0] != pytest.approx(kept)
     kw = dict(model=str(ckpt), tasks="toy_mc", limit=4, num_fewshot=None, include_path=_write_tasks(tmp_path / "t"))
     kw |= dict(batch_size=4, device="cpu", out=tmp_path / "runs", reports=tmp_path / "rep", force=False)
-    kw |= dict(template="base", preset="cpu")
+    kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False)
     harness.command(**kw, no_long_term=False)
     removed = harness.command(**kw, no_long_term=True)
     assert "__no-ltm" in removed.parent.name
+    many = harness.HarnessConfig(model=str(ckpt), tasks=harness.expand_tasks("paper19")[:12], no_long_term=True)
+    assert "__no-ltm" in harness.Harness().variant(many)  # not cut off by a long task list
     table = (tmp_path / "rep" / "harness" / "table.md").read_text()
     assert "## Table 2: long-term memory removed after training" in table
     assert "| 13 tasks | 57.1 | 56.8 | 56.6 | n/a (0/13 run) | n/a (0/13 run) |" in table

@@ -35,6 +35,7 @@ import torch
 import typer
 
 from repro.errors import UserError
+from repro.eval.lmeval_local import build_local, check_fewshot, has_local, plan_samples
 from repro.eval.models import EvalModel, check_spec, get_model, model_label
 from repro.eval.scoring import score_requests
 from repro.registry import Experiment, register
@@ -409,19 +410,25 @@ def _race_middle() -> dict[str, Any]:
     return {**cfg, "task": "race_middle", "dataset_name": "middle"}
 
 
-def load_task_manager(names: list[str], include_path: Path | None) -> Any:
+_TASK_MANAGERS: dict[tuple, Any] = {}
+
+
+def load_task_manager(names: list[str], include_path: Path | None, data_dir: str | None = None) -> Any:
     """lm-eval's TaskManager over the shipped and --include-path tasks (and the built-in ones when a
-    name needs them); an unknown name is one sentence."""
+    name needs them, or runs from DATA_DIR's copy); an unknown name is one sentence."""
     dirs = [SHIPPED_TASKS, *([include_path] if include_path else [])]
     builtin = [n for n in names if n not in _local_names(dirs)]
-    if builtin and not hub_reachable():
+    if [n for n in builtin if not has_local(n, data_dir)] and not hub_reachable():
         # datasets and huggingface_hub read these when first imported: then the cache is used
         # and a missing dataset fails at once instead of after a minute of retries
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
             os.environ[var] = "1"
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=[str(d) for d in dirs], include_defaults=bool(builtin))
+    key = (tuple(str(d) for d in dirs), bool(builtin))
+    if key not in _TASK_MANAGERS:  # indexing lm-eval's ~15k task YAMLs takes seconds: once per process
+        _TASK_MANAGERS[key] = TaskManager(include_path=list(key[0]), include_defaults=key[1])
+    tm = _TASK_MANAGERS[key]
     unknown = [n for n in names if n != "race_middle" and n not in tm.all_tasks]
     if unknown:
         raise UserError(
@@ -431,34 +438,65 @@ def load_task_manager(names: list[str], include_path: Path | None) -> Any:
     return tm
 
 
-def load_tasks(names: list[str], include_path: Path | None) -> tuple[Any, list[Any]]:
-    """(TaskManager, task specs for simple_evaluate), each task loaded once here. Local tasks
-    (shipped, --include-path) load without the network; built-in ones need the hub, which is probed
-    first so an offline run fails fast, in one sentence, unless their data is in the local cache."""
-    tm = load_task_manager(names, include_path)
-    specs, missing, broken = [], [], []
+@dataclass
+class LoadedTasks:
+    """What `load_tasks` found: lm-eval's TaskManager, one spec per runnable benchmark (a name, or
+    the Task/Group built on local files), the size of each benchmark's leaf tasks, and the benchmarks
+    skipped with the reason (only with a data directory: without one, any of them is an error)."""
+
+    tm: Any
+    specs: list[Any]
+    sizes: dict[str, dict[str, int]]
+    skipped: dict[str, str]
+
+
+def load_tasks(names: list[str], include_path: Path | None, data_dir: str | None = None) -> LoadedTasks:
+    """Each task loaded once here (the data too), so what cannot run is named before any scoring.
+    A task with a folder in DATA_DIR/lmeval/ runs from it (lm-eval's own definition, the dataset
+    location changed); local tasks (shipped, --include-path) load without the network; other built-in
+    ones need the hub, which is probed first so an offline run fails fast, in one sentence, unless
+    their data is in the local cache. With a data directory, benchmarks that cannot load are skipped
+    (and reported) instead."""
+    tm = load_task_manager(names, include_path, data_dir)
+    out = LoadedTasks(tm, [], {}, {})
+    missing, broken = [], []
     for name in names:
-        spec = _race_middle() if name == "race_middle" else name
         try:
-            tm.load([spec])  # fetches (or finds cached) data and metric code now, to name what fails
+            if has_local(name, data_dir):
+                spec = build_local(tm, name, data_dir)
+                loaded = tm.load([spec])
+            else:
+                spec = _race_middle() if name == "race_middle" else name
+                loaded = tm.load([spec])  # fetches (or finds cached) data and metric code now, to name what fails
         except OSError as e:  # ConnectionError, or FileNotFoundError of a hub dataset or `evaluate` metric
-            if hub_reachable():
-                broken.append(f"{name} ({_first_line(e)})")
+            if "code_eval" in str(e):  # humaneval/mbpp import evaluate's code_eval metric from the hub
+                broken.append((name, "its metric (evaluate's code_eval) comes from the Hugging Face hub"))
+            elif has_local(name, data_dir):
+                broken.append((name, f"needs the hub: {_first_line(e)}"))
+            elif hub_reachable():
+                broken.append((name, _first_line(e)))
             else:
                 missing.append(name)
+            continue
         except ImportError as e:  # e.g. minerva_math needs lm-eval's [math] extra
-            broken.append(f"{name} (missing packages: {e.name or _first_line(e)})")
-        specs.append(spec)
+            broken.append((name, f"missing packages: {e.name or _first_line(e)}"))
+            continue
+        out.specs.append(spec)
+        out.sizes[name] = {t: len(task.eval_docs) for t, task in loaded["tasks"].items()}
+    if data_dir is not None and out.specs:
+        out.skipped = {n: "no offline data" for n in missing} | dict(broken)
+        return out
     if missing:
         raise UserError(
             f"the Hugging Face hub is unreachable and {', '.join(missing)} need data or metric code from it that "
-            "is not in the local cache; run once with network access to cache it, or evaluate local tasks "
-            "(--tasks repro_local, or --include-path DIR with JSONL task YAMLs)"
-            + (f"; and cannot load {'; '.join(broken)}." if broken else ".")
+            "is not in the local cache; run once with network access to cache it, evaluate local tasks "
+            "(--tasks repro_local, or --include-path DIR with JSONL task YAMLs), or give --data-dir DIR with "
+            "DIR/lmeval/<task>/ copies"
+            + (f"; and cannot load {'; '.join(f'{n} ({r})' for n, r in broken)}." if broken else ".")
         )
     if broken:
-        raise UserError(f"cannot load task(s): {'; '.join(broken)}.")
-    return tm, specs
+        raise UserError(f"cannot load task(s): {'; '.join(f'{n} ({r})' for n, r in broken)}.")
+    return out
 
 
 # ---- `repro eval harness`: a registered evaluation (run directory, rows, report) --------------------
@@ -468,41 +506,79 @@ def load_tasks(names: list[str], include_path: Path | None) -> tuple[Any, list[A
 class HarnessConfig:
     model: str = ""  # a repro checkpoint directory, hf:NAME or gguf:FILE
     tasks: list[str] = field(default_factory=lambda: ["repro_local"])
-    limit: int | None = None  # documents per task (None: all)
+    limit: int | None = None  # documents per benchmark, a seeded evenly spread subset (None: all)
+    sample_seed: int = 0  # fixes the --limit subset
     num_fewshot: int | None = None
     no_long_term: bool = False
     template: str = "base"  # base | chat (lm-eval's apply_chat_template with the model's own template)
     batch_size: int = 8
     device: str = "auto"
     include_path: str | None = None
+    data_dir: str | None = None  # DIR/lmeval/<task>/ copies of lm-eval's data (LOCAL_DATA), else the hub
+    allow_code_execution: bool = False  # humaneval/mbpp run generated code (lm-eval's confirm_run_unsafe_code)
 
 
 def _slug(text: str, width: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")[:width] or "x"
 
 
-def result_rows(res: dict[str, Any], ctx: Any, label: str, hub: bool) -> list[dict[str, Any]]:
-    """Tidy rows from lm-eval's result dict: every "metric,filter" score and its stderr, the number
-    of documents, and for multiple-choice tasks the chance level (mean of 1 / #choices)."""
+def result_rows(
+    res: dict[str, Any],
+    ctx: Any,
+    label: str,
+    hub: bool,
+    docs: dict[str, int] | None = None,
+    skipped: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Tidy rows from lm-eval's result dict: every "metric,filter" score and its stderr, the number of
+    documents scored (a group: summed over its leaf tasks) and in the full split (`docs_total`), for
+    multiple-choice tasks the chance level (mean of 1 / #choices over the scored documents), and one
+    `skipped` row (the reason in slice_value) per benchmark that could not run."""
 
     def row(split: str, metric: str, value: float, **extra: Any) -> dict[str, Any]:
         return ctx.row(model=label, split=split, metric=metric, value=value, step=0, **extra)
 
+    def leaves(name: str) -> list[str]:
+        kids = res.get("group_subtasks", {}).get(name)
+        return [leaf for k in kids for leaf in leaves(k)] if kids else [name]
+
     rows = [row("_env", "hub_reachable", float(hub))]
-    scores = {**res.get("groups", {}), **res["results"]}
+    rows += [row(n, "skipped", 1.0, slice_key="reason", slice_value=why) for n, why in (skipped or {}).items()]
+    rows += [row(n, "docs_total", float(k)) for n, k in (docs or {}).items()]
+    inner = {t for kids in res.get("group_subtasks", {}).values() for t in kids}  # reported by their group
+    scores = {k: v for k, v in {**res.get("groups", {}), **res["results"]}.items() if k not in inner}
     for task, metrics in scores.items():
         for key, value in metrics.items():
             metric, _, filt = key.partition(",")
             if not filt or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             rows.append(row(task, metric, value, slice_key="filter", slice_value=filt))
-        n = res.get("n-samples", {}).get(task, {}).get("effective")
-        if n is not None:
-            rows.append(row(task, "n", n))
-        samples = res.get("samples", {}).get(task)
-        if samples and res["configs"].get(task, {}).get("output_type") == "multiple_choice":
+        counts = [res.get("n-samples", {}).get(t, {}).get("effective") for t in leaves(task)]
+        if counts and None not in counts:
+            rows.append(row(task, "n", sum(counts)))
+        samples = [s for t in leaves(task) for s in res.get("samples", {}).get(t, [])]
+        rows += doc_rows(task, leaves, res, row)
+        mc = all(res["configs"].get(t, {}).get("output_type") == "multiple_choice" for t in leaves(task))
+        if samples and mc:
             rows.append(row(task, "chance", sum(1 / len(s["arguments"]) for s in samples) / len(samples)))
     return rows
+
+
+def doc_rows(task: str, leaves: Any, res: dict[str, Any], row: Any) -> list[dict[str, Any]]:
+    """Per-document scores of a paper benchmark's table metric (`doc:<metric>` rows, slice_value
+    `<leaf>#<doc_id>`), so two models scored on the same documents can be compared pairwise."""
+    bench = next((b for b in PAPER19 if b.task == task), None)
+    if bench is None:
+        return []
+    metric, _, filt = bench.metric.partition(",")
+    out = []
+    for leaf in leaves(task):
+        for s in res.get("samples", {}).get(leaf, []):
+            value = s.get(metric)
+            if (filt and s.get("filter") != filt) or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            out.append(row(task, f"doc:{metric}", value, slice_key="doc", slice_value=f"{leaf}#{s['doc_id']}"))
+    return out
 
 
 @register
@@ -514,24 +590,27 @@ class Harness(Experiment):
     claim = "MMv2 matches a transformer on persistent knowledge; removing long-term memory costs 6 of the 19"
     preset_costs = {
         "smoke": "seconds (the shipped offline tasks, 4 documents each)",
-        "cpu": "minutes (the shipped offline tasks in full); --tasks paper19 needs the hub or its cache",
-        "paper": "paper19 in full (GPU, hub access)",
+        "cpu": "minutes (the shipped offline tasks); --tasks paper19 --data-dir DIR: <=400 documents per "
+        "benchmark, ~1 h for SmolLM2-135M on 2 cores",
+        "paper": "paper19 on full splits (GPU; hub access or --data-dir)",
     }
 
     def presets(self) -> dict[str, HarnessConfig]:
         return {
             "smoke": HarnessConfig(limit=4),
-            "cpu": HarnessConfig(),
+            "cpu": HarnessConfig(limit=400),
             "paper": HarnessConfig(tasks=expand_tasks("paper19")),
         }
 
     def variant(self, cfg: HarnessConfig, overrides: list[str] | None = None) -> str:
         from repro.eval.models import run_variant
 
-        parts = ["+".join(cfg.tasks) if cfg.tasks != expand_tasks("paper19") else "paper19", cfg.template]
+        # no-ltm first: the report tells the two apart by it, and a long task list is cut short
+        parts = ["no-ltm"] if cfg.no_long_term else []
+        parts += ["+".join(cfg.tasks) if cfg.tasks != expand_tasks("paper19") else "paper19", cfg.template]
         parts += [f"limit={cfg.limit}"] if cfg.limit is not None else []
+        parts += ["local-data"] if cfg.data_dir else []
         parts += [f"k={cfg.num_fewshot}"] if cfg.num_fewshot is not None else []
-        parts += ["no-ltm"] if cfg.no_long_term else []
         return run_variant(cfg.model, parts)
 
     def check(self, cfg: HarnessConfig) -> None:
@@ -549,8 +628,19 @@ class Harness(Experiment):
         if (cfg.model, cfg.device) not in LOADED:
             check_spec(cfg.model)
             check_template(cfg.model, cfg.template)
+        if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+            raise UserError(f"--data-dir {cfg.data_dir} is not a directory.")
         expand_tasks(",".join(cfg.tasks))
-        self._tasks = load_tasks(cfg.tasks, Path(cfg.include_path) if cfg.include_path else None)  # fail fast
+        self._tasks = self._load(cfg)  # fail fast
+
+    @staticmethod
+    def _load(cfg: HarnessConfig) -> LoadedTasks:
+        loaded = load_tasks(cfg.tasks, Path(cfg.include_path) if cfg.include_path else None, cfg.data_dir)
+        for spec in loaded.specs:
+            if not isinstance(spec, (str, dict)):  # built on local files
+                for task in loaded.tm.load([spec])["tasks"].values():
+                    check_fewshot(task, cfg.num_fewshot)
+        return loaded
 
     def run(self, cfg: HarnessConfig, ctx: Any) -> list[dict[str, Any]]:
         import lm_eval
@@ -558,9 +648,9 @@ class Harness(Experiment):
 
         from repro.track import console
 
-        tm, specs = getattr(self, "_tasks", None) or load_tasks(
-            cfg.tasks, Path(cfg.include_path) if cfg.include_path else None
-        )
+        loaded = getattr(self, "_tasks", None) or self._load(cfg)
+        self._tasks = None  # built Task objects hold their requests: never reuse them for another run
+        samples = plan_samples(loaded.sizes, cfg.limit, cfg.sample_seed)
         hub = hub_reachable()
         logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notices would flood the console
         em = get_model(cfg.model, str(ctx.device))
@@ -568,14 +658,21 @@ class Harness(Experiment):
             drop_long_term_memory(em)
         if cfg.template == "chat":
             em.wrap("chat")  # refuses a model without a chat template, in one sentence
-        console.print(f"[bold]evaluating[/] {em.name} on {', '.join(cfg.tasks)}")
+        for name, reason in loaded.skipped.items():
+            console.print(f"[yellow]skipped[/] {name}: {reason}")
+        docs = {n: sum(s.values()) for n, s in loaded.sizes.items()}
+        picked = {n: sum(len(samples.get(t, range(k))) for t, k in s.items()) for n, s in loaded.sizes.items()}
+        console.print(f"[bold]evaluating[/] {em.name} on " + ", ".join(f"{n} ({picked[n]}/{docs[n]})" for n in docs))
+        if cfg.allow_code_execution:
+            os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # evaluate's code_eval metric asks for it
         try:
             res = lm_eval.simple_evaluate(
                 model=lm_class()(model=em, batch_size=cfg.batch_size),
-                tasks=specs,
+                tasks=loaded.specs,
                 num_fewshot=cfg.num_fewshot,
-                limit=cfg.limit,
-                task_manager=tm,
+                samples=samples or None,
+                task_manager=loaded.tm,
+                confirm_run_unsafe_code=cfg.allow_code_execution,
                 bootstrap_iters=1000,
                 verbosity="ERROR",
                 apply_chat_template=cfg.template == "chat",
@@ -589,9 +686,12 @@ class Harness(Experiment):
         env_path.write_text(json.dumps(env, indent=2))
         kept = {k: v for k, v in res.items() if k != "samples"}
         (ctx.run_dir / "results.json").write_text(json.dumps(kept, indent=2, default=handle_non_serializable))
-        return result_rows(res, ctx, f"{model_label(cfg.model)} [{cfg.template}]", hub)
+        label = f"{model_label(cfg.model)} [{cfg.template}]"
+        return result_rows(res, ctx, label, hub, docs, loaded.skipped)
 
     def report(self, df: Any, out_dir: Path) -> list[Path]:
+        from repro.eval.harness_report import write_report
+
         return write_report(df, out_dir)
 
 
@@ -609,7 +709,9 @@ def command(
         help="paper19 (the paper's 19 benchmarks) and/or lm-eval task names, comma-separated "
         "(default: the preset's; repro_local runs the shipped offline tasks).",
     ),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most N documents per task (a quick look)."),  # noqa: UP045
+    limit: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--limit", help="At most N documents per benchmark: a seeded subset spread evenly over the split."
+    ),
     num_fewshot: Optional[int] = typer.Option(  # noqa: UP045
         None, "--num-fewshot", help="Few-shot examples per prompt (default: each task's own)."
     ),
@@ -619,6 +721,15 @@ def command(
     template: str = typer.Option("base", "--template", help="base | chat (the model's own chat template)."),
     include_path: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--include-path", help="Folder of extra lm-eval task YAMLs (local JSONL tasks run offline)."
+    ),
+    data_dir: Optional[Path] = typer.Option(  # noqa: UP045
+        None,
+        "--data-dir",
+        help="Folder holding lmeval/<task>/ copies of lm-eval's task data: those tasks run from it "
+        "(lm-eval's own prompts and metrics), the others from the hub or are skipped.",
+    ),
+    allow_code_execution: bool = typer.Option(
+        False, "--allow-code-execution", help="Let humaneval/mbpp run the generated code (lm-eval's unsafe code)."
     ),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per generation batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -634,6 +745,7 @@ def command(
     Built-in tasks need the Hugging Face hub (or its local cache); repro_local and --include-path tasks run offline.
     """
     from repro import registry, results, runtime
+    from repro.eval.harness_report import write_report
     from repro.runtime import pick_device
     from repro.track import console
 
@@ -652,128 +764,16 @@ def command(
         overrides.append("no_long_term=true")
     if include_path is not None:
         overrides.append(f"include_path={include_path.resolve()}")
+    if data_dir is not None:
+        overrides.append(f"data_dir={data_dir.resolve()}")
+    if allow_code_execution:
+        overrides.append("allow_code_execution=true")
     exp = registry.get(EXPERIMENT)
     run_dir = runtime.launch(exp, preset=preset, overrides=overrides, seed=0, out=out, force=force)
     df = results.collect(out, EXPERIMENT)
     paths = write_report(df[df.preset == preset].reset_index(drop=True), reports / EXPERIMENT)
     console.print("report: " + ", ".join(str(p) for p in paths))
     return run_dir
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _scores(df: Any) -> Any:
-    """One score per (model, long-term memory removed?, task, metric): the run with most documents."""
-    n = df[df.metric == "n"].set_index(["variant", "split"]).value
-    df = df[~df.metric.isin(["n", "chance", "hub_reachable"]) & ~df.metric.str.endswith("_stderr")].copy()
-    df["removed"] = df.variant.str.contains("__no-ltm")
-    df["docs"] = [n.get((v, s), 0) for v, s in zip(df.variant, df.split, strict=True)]
-    df = df.sort_values("docs", ascending=False, kind="stable")
-    return df.drop_duplicates(["model", "removed", "split", "metric", "slice_value"])
-
-
-def _cell(sc: Any, model: str, removed: bool, task: str, metric: str, offline: bool) -> tuple[str, float | None]:
-    name, _, filt = metric.partition(",")
-    hit = sc[(sc.model == model) & (sc.removed == removed) & (sc.split == task) & (sc.metric == name)]
-    hit = hit[hit.slice_value == filt] if filt else hit
-    if hit.empty:
-        return ("not run (offline)" if offline else "not run"), None
-    return _with_ci(hit.value.iloc[0], int(hit.docs.iloc[0])), 100 * hit.value.iloc[0]
-
-
-def _with_ci(value: float, n: int) -> str:
-    """`41.2 [31.0, 52.1] n=80`: percent with a 95% Wilson interval over the n documents."""
-    from repro import results
-
-    if n <= 0 or not 0 <= value <= 1:
-        return _pct(value)
-    hits = round(value * n)
-    lo, hi = results.interval95([1.0] * hits + [0.0] * (n - hits))
-    return results.fmt_ci(value, lo, hi, n, scale=100, digits=1)
-
-
-def _mean(values: list[float | None], n: int) -> str:
-    got = [v for v in values if v is not None]
-    return f"{sum(got) / n:.1f}" if len(got) == n else f"n/a ({len(got)}/{n} run)"
-
-
-def write_report(df: Any, out_dir: Path) -> list[Path]:
-    """reports/harness/table.md|csv: Table 1 (paper19, paper beside ours), Table 2 when a run
-    removed long-term memory, and every local task with its chance level and 95% interval."""
-    from repro import results
-
-    sc = _scores(df) if not df.empty else df
-    hub = df[df.metric == "hub_reachable"] if not df.empty else df
-    models = sorted(set(sc.model)) if not df.empty else []
-    offline = {m: not hub[hub.model == m].value.any() for m in models}
-    ours: dict[str, dict[str, float | None]] = {m: {} for m in models}
-    table1 = []
-    for b in PAPER19:
-        entry = {
-            "benchmark": b.name, "lm-eval task": b.task, "metric": b.metric,
-            "paper: transformer (large)": f"{b.transformer:.1f}", "paper: MMv2 (large)": f"{b.mmv2:.1f}",
-        }  # fmt: skip
-        for m in models:
-            entry[f"ours: {m}"], ours[m][b.name] = _cell(sc, m, False, b.task, b.metric, offline[m])
-        if not models:
-            entry["ours"] = "not run"
-        table1.append(entry)
-    avg = {"benchmark": "average (19)", "lm-eval task": "", "metric": ""}
-    avg |= {
-        "paper: transformer (large)": f"{TABLE1_AVG['transformer']:.1f}",
-        "paper: MMv2 (large)": f"{TABLE1_AVG['mmv2']:.1f}",
-    }
-    avg |= {f"ours: {m}": _mean(list(ours[m].values()), 19) for m in models}
-    table1.append(avg if models else avg | {"ours": "not run"})
-
-    extra: dict[str, list[dict[str, Any]]] = {}
-    removed_models = sorted(set(sc[sc.removed].model)) if not df.empty else []
-    if removed_models:
-        table2 = []
-        for group, (t, mm, mm_removed) in TABLE2.items():
-            benches = [b for b in PAPER19 if b.in_13 == (group == "13 tasks")]
-            entry = {"tasks": group, "paper: transformer": f"{t:.1f}", "paper: MMv2": f"{mm:.1f}"}
-            entry["paper: MMv2 without LTM"] = f"{mm_removed:.1f}"
-            for m in removed_models:
-                for removed, tag in ((False, "with LTM"), (True, "without LTM")):
-                    vals = [_cell(sc, m, removed, b.task, b.metric, offline[m])[1] for b in benches]
-                    entry[f"ours: {m} {tag}"] = _mean(vals, len(benches))
-            table2.append(entry)
-        extra["Table 2: long-term memory removed after training"] = table2
-
-    paper_tasks = {b.task for b in PAPER19}
-    local = []
-    if not df.empty:
-        for _, r in sc[~sc.split.isin(paper_tasks) & (sc.split != "_env")].iterrows():
-            sub = df[(df.variant == r.variant) & (df.preset == r.preset) & (df.split == r.split)]
-            chance = sub[sub.metric == "chance"].value
-            n = sub[sub.metric == "n"].value
-            local.append({
-                "model": r.model, "long-term memory": "removed" if r.removed else "kept", "task": r.split,
-                "metric": f"{r.metric} ({r.slice_value})", "ours [95% CI] n": _with_ci(r.value, int(r.docs)),
-                "chance": _pct(chance.iloc[0]) if len(chance) else "-",
-                "documents": int(n.iloc[0]) if len(n) else "-", "run": f"{r.preset}/{r.variant}",
-            })  # fmt: skip
-    if local:
-        extra["Local tasks (run offline)"] = local
-    notes = [
-        "- Scores in percent. Paper: Memory Mosaics v2 (Zhang & Bottou 2025), Tables 1, 2 and 9: large "
-        "models (~8-10B parameters, 1T training tokens, 32k fine-tuned). Ours: the models evaluated here; at CPU "
-        "scale the absolute numbers are not comparable, only the MMv2-vs-transformer and with/without-LTM "
-        "differences are.",
-        "- The thesis does not publish its lm-eval variants, shot counts or metrics; the `lm-eval task` and "
-        "`metric` columns are our choice (acc_norm where lm-eval reports it for the paper's MC tasks). "
-        "`mmlu-alt` is run as `mmlu`; `race_middle` is lm-eval's race task on the dataset's middle subset.",
-        "- Built-in tasks need their datasets from the Hugging Face hub (or its local cache); 'not run "
-        "(offline)' marks benchmarks a model could not be evaluated on because the hub was unreachable.",
-        "- Cells: percent [95% Wilson interval] n=documents (for 0-1 metrics).",
-        "- Generated from runs/harness/ by `repro eval harness` and `repro report --all`.",
-    ]
-    return results.write_table(
-        table1, out_dir, "lm-evaluation-harness: persistent knowledge (MMv2 Table 1)", notes, extra
-    )
 
 
 if __name__ == "__main__":
