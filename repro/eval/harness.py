@@ -591,7 +591,7 @@ class Harness(Experiment):
     preset_costs = {
         "smoke": "seconds (the shipped offline tasks, 4 documents each)",
         "cpu": "minutes (the shipped offline tasks); --tasks paper19 --data-dir DIR: <=400 documents per "
-        "benchmark, ~1 h for SmolLM2-135M on 2 cores",
+        "benchmark: SmolLM2-135M ~25 min per core for the 9 multiple-choice tasks, hours for bbh/gsm8k",
         "paper": "paper19 on full splits (GPU; hub access or --data-dir)",
     }
 
