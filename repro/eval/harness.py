@@ -754,20 +754,16 @@ def command(
         raise UserError(f"--num-fewshot {num_fewshot}: give a number of examples, 0 or more.")
     overrides = [f"model={model}", f"template={template}", f"batch_size={batch_size}"]
     overrides.append(f"device={pick_device(device)}")
-    if tasks is not None:
-        overrides.append(f"tasks={','.join(expand_tasks(tasks))}")
-    if limit is not None:
-        overrides.append(f"limit={limit}")
-    if num_fewshot is not None:
-        overrides.append(f"num_fewshot={num_fewshot}")
-    if no_long_term:
-        overrides.append("no_long_term=true")
-    if include_path is not None:
-        overrides.append(f"include_path={include_path.resolve()}")
-    if data_dir is not None:
-        overrides.append(f"data_dir={data_dir.resolve()}")
-    if allow_code_execution:
-        overrides.append("allow_code_execution=true")
+    optional = {
+        "tasks": ",".join(expand_tasks(tasks)) if tasks is not None else None,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "no_long_term": "true" if no_long_term else None,
+        "include_path": include_path.resolve() if include_path is not None else None,
+        "data_dir": data_dir.resolve() if data_dir is not None else None,
+        "allow_code_execution": "true" if allow_code_execution else None,
+    }
+    overrides += [f"{key}={value}" for key, value in optional.items() if value is not None]
     exp = registry.get(EXPERIMENT)
     run_dir = runtime.launch(exp, preset=preset, overrides=overrides, seed=0, out=out, force=force)
     df = results.collect(out, EXPERIMENT)

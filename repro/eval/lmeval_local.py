@@ -146,17 +146,16 @@ def local_spec(tm: Any, name: str, data_dir: str | Path) -> dict[str, Any]:
     root, pattern, entry = local_root(data_dir), LOCAL_DATA[name], _entry(tm, name)
     assert root is not None
 
-    def leaf(task: str) -> dict[str, Any]:
+    def overrides(task: str) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = load_yaml(_entry(tm, task).yaml_path, resolve_func=True)
-        return {**cfg, "task": task, **leaf_overrides(cfg, pattern, root)}
+        return cfg, {"task": task, **leaf_overrides(cfg, pattern, root)}
 
     if entry.kind is not Kind.GROUP:
-        return leaf(name)
+        cfg, changed = overrides(name)
+        return {**cfg, **changed}
     group = load_yaml(entry.yaml_path, resolve_func=True)
-    children = []
-    for task in leaf_tasks(tm, name):  # a reference with overrides: lm-eval merges them into the leaf's YAML
-        cfg = load_yaml(_entry(tm, task).yaml_path, resolve_func=True)
-        children.append({"task": task, **leaf_overrides(cfg, pattern, root)})
+    # a reference with overrides: lm-eval merges them into the leaf's own YAML
+    children = [overrides(task)[1] for task in leaf_tasks(tm, name)]
     return {**{k: v for k, v in group.items() if k != "task"}, "group": name, "task": children}
 
 
