@@ -247,3 +247,20 @@ def test_smollm2_matches_lm_evals_hf_backend(data_dir):
 
     res = loglikelihood_parity(f"gguf:{gguf}", "arc_easy", 5, str(data_dir))
     assert res["max_abs_diff"] < 1e-3 and res["greedy_agree"] == 1.0
+
+
+def test_transformers_models_generate_through_their_kv_cache_as_without_it(tmp_path):
+    """Greedy generation of hf:/gguf: models reads only the new token each step (past_key_values);
+    the texts equal re-reading the whole sequence each step and transformers' own generate."""
+    import dataclasses
+
+    from repro.eval.models import load_model
+
+    model = load_model(f"hf:{_tiny_hf_model(tmp_path / 'hf')}")
+    assert model.hf_module is not None
+    prompts = [model.tokenizer.encode(t) for t in ("Question: which", "Answer: the", "piqa goal")]
+    prompts.append(prompts[0][::-1])  # two prompts of one length decode as one batch
+    cached = harness.generate_texts(model, prompts, 20, [], batch_size=4)
+    reread = harness.generate_texts(dataclasses.replace(model, hf_module=None), prompts, 20, [], batch_size=4)
+    assert cached == reread == [model.generate(p, 20) for p in prompts]
+    assert any(cached)

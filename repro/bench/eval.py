@@ -2,7 +2,8 @@
 
 Measured in one process, in interleaved rounds (so machine noise hits both alike), on one model:
   - a RULER sample: `generate` (prefill + greedy decoding through the cache) vs one bare forward
-    over the same tokens (the prompt plus the tokens it generated). Bound: < 1.5x the floor.
+    over the same tokens (the prompt plus the tokens it generated). Bound: < 1.5x the floor. The
+    same for the harness's lm-eval `generate_until` path (`generate_texts`), which decodes itself.
   - ICL label scoring with the prefix-cached scorer, on a 1-shot prompt (Banking77 from --data-dir,
     else the synthetic task): all labels of one query, prefix included, vs one bare forward over
     that query's prompt (bound: < 1.5x); and the amortised cost per query when a chunk of queries
@@ -48,6 +49,7 @@ def eval_benchmark(cfg: EvalBenchConfig) -> list[dict[str, Any]]:
     """Rows: (what, seconds, floor seconds, ratio, tokens) for a RULER sample and ICL scoring."""
     from repro.data import icl as icl_data
     from repro.data.ruler import Generator, Sources
+    from repro.eval.harness import generate_texts
     from repro.eval.models import get_model
     from repro.eval.scoring import PrefixScorer
 
@@ -83,7 +85,7 @@ def eval_benchmark(cfg: EvalBenchConfig) -> list[dict[str, Any]]:
         scorer.set_prefix(prefix)
         scorer.rank_many(queries, label_ids)
 
-    times: dict[str, list[float]] = {k: [] for k in ("gen", "gen_floor", "one", "many", "icl_floor")}
+    times: dict[str, list[float]] = {k: [] for k in ("gen", "gen_floor", "harness", "one", "many", "icl_floor")}
     generated = 0
     # warm-up: first-call setup (allocations, generation config) is not the model's cost
     forward(prefix[:64])
@@ -95,6 +97,7 @@ def eval_benchmark(cfg: EvalBenchConfig) -> list[dict[str, Any]]:
         generated = len(em.tokenizer.encode(text))
         times["gen"].append(seconds)
         times["gen_floor"].append(forward(sample.prompt_ids + em.tokenizer.encode(text)))
+        times["harness"].append(_timed(lambda: generate_texts(em, [sample.prompt_ids], generated, []))[0])
         times["one"].append(_timed(one_query)[0])
         times["many"].append(_timed(all_queries)[0] / len(queries))
         times["icl_floor"].append(forward(prefix + queries[0]))
@@ -105,6 +108,12 @@ def eval_benchmark(cfg: EvalBenchConfig) -> list[dict[str, Any]]:
             "measure": f"RULER {cfg.task} sample ({template} template): generate",
             "tokens": f"{len(sample.prompt_ids)} prompt + {generated} generated",
             "seconds": med["gen"],
+            "floor: bare forward over the same tokens (s)": med["gen_floor"],
+        },
+        {
+            "measure": f"the same sample through lm-eval's generate_until (harness), {generated} new tokens",
+            "tokens": f"{len(sample.prompt_ids)} prompt + {generated} generated",
+            "seconds": med["harness"],
             "floor: bare forward over the same tokens (s)": med["gen_floor"],
         },
         {

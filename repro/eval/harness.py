@@ -36,7 +36,7 @@ import typer
 
 from repro.errors import UserError
 from repro.eval.lmeval_local import build_local, check_fewshot, has_local, plan_samples
-from repro.eval.models import EvalModel, check_spec, get_model, model_label
+from repro.eval.models import EvalModel, check_spec, get_model, hf_step, model_label
 from repro.eval.scoring import score_requests
 from repro.registry import Experiment, register
 
@@ -101,11 +101,17 @@ def _cut(text: str, stops: list[str]) -> str:
 def _greedy(model: EvalModel, prompts: list[list[int]], max_new: int, stops: list[str]) -> list[str]:
     """Greedy continuations of equal-length prompts, decoded together, each cut at its first stop
     string; decoding ends once every row has met a stop string or end-of-text. Models with the
-    LanguageModel interface decode through their cache; others re-read the sequence each step."""
-    net, eot = model._forward, model.tokenizer.eot_id
+    LanguageModel interface decode through their cache, transformers models through
+    `past_key_values`; others re-read the sequence each step."""
+    net, eot, hf = model._forward, model.tokenizer.eot_id, model.hf_module
     x = torch.tensor(prompts, device=model.device)  # (B, T)
     cache = net.new_cache(len(prompts)) if hasattr(net, "new_cache") else None
-    logits = (net(x, cache) if cache is not None else net(x))[:, -1]  # (B, V)
+    past = None
+    if hf is not None:
+        logits, past = hf_step(hf, x, logits_to_keep=1)
+        logits = logits[:, -1]
+    else:
+        logits = (net(x, cache) if cache is not None else net(x))[:, -1]  # (B, V)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for step in range(max_new):
@@ -120,7 +126,10 @@ def _greedy(model: EvalModel, prompts: list[list[int]], max_new: int, stops: lis
             done[b] = any(s and s in model.tokenizer.decode(new[b]) for s in stops)
         if all(done) or step == max_new - 1:
             break
-        if cache is not None:
+        if hf is not None:
+            logits, past = hf_step(hf, nxt[:, None], past)  # one new token
+            logits = logits[:, -1]
+        elif cache is not None:
             logits = net(nxt[:, None], cache)[:, -1]  # one new token through the cache
         else:
             x = torch.cat([x, nxt[:, None]], dim=1)  # (B, T + 1)

@@ -16,6 +16,7 @@ Face config, GGUF metadata) without loading weights, so a too-long request fails
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -264,6 +265,17 @@ class _HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def hf_step(hf: Any, ids: torch.Tensor, cache: Any = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """One forward of a transformers causal LM through its key/value cache: (logits, cache). The
+    cache argument is `cache` in transformers 5 (`past_key_values` before, now deprecated)."""
+    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    if cache is not None:
+        kwargs[name] = cache
+    out = hf(ids, use_cache=True, **kwargs)
+    new = getattr(out, "cache", None)
+    return out.logits, (new if new is not None else out.past_key_values)
 
 
 def _load_hf(spec: str, device: torch.device) -> EvalModel:

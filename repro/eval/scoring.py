@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from repro.eval.models import hf_step
+
 Score = tuple[float, int, bool]  # (log P(continuation | context), its tokens, greedy?)
 Terms = list[list[tuple[int, int]]]  # per continuation: (position whose logits predict the token, token)
 
@@ -90,8 +92,8 @@ class PrefixScorer:
         if self.plain:
             logits = self.em._forward(ids)[0, -1]
         elif self.hf is not None:
-            out = self.hf(ids, use_cache=True, logits_to_keep=1)
-            self.cache, logits = out.past_key_values, out.logits[0, -1]
+            logits, self.cache = hf_step(self.hf, ids, logits_to_keep=1)
+            logits = logits[0, -1]
         else:
             self.cache = self.em.net.new_cache(1)
             logits = self.em.net(ids, self.cache)[0, -1]
@@ -174,16 +176,16 @@ class PrefixScorer:
                 allowed[i, P : P + N] |= allowed[p, P : P + N]  # a node sees its ancestors
         dtype, dev = self.hf.dtype, self.hf.device
         mask = torch.zeros(1, 1, N, P + N, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        out = self.hf(
+        logits, _ = hf_step(
+            self.hf,
             torch.tensor([tokens], device=dev),
-            past_key_values=self.cache,
+            self.cache,
             attention_mask=mask.to(dev),
             position_ids=torch.tensor([[P + d for d in depth]], device=dev),
-            use_cache=True,
             logits_to_keep=torch.tensor(keep, device=dev),  # the LM head only where it is read
         )
         self.cache.crop(-N)  # back to the prefix alone (transformers crops by a negative count)
-        return F.log_softmax(out.logits[0].float(), dim=-1)
+        return F.log_softmax(logits[0].float(), dim=-1)
 
     def _hf_many(self, queries: list[list[int]], conts: list[list[int]]) -> list[list[Score]]:
         scores: list[list[Score]] = []
