@@ -99,13 +99,39 @@ class Tracker:
             self._wandb = None
 
 
+def _log_every() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal ($REPRO_PROGRESS_EVERY, 60)."""
+    try:
+        return float(os.environ.get("REPRO_PROGRESS_EVERY", "60"))
+    except ValueError:
+        return 60.0
+
+
 class _Bar:
-    def __init__(self, progress: Progress, task: Any):
-        self._progress, self._task = progress, task
+    """Moves the bar. When stderr is not a terminal (a log file, nohup, CI), rich draws nothing until
+    the end, so a plain line (done/total, elapsed, eta) goes out every `_log_every()` seconds."""
+
+    def __init__(self, progress: Progress, task: Any, description: str, lines: bool):
+        self._progress, self._task, self._description = progress, task, description
+        self._lines, self._start = lines, time.monotonic()
+        self._last = self._start
 
     def advance(self, n: int = 1, **postfix: float | str) -> None:
         info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in postfix.items())
         self._progress.update(self._task, advance=n, info=info)
+        now = time.monotonic()
+        if self._lines and now - self._last >= _log_every():
+            self._last = now
+            task = self._progress.tasks[self._task]
+            done, total, elapsed = task.completed, task.total, now - self._start
+            eta = f"eta {_hms(elapsed / done * (total - done))}" if done and total else ""
+            line = f"{self._description} {done:g}/{total:g} {_hms(elapsed)} {eta} {info}"
+            console.print(line.rstrip(), soft_wrap=True)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 @contextmanager
@@ -125,4 +151,4 @@ def progress(total: int, description: str) -> Iterator[_Bar]:
     quiet = dist.is_available() and dist.is_initialized() and dist.get_rank() != 0  # one bar under torchrun
     with Progress(*columns, console=console, transient=False, disable=quiet) as prog:
         task = prog.add_task(description, total=total, info="")
-        yield _Bar(prog, task)
+        yield _Bar(prog, task, description, lines=not quiet and not console.is_terminal)

@@ -90,3 +90,15 @@ def test_every_experiment_has_the_three_presets():
         exp = get(name)
         assert isinstance(exp, Experiment) and set(exp.presets()) == {"smoke", "cpu", "paper"}
         assert exp.paper_ref and exp.claim and set(exp.preset_costs) == {"smoke", "cpu", "paper"}
+
+
+def test_progress_writes_plain_lines_when_stderr_is_a_log_file(monkeypatch, capsys):
+    """Under nohup or CI rich draws the bar only at the end; long work still reports done/total and eta."""
+    from repro.track import progress
+
+    monkeypatch.setenv("REPRO_PROGRESS_EVERY", "0")
+    with progress(4, "generate_until") as bar:
+        bar.advance(1)
+        bar.advance(2, loss=0.5)
+    err = capsys.readouterr().err
+    assert "generate_until 1/4" in err and "generate_until 3/4" in err and "eta" in err and "loss 0.5" in err

@@ -97,7 +97,7 @@ def eval_benchmark(cfg: EvalBenchConfig) -> list[dict[str, Any]]:
         generated = len(em.tokenizer.encode(text))
         times["gen"].append(seconds)
         times["gen_floor"].append(forward(sample.prompt_ids + em.tokenizer.encode(text)))
-        times["harness"].append(_timed(lambda: generate_texts(em, [sample.prompt_ids], generated, []))[0])
+        times["harness"].append(_timed(lambda n=generated: generate_texts(em, [sample.prompt_ids], n, []))[0])
         times["one"].append(_timed(one_query)[0])
         times["many"].append(_timed(all_queries)[0] / len(queries))
         times["icl_floor"].append(forward(prefix + queries[0]))
