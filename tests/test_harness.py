@@ -181,7 +181,7 @@ def test_command_writes_a_run_and_the_paper19_report(tmp_path):
     ckpt, tasks = _tiny_checkpoint(tmp_path / "ckpt"), _write_tasks(tmp_path / "tasks")
     kw = dict(model=str(ckpt), tasks="toy_mc,toy_gen", limit=None, num_fewshot=None, no_long_term=False)
     kw |= dict(include_path=tasks, batch_size=4, device="cpu", out=tmp_path / "runs", reports=tmp_path / "rep")
-    kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False)
+    kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False, limit_generate=None)
     run_dir = harness.command(**kw, force=False)
     assert {"config.yaml", "env.json", "results.json", "rows.jsonl"} <= {p.name for p in run_dir.iterdir()}
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
@@ -209,7 +209,7 @@ def test_long_term_memory_removal_is_reported_as_table_2(tmp_path):
     assert score_requests(model, pair)[0][0] != pytest.approx(kept)
     kw = dict(model=str(ckpt), tasks="toy_mc", limit=4, num_fewshot=None, include_path=_write_tasks(tmp_path / "t"))
     kw |= dict(batch_size=4, device="cpu", out=tmp_path / "runs", reports=tmp_path / "rep", force=False)
-    kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False)
+    kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False, limit_generate=None)
     harness.command(**kw, no_long_term=False)
     removed = harness.command(**kw, no_long_term=True)
     assert "__no-ltm" in removed.parent.name

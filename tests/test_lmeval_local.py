@@ -161,6 +161,8 @@ def test_allocation_over_a_groups_leaves():
     assert allocate(sizes, 1000) == sizes
     plan = plan_samples({"g": sizes, "t": {"t": 30}}, 40, 0)
     assert set(plan) == {"a", "b", "c"} and all(len(v) == got[k] for k, v in plan.items())  # "d", "t" whole
+    per_benchmark = plan_samples({"g": sizes, "t": {"t": 30}}, {"g": None, "t": 7}, 0)  # g whole, t cut to 7
+    assert set(per_benchmark) == {"t"} and per_benchmark["t"] == spread_subset(30, 7, 0, "t")
 
 
 def _tiny_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -174,7 +176,8 @@ def _tiny_checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 def test_harness_runs_local_tasks_skips_the_rest_and_reports_n(data_dir, tmp_path):
-    kw = dict(model=str(_tiny_checkpoint(tmp_path / "ckpt")), tasks="arc_easy,mmlu,hellaswag,copa", limit=5)
+    kw = dict(model=str(_tiny_checkpoint(tmp_path / "ckpt")), tasks="arc_easy,mmlu,hellaswag,copa,gsm8k", limit=5)
+    kw |= dict(limit_generate=3)  # generation benchmarks (gsm8k) get fewer documents
     kw |= dict(num_fewshot=None, no_long_term=False, include_path=None, batch_size=4, device="cpu")
     kw |= dict(out=tmp_path / "runs", reports=tmp_path / "rep", template="base", preset="cpu", force=False)
     run_dir = harness.command(**kw, data_dir=data_dir, allow_code_execution=False)
@@ -184,6 +187,7 @@ def test_harness_runs_local_tasks_skips_the_rest_and_reports_n(data_dir, tmp_pat
     assert got["arc_easy", "n"]["value"] == 5 and got["arc_easy", "docs_total"]["value"] == 12
     assert got["mmlu", "n"]["value"] == 57 and got["mmlu", "docs_total"]["value"] == 114  # one per leaf
     assert got["copa", "n"]["value"] == 5 and got["arc_easy", "chance"]["value"] == 0.25
+    assert got["gsm8k", "n"]["value"] == 3 and "gen=3" in run_dir.parent.name
     assert got["hellaswag", "skipped"]["slice_value"] == "no offline data"
     assert not any(r["split"].startswith("mmlu_") for r in rows)  # leaves are reported by their group
     table = (tmp_path / "rep" / "harness" / "table.md").read_text()

@@ -450,13 +450,15 @@ def load_task_manager(names: list[str], include_path: Path | None, data_dir: str
 @dataclass
 class LoadedTasks:
     """What `load_tasks` found: lm-eval's TaskManager, one spec per runnable benchmark (a name, or
-    the Task/Group built on local files), the size of each benchmark's leaf tasks, and the benchmarks
-    skipped with the reason (only with a data directory: without one, any of them is an error)."""
+    the Task/Group built on local files), the size of each benchmark's leaf tasks, the benchmarks
+    that generate text (generate_until), and the benchmarks skipped with the reason (only with a data
+    directory: without one, any of them is an error)."""
 
     tm: Any
     specs: list[Any]
     sizes: dict[str, dict[str, int]]
     skipped: dict[str, str]
+    generative: set[str] = field(default_factory=set)
 
 
 def load_tasks(names: list[str], include_path: Path | None, data_dir: str | None = None) -> LoadedTasks:
@@ -492,6 +494,8 @@ def load_tasks(names: list[str], include_path: Path | None, data_dir: str | None
             continue
         out.specs.append(spec)
         out.sizes[name] = {t: len(task.eval_docs) for t, task in loaded["tasks"].items()}
+        if any(task.OUTPUT_TYPE == "generate_until" for task in loaded["tasks"].values()):
+            out.generative.add(name)
     if data_dir is not None and out.specs:
         out.skipped = {n: "no offline data" for n in missing} | dict(broken)
         return out
@@ -516,6 +520,9 @@ class HarnessConfig:
     model: str = ""  # a repro checkpoint directory, hf:NAME or gguf:FILE
     tasks: list[str] = field(default_factory=lambda: ["repro_local"])
     limit: int | None = None  # documents per benchmark, a seeded evenly spread subset (None: all)
+    # documents per generation benchmark (nq_open, gsm8k, bbh: ~1-20 s a document on a CPU, against
+    # ~0.1-1 s to score a multiple-choice one); None: as `limit`. --limit caps both.
+    limit_generate: int | None = None
     sample_seed: int = 0  # fixes the --limit subset
     num_fewshot: int | None = None
     no_long_term: bool = False
@@ -607,7 +614,7 @@ class Harness(Experiment):
     def presets(self) -> dict[str, HarnessConfig]:
         return {
             "smoke": HarnessConfig(limit=4),
-            "cpu": HarnessConfig(limit=400),
+            "cpu": HarnessConfig(limit=400, limit_generate=100),
             "paper": HarnessConfig(tasks=expand_tasks("paper19")),
         }
 
@@ -618,9 +625,17 @@ class Harness(Experiment):
         parts = ["no-ltm"] if cfg.no_long_term else []
         parts += ["+".join(cfg.tasks) if cfg.tasks != expand_tasks("paper19") else "paper19", cfg.template]
         parts += [f"limit={cfg.limit}"] if cfg.limit is not None else []
+        gen = self.generate_limit(cfg)
+        parts += [f"gen={gen}"] if gen != cfg.limit else []
         parts += ["local-data"] if cfg.data_dir else []
         parts += [f"k={cfg.num_fewshot}"] if cfg.num_fewshot is not None else []
         return run_variant(cfg.model, parts)
+
+    @staticmethod
+    def generate_limit(cfg: HarnessConfig) -> int | None:
+        """Documents per generation benchmark: limit_generate, never more than --limit."""
+        caps = [v for v in (cfg.limit, cfg.limit_generate) if v is not None]
+        return min(caps) if caps else None
 
     def check(self, cfg: HarnessConfig) -> None:
         from repro.eval.models import LOADED, check_template
@@ -630,8 +645,9 @@ class Harness(Experiment):
             raise UserError("harness needs a model: --model CHECKPOINT_DIR, hf:NAME or gguf:FILE.")
         if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
             raise UserError(f"--num-fewshot {cfg.num_fewshot}: give a number of examples, 0 or more.")
-        if cfg.limit is not None and cfg.limit < 1:
-            raise UserError("--limit must be a positive number of documents.")
+        for key, value in (("--limit", cfg.limit), ("--limit-generate", cfg.limit_generate)):
+            if value is not None and value < 1:
+                raise UserError(f"{key} must be a positive number of documents.")
         if cfg.include_path is not None and not Path(cfg.include_path).is_dir():
             raise UserError(f"--include-path {cfg.include_path} is not a directory.")
         if (cfg.model, cfg.device) not in LOADED:
@@ -659,7 +675,9 @@ class Harness(Experiment):
 
         loaded = getattr(self, "_tasks", None) or self._load(cfg)
         self._tasks = None  # built Task objects hold their requests: never reuse them for another run
-        samples = plan_samples(loaded.sizes, cfg.limit, cfg.sample_seed)
+        gen = self.generate_limit(cfg)
+        limits = {n: gen if n in loaded.generative else cfg.limit for n in loaded.sizes}
+        samples = plan_samples(loaded.sizes, limits, cfg.sample_seed)
         hub = hub_reachable()
         logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notices would flood the console
         em = get_model(cfg.model, str(ctx.device))
@@ -721,6 +739,12 @@ def command(
     limit: Optional[int] = typer.Option(  # noqa: UP045
         None, "--limit", help="At most N documents per benchmark: a seeded subset spread evenly over the split."
     ),
+    limit_generate: Optional[int] = typer.Option(  # noqa: UP045
+        None,
+        "--limit-generate",
+        help="At most N documents per generation benchmark (nq_open, gsm8k, bbh...; cpu preset 100), "
+        "never more than --limit.",
+    ),
     num_fewshot: Optional[int] = typer.Option(  # noqa: UP045
         None, "--num-fewshot", help="Few-shot examples per prompt (default: each task's own)."
     ),
@@ -766,6 +790,7 @@ def command(
     optional = {
         "tasks": ",".join(expand_tasks(tasks)) if tasks is not None else None,
         "limit": limit,
+        "limit_generate": limit_generate,
         "num_fewshot": num_fewshot,
         "no_long_term": "true" if no_long_term else None,
         "include_path": include_path.resolve() if include_path is not None else None,

@@ -209,14 +209,18 @@ def allocate(sizes: Mapping[str, int], limit: int) -> dict[str, int]:
     return out
 
 
-def plan_samples(benchmarks: Mapping[str, Mapping[str, int]], limit: int | None, seed: int) -> dict[str, list[int]]:
+def plan_samples(
+    benchmarks: Mapping[str, Mapping[str, int]], limit: int | None | Mapping[str, int | None], seed: int
+) -> dict[str, list[int]]:
     """{leaf task: document indices} for lm-eval's `samples`: every benchmark (task or group, given as
-    {leaf: number of documents}) cut to `limit` documents, spread evenly; leaves kept whole are left out."""
-    if limit is None:
-        return {}
+    {leaf: number of documents}) cut to `limit` documents (one number, or one per benchmark), spread
+    evenly; leaves kept whole are left out."""
     out: dict[str, list[int]] = {}
-    for sizes in benchmarks.values():
-        for leaf, n in allocate(sizes, limit).items():
+    for name, sizes in benchmarks.items():
+        cap = limit.get(name) if isinstance(limit, Mapping) else limit
+        if cap is None:
+            continue
+        for leaf, n in allocate(sizes, cap).items():
             if n < sizes[leaf]:
                 out[leaf] = spread_subset(sizes[leaf], n, seed, leaf)
     return out
