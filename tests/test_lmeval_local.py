@@ -253,6 +253,8 @@ def test_smollm2_matches_lm_evals_hf_backend(data_dir):
 
     res = request_parity(f"gguf:{gguf}", "arc_easy", 5, str(data_dir))
     assert res["max_abs_diff"] < 1e-3 and res["greedy_agree"] == 1.0
+    gen = request_parity(f"gguf:{gguf}", "nq_open", 3, str(data_dir))
+    assert gen["texts_equal"] == 1.0
 
 
 def test_transformers_models_generate_through_their_kv_cache_as_without_it(tmp_path):
