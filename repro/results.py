@@ -64,6 +64,16 @@ def collect(runs: Path, experiment: str | None = None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def eval_report(exp: Any, runs: Path, reports: Path | None, preset: str) -> list[Path]:
+    """An evaluation command's report from every finished run of `preset` under RUNS, into
+    REPORTS/NAME/. Without --reports: reports/ for the default runs/ root, RUNS/reports/ for any other
+    (a scratch `--out /tmp/x` never rewrites the committed tables)."""
+    if reports is None:
+        reports = Path("reports") if runs == Path("runs") else runs / "reports"
+    df = collect(runs, exp.name)
+    return exp.report(df[df.preset == preset].reset_index(drop=True), reports / exp.name)
+
+
 def pick_preset(df: pd.DataFrame, preset: str | None = None) -> str:
     """The preset a report shows: the one asked for, else the largest scale present."""
     present = set(df["preset"])

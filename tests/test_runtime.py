@@ -1,5 +1,7 @@
 """Run life cycle: resume after a kill gives the same loss curve; W&B only when asked."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -102,3 +104,17 @@ def test_progress_writes_plain_lines_when_stderr_is_a_log_file(monkeypatch, caps
         bar.advance(2, loss=0.5)
     err = capsys.readouterr().err
     assert "generate_until 1/4" in err and "generate_until 3/4" in err and "eta" in err and "loss 0.5" in err
+
+
+def test_an_evaluation_with_a_scratch_out_never_rewrites_the_committed_reports(tmp_path, monkeypatch):
+    import types
+
+    from repro.results import eval_report
+
+    monkeypatch.chdir(tmp_path)
+    written = []
+    exp = types.SimpleNamespace(name="harness", report=lambda df, out: written.append(out) or [])
+    eval_report(exp, Path("runs"), None, "cpu")
+    eval_report(exp, tmp_path / "scratch", None, "cpu")
+    eval_report(exp, tmp_path / "scratch", tmp_path / "mine", "cpu")
+    assert written == [Path("reports/harness"), tmp_path / "scratch/reports/harness", tmp_path / "mine/harness"]

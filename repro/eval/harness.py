@@ -768,17 +768,19 @@ def command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     preset: str = typer.Option("cpu", "--preset", help="smoke | cpu | paper."),
     out: Path = typer.Option(Path("runs"), "--out", help="Root of the run directories."),
-    reports: Path = typer.Option(Path("reports"), "--reports", help="Where reports/harness/ is written."),
+    reports: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--reports", help="REPORTS/harness/ is written (default: reports/, or OUT/reports/ for another --out)."
+    ),
     force: bool = typer.Option(False, "--force", help="Evaluate again even if the run directory is finished."),
 ) -> Path:
     """Evaluate a model with lm-evaluation-harness: the paper's Table 1 (with --no-long-term, Table 2).
 
-    Results go to runs/harness/PRESET/VARIANT/s0/, the report to reports/harness/table.md.
+    Results go to OUT/harness/PRESET/VARIANT/s0/, the report to reports/harness/table.md (OUT/reports/ for
+    another --out).
 
     Built-in tasks need the Hugging Face hub (or its local cache); repro_local and --include-path tasks run offline.
     """
     from repro import registry, results, runtime
-    from repro.eval.harness_report import write_report
     from repro.runtime import pick_device
     from repro.track import console
 
@@ -800,8 +802,7 @@ def command(
     overrides += [f"{key}={value}" for key, value in optional.items() if value is not None]
     exp = registry.get(EXPERIMENT)
     run_dir = runtime.launch(exp, preset=preset, overrides=overrides, seed=0, out=out, force=force)
-    df = results.collect(out, EXPERIMENT)
-    paths = write_report(df[df.preset == preset].reset_index(drop=True), reports / EXPERIMENT)
+    paths = results.eval_report(exp, out, reports, preset)
     console.print("report: " + ", ".join(str(p) for p in paths))
     return run_dir
 

@@ -536,7 +536,9 @@ def command(
         None, "--data-dir", help="Folder of local dataset copies (DIR/<dataset>/)."
     ),
     out: Path = typer.Option(Path("runs"), help="Root of the run directories."),
-    reports: Path = typer.Option(Path("reports"), help="reports/icl/ is written here from every icl run."),
+    reports: Optional[Path] = typer.Option(  # noqa: UP045
+        None, help="REPORTS/icl/ is written from every icl run (default: reports/, or OUT/reports/)."
+    ),
     force: bool = typer.Option(False, help="Evaluate again even if a finished run directory exists."),
     device: str = typer.Option("cpu", help="torch device for the model."),
 ) -> None:
@@ -567,6 +569,5 @@ def command(
     for spec in [s.strip() for m in model for s in m.split(",") if s.strip()]:
         overrides_one = [f"model={spec}", *overrides]
         runtime.launch(exp, preset=preset, overrides=overrides_one, seed=seed, out=out, force=force, data_dir=data_dir)
-    df = results.collect(out, EXPERIMENT)
-    paths = write_report(df[df.preset == preset].reset_index(drop=True), reports / EXPERIMENT)
+    paths = results.eval_report(exp, out, reports, preset)
     console.print("[green]report[/] " + ", ".join(str(p) for p in paths))

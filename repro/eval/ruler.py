@@ -470,7 +470,9 @@ def command(
     preset: str = typer.Option("cpu", "--preset", help="smoke | cpu (~30 min on 2 cores) | paper."),
     seed: int = typer.Option(42, "--seed", help="Seed of the generated samples (RULER's: 42)."),
     out: Path = typer.Option(Path("runs"), "--out", help="Root of the run directories."),
-    reports: Path = typer.Option(Path("reports"), "--reports", help="The table and figure go to REPORTS/ruler/."),
+    reports: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--reports", help="The table and figure go to REPORTS/ruler/ (default: reports/, or OUT/reports/)."
+    ),
     data_dir: Optional[Path] = typer.Option(  # noqa: UP045  (typer needs Optional here)
         None, "--data-dir", help="Folder holding paul_graham_essays/, squad_v2/ and hotpotqa/."
     ),
@@ -500,6 +502,5 @@ def command(
             overrides.append(f"{key}={value.resolve()}")
     exp = registry.get(EXPERIMENT)
     run_dir = runtime.launch(exp, preset=preset, overrides=overrides, seed=seed, out=out, force=force)
-    df = results.collect(out, EXPERIMENT)
-    paths = report(df[df.preset == preset].reset_index(drop=True), reports / EXPERIMENT)
+    paths = results.eval_report(exp, out, reports, preset)
     console.print(f"[green]report[/] {run_dir.name}: " + ", ".join(str(p) for p in paths))
