@@ -12,6 +12,7 @@ import torch
 
 from repro.errors import UserError
 from repro.eval import harness, lmeval_local
+from repro.eval.code_eval import CodeEval, CodeExecutionRefused, pass_at_k
 from repro.eval.lmeval_local import LOCAL_DATA, allocate, plan_samples, spread_subset
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -101,12 +102,13 @@ def data_dir(tmp_path_factory) -> Path:
     return root.parent
 
 
-def test_every_table_row_builds_lm_evals_own_task_from_its_layout(data_dir):
+def test_every_table_row_builds_lm_evals_own_task_from_its_layout(data_dir, monkeypatch):
     tm = harness.load_task_manager(list(LOCAL_DATA), None, str(data_dir))
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     for name in LOCAL_DATA:
         assert lmeval_local.has_local(name, data_dir)
-        if name in ("humaneval", "mbpp"):  # their metric module comes from the hub: refused in one line
-            with pytest.raises(OSError, match="code_eval"):
+        if name in ("humaneval", "mbpp"):  # their metric runs generated code: only when allowed
+            with pytest.raises(CodeExecutionRefused, match="--allow-code-execution"):
                 lmeval_local.build_local(tm, name, data_dir)
             continue
         built = tm.load([lmeval_local.build_local(tm, name, data_dir)])
@@ -128,6 +130,46 @@ def test_every_table_row_builds_lm_evals_own_task_from_its_layout(data_dir):
         lmeval_local.check_fewshot(
             tm.load([lmeval_local.build_local(tm, "arc_easy", data_dir)])["tasks"]["arc_easy"], 5
         )
+    loaded = harness.load_tasks(["humaneval", "arc_easy"], None, str(data_dir))
+    assert "allow-code-execution" in loaded.skipped["humaneval"] and "arc_easy" in loaded.sizes
+
+
+def _score_response(task, doc, response: str) -> dict:
+    """lm-eval's own path from one generated text to the metric: filters, then process_results."""
+    inst = task.construct_requests(doc=doc, ctx="", metadata=(task.config.task, 0, 1))
+    insts = inst if isinstance(inst, list) else [inst]
+    for i in insts:
+        i.resps = [response]
+    task._instances = insts
+    task.apply_filters()
+    return task.process_results(doc, [next(iter(i.filtered_resps.values())) for i in insts])
+
+
+def test_humaneval_and_mbpp_score_by_running_the_code_without_the_hub(data_dir, monkeypatch):
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    tm = harness.load_task_manager(["humaneval", "mbpp"], None, str(data_dir))
+    cases = (("humaneval", "    return 1\n", "    return 2\n"), ("mbpp", "def f(): return 1", "def f(): return"))
+    for name, right, wrong in cases:
+        task = lmeval_local.build_local(tm, name, data_dir)
+        doc = task.eval_docs[0]
+        assert list(_score_response(task, doc, right).values()) == [1.0]
+        assert list(_score_response(task, doc, wrong).values()) == [0.0]
+
+
+def test_code_eval_runs_each_program_isolated_with_a_time_limit(monkeypatch):
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(CodeExecutionRefused):
+        CodeEval().compute(predictions=[["x = 1"]], references=["assert x == 1"], k=[1])
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    cands = [["def add(a, b): return a * b", "def add(a, b): return a + b"], ["while True: pass"]]
+    scores, results = CodeEval().compute(predictions=cands, references=["assert add(2, 3) == 5", ""], k=[1], timeout=1)
+    assert scores == {"pass@1": pytest.approx((0.5 + 0.0) / 2)}
+    assert [r["result"] for _, r in results[0]] == ["failed: AssertionError", "passed"]
+    assert results[1][0][1]["result"] == "timed out"
+    fresh = "import os; assert os.path.basename(os.getcwd()).startswith('repro-code-eval-') and not os.listdir()"
+    assert CodeEval().compute(predictions=[[fresh]], references=[""], k=[1])[0] == {"pass@1": 1.0}  # an empty dir
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3) and pass_at_k(10, 3, 8) == 1.0
+    assert pass_at_k(5, 0, 2) == 0.0
 
 
 def test_mmlu_leaves_read_only_their_subject(data_dir):

@@ -35,6 +35,7 @@ import torch
 import typer
 
 from repro.errors import UserError
+from repro.eval.code_eval import CodeExecutionRefused
 from repro.eval.lmeval_local import build_local, check_fewshot, has_local, plan_samples
 from repro.eval.models import EvalModel, check_spec, get_model, hf_step, model_label
 from repro.eval.scoring import score_requests
@@ -489,6 +490,9 @@ def load_tasks(names: list[str], include_path: Path | None, data_dir: str | None
             else:
                 missing.append(name)
             continue
+        except CodeExecutionRefused:  # humaneval/mbpp's metric runs the generated programs
+            broken.append((name, "scoring runs the model's generated code: add --allow-code-execution"))
+            continue
         except ImportError as e:  # e.g. minerva_math needs lm-eval's [math] extra
             broken.append((name, f"missing packages: {e.name or _first_line(e)}"))
             continue
@@ -660,6 +664,8 @@ class Harness(Experiment):
 
     @staticmethod
     def _load(cfg: HarnessConfig) -> LoadedTasks:
+        if cfg.allow_code_execution:  # code_eval (evaluate's or ours) runs programs only with it
+            os.environ["HF_ALLOW_CODE_EVAL"] = "1"
         loaded = load_tasks(cfg.tasks, Path(cfg.include_path) if cfg.include_path else None, cfg.data_dir)
         for spec in loaded.specs:
             if not isinstance(spec, (str, dict)):  # built on local files
@@ -690,8 +696,6 @@ class Harness(Experiment):
         docs = {n: sum(s.values()) for n, s in loaded.sizes.items()}
         picked = {n: sum(len(samples.get(t, range(k))) for t, k in s.items()) for n, s in loaded.sizes.items()}
         console.print(f"[bold]evaluating[/] {em.name} on " + ", ".join(f"{n} ({picked[n]}/{docs[n]})" for n in docs))
-        if cfg.allow_code_execution:
-            os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # evaluate's code_eval metric asks for it
         try:
             res = lm_eval.simple_evaluate(
                 model=lm_class()(model=em, batch_size=cfg.batch_size),

@@ -160,12 +160,16 @@ def local_spec(tm: Any, name: str, data_dir: str | Path) -> dict[str, Any]:
 
 
 def build_local(tm: Any, name: str, data_dir: str | Path) -> Any:
-    """The lm-eval Task (or Group of leaf Tasks) of `local_spec`, its data loaded from DATA_DIR."""
+    """The lm-eval Task (or Group of leaf Tasks) of `local_spec`, its data loaded from DATA_DIR (and
+    humaneval/mbpp's code_eval metric from `repro.eval.code_eval`, not the hub)."""
     from lm_eval.tasks._factory import TaskFactory
     from lm_eval.tasks._index import TaskIndex
 
-    spec = local_spec(tm, name, data_dir)
-    return TaskFactory().build(TaskIndex.entry_from_config(spec), overrides=None, registry=tm.task_index)
+    from repro.eval.code_eval import local_code_eval
+
+    with local_code_eval():
+        spec = local_spec(tm, name, data_dir)
+        return TaskFactory().build(TaskIndex.entry_from_config(spec), overrides=None, registry=tm.task_index)
 
 
 def check_fewshot(task: Any, num_fewshot: int | None) -> None:
