@@ -241,11 +241,14 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
         "`mmlu-alt` is run as `mmlu`; `race_middle` is lm-eval's race task on the dataset's middle subset.",
         "- Data: with `--data-dir DIR`, tasks with a `DIR/lmeval/<task>/` copy run from it through lm-eval's "
         "own task definitions (`repro/eval/lmeval_local.py`: LOCAL_DATA); 'no offline data' marks benchmarks "
-        "with no copy while the hub was unreachable, 'not run (offline)' ones not attempted offline.",
+        "with no copy while the hub was unreachable, 'not run (offline)' ones not attempted offline. "
+        "humaneval+ needs humaneval_plus's extra tests, which have no copy; `humaneval` (the original tests) "
+        "is in the other-tasks table. Offline, humaneval and mbpp are scored by `repro/eval/code_eval.py` "
+        "(evaluate's pass@k re-implemented: each program in its own Python process, 3 s limit).",
         "- `published`: SmolLM2-135M-Instruct's model card (lighteval prompts, zero-shot unless stated): a level "
         "to compare with, not the same measurement. `chance`: mean of 1/#choices over the scored documents.",
         "- Cells: percent [95% Wilson interval] n=documents scored (a seeded, evenly spread subset when fewer "
-        "than `docs in split`, `--limit`).",
+        "than `docs in split`: `--limit`, and `--limit-generate` for generation benchmarks).",
         "- Generated from runs/harness/ by `repro eval harness` and `repro report --all`.",
     ]
     return results.write_table(
