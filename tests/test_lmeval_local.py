@@ -130,8 +130,11 @@ def test_every_table_row_builds_lm_evals_own_task_from_its_layout(data_dir, monk
         lmeval_local.check_fewshot(
             tm.load([lmeval_local.build_local(tm, "arc_easy", data_dir)])["tasks"]["arc_easy"], 5
         )
-    loaded = harness.load_tasks(["humaneval", "arc_easy"], None, str(data_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(harness, "hub_reachable", lambda: False)
+    loaded = harness.load_tasks(["humaneval", "humaneval_plus", "arc_easy"], None, str(data_dir))
     assert "allow-code-execution" in loaded.skipped["humaneval"] and "arc_easy" in loaded.sizes
+    assert loaded.skipped["humaneval_plus"] == "no offline data"  # no copy, whatever its metric needs
 
 
 def _score_response(task, doc, response: str) -> dict:

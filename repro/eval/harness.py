@@ -481,14 +481,14 @@ def load_tasks(names: list[str], include_path: Path | None, data_dir: str | None
                 spec = _race_middle() if name == "race_middle" else name
                 loaded = tm.load([spec])  # fetches (or finds cached) data and metric code now, to name what fails
         except OSError as e:  # ConnectionError, or FileNotFoundError of a hub dataset or `evaluate` metric
-            if "code_eval" in str(e):  # humaneval/mbpp import evaluate's code_eval metric from the hub
-                broken.append((name, "its metric (evaluate's code_eval) comes from the Hugging Face hub"))
-            elif has_local(name, data_dir):
+            if has_local(name, data_dir):
                 broken.append((name, f"needs the hub: {_first_line(e)}"))
-            elif hub_reachable():
-                broken.append((name, _first_line(e)))
-            else:
+            elif not hub_reachable():  # e.g. humaneval_plus: no local copy (its code metric would fail too)
                 missing.append(name)
+            elif "code_eval" in str(e):  # humaneval/mbpp import evaluate's code_eval metric from the hub
+                broken.append((name, "its metric (evaluate's code_eval) comes from the Hugging Face hub"))
+            else:
+                broken.append((name, _first_line(e)))
             continue
         except CodeExecutionRefused:  # humaneval/mbpp's metric runs the generated programs
             broken.append((name, "scoring runs the model's generated code: add --allow-code-execution"))
@@ -611,7 +611,8 @@ class Harness(Experiment):
     preset_costs = {
         "smoke": "seconds (the shipped offline tasks, 4 documents each)",
         "cpu": "minutes (the shipped offline tasks); --tasks paper19 --data-dir DIR: <=400 documents per "
-        "benchmark: SmolLM2-135M ~25 min per core for the 9 multiple-choice tasks, hours for bbh/gsm8k",
+        "multiple-choice benchmark, <=100 per generation one: SmolLM2-135M ~25 CPU-min for the 9 multiple-choice "
+        "tasks, ~110 for nq_open/gsm8k/bbh (bbh most of it), ~15 for humaneval/mbpp (~75 min on 2 cores)",
         "paper": "paper19 on full splits (GPU; hub access or --data-dir)",
     }
 
