@@ -13,6 +13,7 @@ The correctness of the cached scores is the tests' job (tests/test_scoring.py); 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ def write_eval_bench(rows: list[dict[str, Any]], cfg: EvalBenchConfig, out_dir: 
         f"Model {model_label(cfg.model)}, {cfg.ctx}-token RULER sample, medians of {cfg.rounds} interleaved rounds,",
         f"torch threads {torch.get_num_threads()}, {env['platform']}, git {env['git_sha']}. The floor is the",
         "model's own forward pass over the tokens an evaluation reads; the ratio is the evaluation's cost over it.",
-        "Measured on a shared, loaded 2-core machine (not idle): ratios, not absolute times, are the result.",
+        f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores when written: ratios (both sides "
+        "measured in the same rounds), not absolute times, are the result.",
         "The floor computes logits at every position (what a plain forward returns); generation and the scorer",
         "compute them only where they are read (a 49k-token vocabulary makes that matter), so a ratio can be < 1.",
     ]
