@@ -113,14 +113,16 @@ class _Bar:
 
     def __init__(self, progress: Progress, task: Any, description: str, lines: bool):
         self._progress, self._task, self._description = progress, task, description
-        self._lines, self._start = lines, time.monotonic()
-        self._last = self._start
+        self._every = _log_every() if lines else None  # read once, not at every step
+        self._start = self._last = time.monotonic()
 
     def advance(self, n: int = 1, **postfix: float | str) -> None:
         info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in postfix.items())
         self._progress.update(self._task, advance=n, info=info)
+        if self._every is None:
+            return
         now = time.monotonic()
-        if self._lines and now - self._last >= _log_every():
+        if now - self._last >= self._every:
             self._last = now
             task = self._progress.tasks[self._task]
             done, total, elapsed = task.completed, task.total, now - self._start

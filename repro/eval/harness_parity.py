@@ -1,6 +1,6 @@
 """Our lm-eval adapter against lm-eval's own Hugging Face backend, request by request.
 
-`request_parity` builds one task's log-likelihood requests (lm-eval's own prompts, the first
+`request_parity` builds one task's requests (lm-eval's own prompts, the first
 `docs` documents) and scores them twice on the same transformers model: through `ReproLM` (our
 prefix-cached scorer over `EvalModel`) and through lm-eval's `HFLM` (its batched, padded forward).
 Both must give the same log-likelihood and the same "is greedy" flag for every request: a mismatch
@@ -42,7 +42,7 @@ def request_parity(
     requests, kinds = [], set()
     for name, t in tasks.items():
         if t.OUTPUT_TYPE not in ("multiple_choice", "loglikelihood", "generate_until"):
-            raise UserError(f"{name} is a {t.OUTPUT_TYPE} task; the parity check scores log-likelihood tasks.")
+            raise UserError(f"{name} is a {t.OUTPUT_TYPE} task; the parity check handles scoring and generation.")
         kinds.add("generate_until" if t.OUTPUT_TYPE == "generate_until" else "loglikelihood")
         t.build_all_requests(limit=docs)
         requests += [inst for inst in t.instances]

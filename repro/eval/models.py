@@ -15,6 +15,7 @@ Face config, GGUF metadata) without loading weights, so a too-long request fails
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -267,12 +268,17 @@ class _HFTokenizer:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The forward argument that takes the key/value cache: `cache` in transformers 5
+    (`past_key_values` before, now deprecated). Read once per model class, not per decoded token."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def hf_step(hf: Any, ids: torch.Tensor, cache: Any = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
-    """One forward of a transformers causal LM through its key/value cache: (logits, cache). The
-    cache argument is `cache` in transformers 5 (`past_key_values` before, now deprecated)."""
-    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    """One forward of a transformers causal LM through its key/value cache: (logits, cache)."""
     if cache is not None:
-        kwargs[name] = cache
+        kwargs[_cache_argument(type(hf))] = cache
     out = hf(ids, use_cache=True, **kwargs)
     new = getattr(out, "cache", None)
     return out.logits, (new if new is not None else out.past_key_values)
