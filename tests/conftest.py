@@ -1,6 +1,14 @@
 """Test environment: never the network, never W&B, Triton (if present) interpreted without a GPU."""
 
 import os
+import sys
+from pathlib import Path
+
+# `python -m pytest` puts the checkout on sys.path, where the top-level `kernels/` and `experiments/`
+# folders would shadow PyPI packages of those names (transformers imports `kernels`); the code is
+# installed as repro.kernels and repro.experiments, so the checkout itself is never needed there.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -181,12 +181,19 @@ def test_offset_gradients_and_an_unmasked_table_on_triton(triton_ops, nan_poison
             assert_close(f"triton {name} (window {window}, skip {skip})", ref, got, 1e-5)
 
 
-def test_dropout_is_served_where_it_exists(monkeypatch):
-    """Triton has no attention dropout: an explicit choice refuses a call with dropout, the automatic
-    choice (Triton on CUDA) hands it to the torch backend, and p = 0 changes nothing."""
+def test_an_explicit_triton_choice_refuses_attention_dropout():
+    """Triton has no attention dropout: asking for it by name with dropout is an error, not a silent
+    fallback (needs the `gpu` extra, which registers the Triton backend)."""
+    pytest.importorskip("triton", reason="the Triton backend is registered only with the gpu extra")
     q, k, v, _ = _retrieval_case(1, 2, 30, 8, 8, torch.float32)
     with pytest.raises(UserError, match="no attention dropout"):
         kernels.memory_retrieval(q, k, v, dropout_p=0.1, backend="triton")
+
+
+def test_dropout_is_served_where_it_exists(monkeypatch):
+    """The automatic choice (Triton on CUDA) hands a call with dropout to the torch backend, and p = 0
+    changes nothing."""
+    q, k, v, _ = _retrieval_case(1, 2, 30, 8, 8, torch.float32)
     monkeypatch.delenv("REPRO_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_triton_usable", lambda: True)
     before = kernels.CALLS["memory_retrieval", "torch"]
