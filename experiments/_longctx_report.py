@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from repro import results
+from repro import results, stats
 from repro.experiments.long_context_adaptation import COLORS, LABELS, PAPER_FIG8
 
 ADAPTED = 0.9  # "adapted": long-context accuracy at least this share of the model's own short-context accuracy
@@ -27,7 +27,7 @@ def accuracy_frame(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 def cell(values: Any, scale: float = 100.0) -> str:
     """'mean ± half-width' of a 95% t-interval, in percent by default."""
-    mean, half = results.t_interval(np.asarray(values, dtype=float) * scale)
+    mean, half = stats.t_interval(np.asarray(values, dtype=float) * scale)
     return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
 
 
@@ -54,7 +54,7 @@ def _scalar(df: pd.DataFrame, metric: str) -> float:
 
 
 def _above_zero(values: pd.Series) -> bool:
-    mean, half = results.t_interval(values.to_numpy())
+    mean, half = stats.t_interval(values.to_numpy())
     return not math.isnan(half) and mean - half > 0
 
 
@@ -111,7 +111,7 @@ def claim_entries(acc: pd.DataFrame, df: pd.DataFrame, short: int, long: int) ->
         )
     if set(models) == set(LABELS):
         gap = at("mosaic_v2", 1, long) - at("llama", last, long)  # paired by seed
-        mean, half = results.t_interval(100 * gap.to_numpy())
+        mean, half = stats.t_interval(100 * gap.to_numpy())
         entries.append(
             {
                 "claim": f"the transformer after {last} steps vs MM v2 after 1",
@@ -164,9 +164,9 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: fl
             sub = acc[(acc.model == m) & (acc.context == context)]
             if not len(sub):
                 continue
-            stats = sub.groupby("step").value.apply(lambda v: results.t_interval(100 * v.to_numpy())).apply(pd.Series)
-            x = stats.index.to_numpy() + 1  # steps + 1 on a log axis, so step 0 shows
-            mean, half = stats[0].to_numpy(), np.nan_to_num(stats[1].to_numpy())
+            by_step = sub.groupby("step").value.apply(lambda v: stats.t_interval(100 * v.to_numpy())).apply(pd.Series)
+            x = by_step.index.to_numpy() + 1  # steps + 1 on a log axis, so step 0 shows
+            mean, half = by_step[0].to_numpy(), np.nan_to_num(by_step[1].to_numpy())
             ax.plot(x, mean, "o-", ms=4, color=COLORS[m], label=LABELS[m])
             ax.fill_between(x, mean - half, mean + half, color=COLORS[m], alpha=0.2)
             if context != short:  # where a fully adapted model would be: its accuracy at the pretraining context

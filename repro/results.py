@@ -30,24 +30,6 @@ def make_row(**fields: Any) -> dict[str, Any]:
     return row
 
 
-def interval95(values: list[float] | list[bool]) -> tuple[float, float]:
-    """95% Wilson score interval of the mean of per-sample scores in [0, 1] (exact Wilson for 0/1
-    outcomes; for fractional scores it treats their sum as the success count). (nan, nan) for none."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    z = 1.959964
-    p = float(sum(values)) / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def fmt_ci(value: float, lo: float, hi: float, n: int, scale: float = 1.0, digits: int = 2) -> str:
-    """`0.25 [0.14, 0.40] n=28`: a cell with its 95% interval and sample count."""
-    return f"{value * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}] n={n}"
-
-
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
     """Atomic (rows.jsonl exists only for finished runs) and strict JSON: a non-finite value is null."""
     files.write_jsonl(path, rows)
@@ -194,67 +176,3 @@ def write_index(reports: Path, experiments: list[Any]) -> Path:
     reports.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
-
-
-# ---- paired-by-seed statistics (issue 17) ------------------------------------------------------------
-
-# Two-sided 95% Student-t quantiles by degrees of freedom; beyond 30 the normal 1.96 is close enough.
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-T975.update({11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042})
-
-
-def t975(df: int) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom (table; the next smaller tabled
-    df, which is conservative, between entries; 1.96 beyond 30)."""
-    if df < 1:
-        return math.nan
-    if df > 30:
-        return 1.96
-    return T975[max(k for k in T975 if k <= df)]
-
-
-def t_interval(values: Any) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval over seeds (nan half-width for one value)."""
-    v = pd.Series(values, dtype=float).to_numpy()
-    if len(v) < 2:
-        return float(v.mean()) if len(v) else math.nan, math.nan
-    return float(v.mean()), t975(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
-
-
-def paired_diff(a: dict[int, float] | pd.Series, b: dict[int, float] | pd.Series) -> dict[str, Any]:
-    """Mean of the per-seed differences a[s] - b[s] over the seeds both arms ran, with its 95% t-interval.
-
-    Pairing by seed removes what the arms share (the same initialisation, batch order and test
-    images): the interval measures how much the *difference* moves from seed to seed, which is what a
-    verdict on the direction of an effect needs. Returns mean, lo, hi, n and the seeds used."""
-    a, b = pd.Series(a, dtype=float), pd.Series(b, dtype=float)
-    seeds = sorted(set(a.index) & set(b.index))
-    d = (a[seeds] - b[seeds]).to_numpy()
-    n = len(d)
-    mean = float(d.mean()) if n else math.nan
-    half = t975(n - 1) * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "seeds": seeds}
-
-
-def paired_verdict(p: dict[str, Any], expected_sign: int, scale: float = 100.0, unit: str = "pt") -> str:
-    """Whether the paper's direction (`expected_sign` of the difference) holds beyond the paired 95%
-    interval. The wording starts with `reproduced`, `not reproduced`, `same direction` or
-    `opposite direction` (what `verdict_summary` counts)."""
-    if p["n"] == 0 or math.isnan(p["mean"]):
-        return "no paired seeds"
-    if p["mean"] == 0 and p["lo"] == p["hi"]:  # identical in every seed (e.g. both at chance)
-        return f"no difference in any of {p['n']} seeds"
-    same = (p["mean"] > 0) == (expected_sign > 0)
-    if p["n"] < 2:
-        return f"{'same' if same else 'opposite'} direction, one seed: no interval"
-    ci = f"[{scale * p['lo']:+.2f}, {scale * p['hi']:+.2f}] {unit}, n={p['n']}"
-    if p["lo"] > 0 or p["hi"] < 0:
-        return f"reproduced (same direction, 95% CI {ci})" if same else f"not reproduced (opposite, 95% CI {ci})"
-    return f"{'same' if same else 'opposite'} direction, within noise (95% CI {ci})"
-
-
-def fmt_paired(p: dict[str, Any], scale: float = 100.0) -> str:
-    """`+1.23 [+0.40, +2.06]` (mean and 95% interval of the paired difference, in points)."""
-    if p["n"] < 2:
-        return f"{scale * p['mean']:+.2f}" if p["n"] else "n/a"
-    return f"{scale * p['mean']:+.2f} [{scale * p['lo']:+.2f}, {scale * p['hi']:+.2f}]"

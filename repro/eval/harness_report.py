@@ -59,13 +59,13 @@ def _cell(sc: Any, model: str, removed: bool, task: str, metric: str, why: str |
 
 def _with_ci(value: float, n: int) -> str:
     """`41.2 [31.0, 52.1] n=80`: percent with a 95% Wilson interval over the n documents."""
-    from repro import results
+    from repro import stats
 
     if n <= 0 or not 0 <= value <= 1:
         return _pct(value)
     hits = round(value * n)
-    lo, hi = results.interval95([1.0] * hits + [0.0] * (n - hits))
-    return results.fmt_ci(value, lo, hi, n, scale=100, digits=1)
+    lo, hi = stats.interval95([1.0] * hits + [0.0] * (n - hits))
+    return stats.fmt_ci(value, lo, hi, n, scale=100, digits=1)
 
 
 def _mean(values: list[float | None], n: int) -> str:
@@ -100,9 +100,7 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
     """Per benchmark, (A - B) averaged over the documents both scored, with a 95% t-interval over those
     documents: every model with and without its long-term memory, and every two models. Group rows:
     the mean of the per-benchmark differences (Table 2's grouping), its interval from their standard errors."""
-    import math
-
-    from repro import results
+    from repro import stats
 
     scores = _doc_scores(df)
     if len(scores) < 2:
@@ -125,11 +123,10 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
             if x is None or y is None:
                 entry[col] = "-"
                 continue
-            p = results.paired_diff(x, y)
-            entry[col] = f"{results.fmt_paired(p)} n={p['n']}"
+            p = stats.paired_diff(x, y)
+            entry[col] = f"{stats.fmt_paired(p)} n={p['n']}"
             if p["n"] > 1:
-                se = (p["hi"] - p["mean"]) / results.t975(p["n"] - 1)
-                groups.setdefault(col, {}).setdefault(entry["Table 2 group"], []).append((p["mean"], se))
+                groups.setdefault(col, {}).setdefault(entry["Table 2 group"], []).append((p["mean"], p["se"]))
         table.append(entry)
     for group in ("13 tasks", "other 6"):
         entry = {"benchmark": f"mean over the {group} run", "Table 2 group": group}
@@ -139,10 +136,10 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
             if not got:
                 entry[col] = "-"
                 continue
-            k = len(got)
-            mean = sum(m for m, _ in got) / k
-            half = 1.96 * math.sqrt(sum(se * se for _, se in got)) / k
-            entry[col] = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] ({k} tasks)"
+            mean, half = stats.mean_of(got)
+            entry[col] = (
+                f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] ({len(got)} tasks)"
+            )
         table.append(entry)
     return table
 

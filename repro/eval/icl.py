@@ -34,7 +34,7 @@ from typing import Any, Optional, Protocol
 import pandas as pd
 import typer
 
-from repro import results
+from repro import results, stats
 from repro.data import icl as data
 from repro.errors import UserError
 from repro.eval.models import model_label
@@ -218,7 +218,7 @@ def to_rows(res: list[PromptResult], cfg: ICLConfig, ctx: Any, n_classes: int) -
             continue
         by_shot.setdefault((r.labels, r.shots), []).append(r)
         for metric, acc in (("accuracy", r.accuracy), ("accuracy_norm", r.accuracy_norm)):
-            lo, hi = results.interval95([1.0] * round(acc * r.n) + [0.0] * (r.n - round(acc * r.n)))
+            lo, hi = stats.interval95([1.0] * round(acc * r.n) + [0.0] * (r.n - round(acc * r.n)))
             rows += [
                 row(r.labels, metric, acc, r.shots, r.prompt),
                 row(r.labels, f"{metric}_lo", lo, r.shots, r.prompt),
@@ -236,7 +236,7 @@ def to_rows(res: list[PromptResult], cfg: ICLConfig, ctx: Any, n_classes: int) -
         total = sum(r.n for r in rs)
         for metric in ("accuracy", "accuracy_norm"):
             hits = sum(round(getattr(r, metric) * r.n) for r in rs)
-            lo, hi = results.interval95([1.0] * hits + [0.0] * (total - hits))
+            lo, hi = stats.interval95([1.0] * hits + [0.0] * (total - hits))
             rows += [row(kind, metric, hits / total, n, "mean"), row(kind, f"{metric}_lo", lo, n, "mean")]
             rows.append(row(kind, f"{metric}_hi", hi, n, "mean"))
         rows += [row(kind, "n", total, n, "mean"), row(kind, "prompts", len(rs), n, "mean")]
@@ -382,7 +382,7 @@ def _cells(df: pd.DataFrame) -> pd.DataFrame:
 def _ci(r: Any, metric: str) -> str:
     if pd.isna(r.get(metric)):
         return "n/a"
-    return results.fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], int(r["n"]))
+    return stats.fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], int(r["n"]))
 
 
 def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:

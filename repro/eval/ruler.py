@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import typer
 
-from repro import results
+from repro import results, stats
 from repro.data.ruler import TASKS, Generator, Sample, Sources, resolve_tasks
 from repro.errors import UserError
 from repro.eval.models import model_label
@@ -169,7 +169,7 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> li
                 bar.advance(cfg.samples - len(samples))
                 values = [match(spec.metric, r["prediction"], r["outputs"]) for r in recs]
                 per_task[task] = score(spec.metric, [r["prediction"] for r in recs], [r["outputs"] for r in recs])
-                lo, hi = results.interval95(values)
+                lo, hi = stats.interval95(values)
                 rows += [
                     row(task, "score", per_task[task], length),
                     row(task, "ci_low", 100 * lo, length),
