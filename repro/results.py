@@ -46,14 +46,91 @@ def collect(runs: Path, experiment: str | None = None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def eval_report(exp: Any, runs: Path, reports: Path | None, preset: str) -> list[Path]:
-    """An evaluation command's report from every finished run of `preset` under RUNS, into
-    REPORTS/NAME/. Without --reports: reports/ for the default runs/ root, RUNS/reports/ for any other
-    (a scratch `--out /tmp/x` never rewrites the committed tables)."""
+def write_report(runnable: Any, runs: Path, reports: Path | None, preset: str) -> list[Path]:
+    """An evaluation's or benchmark's report right after its run: from every finished run of `preset`
+    under RUNS, into REPORTS/NAME/. Without --reports: reports/ for the default runs/ root, RUNS/reports/
+    for any other (a scratch `--out /tmp/x` never rewrites the committed tables)."""
     if reports is None:
         reports = Path("reports") if runs == Path("runs") else runs / "reports"
-    df = collect(runs, exp.name)
-    return exp.report(df[df.preset == preset].reset_index(drop=True), reports / exp.name)
+    df = collect(runs, runnable.name)
+    return runnable.report(df[df.preset == preset].reset_index(drop=True), reports / runnable.name)
+
+
+# ---- a benchmark's table as tidy rows, and back ---------------------------------------------------------
+
+
+def table_rows(ctx: Any, table: list[dict[str, Any]], cfg: Any = None) -> list[dict[str, Any]]:
+    """A measured table as rows (split "table", step = the table row, metric = the column): a number
+    is the row's value, a text cell is kept in slice_value (value null). With `cfg`, one more row
+    records the config (JSON), and one the machine's state (1-min load average, threads, time), so
+    `table_from_rows` gives back exactly what the report needs."""
+    import json
+
+    rows = []
+    for i, record in enumerate(table):
+        for column, cell in record.items():
+            if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+                rows.append(ctx.row(model="table", split="table", metric=column, value=float(cell), step=i))
+            else:
+                text = "" if cell is None else str(cell)
+                rows.append(ctx.row(model="table", split="table", metric=column, value=math.nan, step=i,
+                                    slice_key="text", slice_value=text))  # fmt: skip
+    for key, obj in (("machine", machine()), ("config", None if cfg is None else cfg_dict(cfg))):
+        if obj is not None:
+            rows.append(ctx.row(model="table", split="_meta", metric=key, value=math.nan, step=0,
+                                slice_key="json", slice_value=json.dumps(obj)))  # fmt: skip
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    """What a timing depends on: the 1-min load average, cores, torch threads, time, torch, the GPU."""
+    import os
+    import time
+
+    import torch
+
+    info = {"load1": os.getloadavg()[0], "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "time": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__}  # fmt: skip
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def cfg_dict(cfg: Any) -> dict[str, Any]:
+    from repro.config import to_dict
+
+    return to_dict(cfg)
+
+
+def table_from_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(table, machine, config) of the most recent run among `df`'s rows (see `table_rows`)."""
+    import json
+
+    meta = df[df.split == "_meta"]
+    runs = []
+    for (variant, seed), sub in meta.groupby(["variant", "seed"]):
+        machine = json.loads(sub[sub.metric == "machine"].slice_value.iloc[0])
+        runs.append((machine.get("time", ""), variant, seed))
+    if not runs:
+        raise UserError("these rows hold no benchmark table; run the benchmark again.")
+    _, variant, seed = max(runs)
+    run = df[(df.variant == variant) & (df.seed == seed)]
+    info = {m: json.loads(v) for m, v in run[run.split == "_meta"][["metric", "slice_value"]].itertuples(index=False)}
+    cells = run[run.split == "table"]
+    table: list[dict[str, Any]] = []
+    for _, row in cells.sort_values("step", kind="stable").iterrows():
+        while len(table) <= int(row.step):
+            table.append({})
+        text = row.get("slice_value") if row.get("slice_key") == "text" else None
+        table[int(row.step)][row.metric] = text if text is not None else row.value
+    return table, info.get("machine", {}), info.get("config", {})
+
+
+def machine_note(machine: dict[str, Any]) -> str:
+    """`Measured 2026-12-06 14:00 on CPU (2 cores, 2 torch threads, 1-min load 0.4), torch 2.13.0.`"""
+    where = machine.get("gpu") or f"CPU ({machine.get('cpus')} cores, {machine.get('threads')} torch threads"
+    where += "" if machine.get("gpu") else f", 1-min load {machine.get('load1', float('nan')):.1f})"
+    return f"Measured {machine.get('time', '?')} on {where}, torch {machine.get('torch', '?')}."
 
 
 def pick_preset(df: pd.DataFrame, preset: str | None = None) -> str:
@@ -124,14 +201,6 @@ def figure_style() -> None:
     )
 
 
-EVALUATION_REPORTS = {
-    "ruler": "repro eval ruler",
-    "icl": "repro eval icl",
-    "harness": "repro eval harness",
-    "kernels": "repro bench kernels",
-}
-
-
 def plot_loss_curves(panels: dict[str, list[tuple[str, pd.Series, pd.Series]]], path: Path, smooth: int = 1) -> Path:
     """Training-curve figure shared by the LM experiments: one panel per title, and per line a
     (label, train loss by step, validation loss by step); train thin (moving average of `smooth`
@@ -157,21 +226,23 @@ def plot_loss_curves(panels: dict[str, list[tuple[str, pd.Series, pd.Series]]], 
     return path
 
 
-def write_index(reports: Path, experiments: list[Any]) -> Path:
-    """`reports/index.md`: every experiment, its paper reference and whether a report exists."""
-    lines = ["# Reports", "", "| experiment | paper | claim | report |", "| --- | --- | --- | --- |"]
-    for exp in experiments:
-        table = reports / exp.name / "table.md"
-        link = f"[{exp.name}/table.md]({exp.name}/table.md)" if table.exists() else "not yet run"
-        lines.append(f"| `{exp.name}` | {exp.paper_ref} | {exp.claim} | {link} |")
-    lines += ["", "## Evaluations and benchmarks", "", "| report | written by |", "| --- | --- |"]
-    for name, command in EVALUATION_REPORTS.items():
-        page = next((reports / name / f for f in ("table.md", "README.md") if (reports / name / f).exists()), None)
-        if page is not None:
-            lines.append(f"| [{name}]({page.relative_to(reports)}) | `{command}` |")
-    for table in sorted(reports.glob("bench/*/table.md")):
-        lines.append(f"| [{table.parent.name}]({table.relative_to(reports)}) | `repro bench train` |")
-    lines += ["", "Regenerate with `repro report --all` (reads run directories under `runs/`).", ""]
+def write_index(reports: Path, runnables: list[Any]) -> Path:
+    """`reports/index.md`: every runnable by kind, its paper reference and whether a report exists."""
+    lines = ["# Reports", ""]
+    verbs = {"experiment": "repro run", "evaluation": "repro eval", "benchmark": "repro bench"}
+    for kind, verb in verbs.items():
+        lines += [
+            f"## {kind.capitalize()}s (`{verb}`)",
+            "",
+            "| name | paper | claim | report |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in (r for r in runnables if r.kind == kind):
+            table = reports / r.name / "table.md"
+            link = f"[{r.name}/table.md]({r.name}/table.md)" if table.exists() else "not yet run"
+            lines.append(f"| `{r.name}` | {r.paper_ref} | {r.claim} | {link} |")
+        lines.append("")
+    lines += ["Regenerate with `repro report --all` (reads run directories under `runs/`).", ""]
     path = reports / "index.md"
     reports.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

@@ -47,7 +47,7 @@ def one_sentence(output: str) -> str:
 
 
 def toy_run(out: Path, overrides: list[str] | None = None, **kw) -> Path:
-    return runtime.launch(FaultToy(), preset="smoke", overrides=overrides, out=out, use_wandb=False, **kw)
+    return runtime.launch(FaultToy(), preset="smoke", overrides=overrides, out=out, wandb=False, **kw)
 
 
 def toy_rows(run_dir: Path) -> list[dict]:

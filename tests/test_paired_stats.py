@@ -52,9 +52,9 @@ def test_resnet_bench_rows_and_cli(tmp_path):
     df = resnet_throughput(cfg)
     assert list(df.model) == ["resnet2", "resnet2", "towers2x2", "towers2x2"]
     assert (df["train step img/s"] > 0).all() and (df["fwd+bwd floor img/s"] > 0).all()
-    args = ["bench", "train", "--families", "resnet2", "--batch-size", "4", "--rounds", "1", "--steps", "1"]
+    args = ["bench", "images", "--models", "resnet2", "--batch-size", "4", "--rounds", "1", "--steps", "1"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "floor" in (tmp_path / "resnet_throughput_cpu" / "table.md").read_text()
-    bad = CliRunner().invoke(app, ["bench", "train", "--families", "resnetX", "--out", str(tmp_path)])
+    assert "floor" in (tmp_path / "reports" / "bench-images" / "table.md").read_text()
+    bad = CliRunner().invoke(app, ["bench", "images", "--models", "resnetX", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "resnet<width>" in bad.output

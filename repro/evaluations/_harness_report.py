@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from repro.eval.harness import PAPER19, TABLE1_AVG, TABLE2
-
 # SmolLM2-135M-Instruct's model card (lighteval prompts, zero-shot unless stated; ../shared/data/lmeval/
 # README.md): published levels beside ours, to compare levels, not equality (other prompts and metrics).
 PUBLISHED_SMOLLM2 = {
@@ -96,7 +94,7 @@ def _doc_scores(df: Any) -> dict[tuple[str, bool], dict[str, Any]]:
     return out
 
 
-def _paired_table(df: Any) -> list[dict[str, Any]]:
+def _paired_table(df: Any, paper19: list[Any]) -> list[dict[str, Any]]:
     """Per benchmark, (A - B) averaged over the documents both scored, with a 95% t-interval over those
     documents: every model with and without its long-term memory, and every two models. Group rows:
     the mean of the per-benchmark differences (Table 2's grouping), its interval from their standard errors."""
@@ -115,7 +113,7 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
 
     table = []
     groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for b in PAPER19:
+    for b in paper19:
         entry = {"benchmark": b.name, "Table 2 group": "13 tasks" if b.in_13 else "other 6"}
         for a, c in pairs:
             col = f"{name(a)} - {name(c)}"
@@ -144,9 +142,10 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
     return table
 
 
-def write_report(df: Any, out_dir: Path) -> list[Path]:
+def write_report(df: Any, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
     """reports/harness/table.md|csv: Table 1 (paper19, paper beside ours), Table 2 when a run
     removed long-term memory, and every other task run, with its chance level and 95% interval."""
+    paper19, table1_avg, table2 = targets["paper19"], targets["table1_avg"], targets["table2"]
     from repro import results
 
     sc = _scores(df) if not df.empty else df
@@ -160,7 +159,7 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
 
     ours: dict[str, dict[str, float | None]] = {m: {} for m in models}
     table1 = []
-    for b in PAPER19:
+    for b in paper19:
         chance = _first(df, b.task, "chance") if not df.empty else None
         total = _first(df, b.task, "docs_total") if not df.empty else None
         entry = {
@@ -177,8 +176,8 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
         table1.append(entry)
     avg = {"benchmark": "average (19)", "lm-eval task": "", "metric": ""}
     avg |= {
-        "paper: transformer (large)": f"{TABLE1_AVG['transformer']:.1f}",
-        "paper: MMv2 (large)": f"{TABLE1_AVG['mmv2']:.1f}",
+        "paper: transformer (large)": f"{table1_avg['transformer']:.1f}",
+        "paper: MMv2 (large)": f"{table1_avg['mmv2']:.1f}",
         "published: SmolLM2-135M-Instruct": "", "chance": "", "docs in split": "",
     }  # fmt: skip
     avg |= {f"ours: {m}": _mean(list(ours[m].values()), 19) for m in models}
@@ -187,9 +186,9 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
     extra: dict[str, list[dict[str, Any]]] = {}
     removed_models = sorted(set(sc[sc.removed].model)) if not df.empty else []
     if removed_models:
-        table2 = []
-        for group, (t, mm, mm_removed) in TABLE2.items():
-            benches = [b for b in PAPER19 if b.in_13 == (group == "13 tasks")]
+        rows2 = []
+        for group, (t, mm, mm_removed) in table2.items():
+            benches = [b for b in paper19 if b.in_13 == (group == "13 tasks")]
             entry = {"tasks": group, "paper: transformer": f"{t:.1f}", "paper: MMv2": f"{mm:.1f}"}
             entry["paper: MMv2 without LTM"] = f"{mm_removed:.1f}"
             for m in removed_models:
@@ -199,14 +198,14 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
                 for removed, tag in ((False, "with LTM"), (True, "without LTM")):
                     vals = [cells[removed][k] if k in both else None for k in range(len(benches))]
                     entry[f"ours: {m} {tag}"] = _mean(vals, len(benches))
-            table2.append(entry)
-        extra["Table 2: long-term memory removed after training"] = table2
+            rows2.append(entry)
+        extra["Table 2: long-term memory removed after training"] = rows2
 
-    paired = _paired_table(df) if not df.empty else []
+    paired = _paired_table(df, paper19) if not df.empty else []
     if paired:
         extra["Paired differences on the same documents (points, 95% interval)"] = paired
 
-    paper_tasks = {b.task for b in PAPER19}
+    paper_tasks = {b.task for b in paper19}
     local = []
     if not df.empty:
         for _, r in sc[~sc.split.isin(paper_tasks) & (sc.split != "_env")].iterrows():
