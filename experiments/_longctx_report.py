@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 
 from repro import results, stats
-from repro.experiments.long_context_adaptation import COLORS, LABELS, PAPER_FIG8
+from repro.models import registry as models
+
+LABELS = {f: models.label(f) for f in ("llama", "mosaic_v2")}
+COLORS = {"llama": "C3", "mosaic_v2": "C0"}
 
 ADAPTED = 0.9  # "adapted": long-context accuracy at least this share of the model's own short-context accuracy
 
@@ -154,7 +157,7 @@ def curve_table(acc: pd.DataFrame, short: int, long: int) -> list[dict[str, Any]
     return rows
 
 
-def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: float = math.nan) -> Path:
+def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, paper: str, chance: float = math.nan) -> Path:
     import matplotlib.pyplot as plt
 
     results.figure_style()
@@ -184,14 +187,14 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: fl
     axes[0].set_title(f"at the long context ({long} tokens)\ndotted: each model at {short} tokens after pretraining")
     axes[1].set_title(f"at the pretraining context ({short} tokens)\n(does fine-tuning long keep it?)")
     axes[1].legend(loc="upper right", bbox_to_anchor=(1.0, 0.9))  # the empty band between the curves
-    note = textwrap.fill(f"Paper (MM v2 Fig. 8): {PAPER_FIG8}. Bands: 95% t-interval over seeds.", 140)
+    note = textwrap.fill(f"Paper (MM v2 Fig. 8): {paper}. Bands: 95% t-interval over seeds.", 140)
     fig.text(0.01, -0.08, note, fontsize=8, va="top")
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
     acc = accuracy_frame(df)
     contexts = sorted(acc.context.unique())
     short, long = contexts[0], contexts[-1]
@@ -204,7 +207,7 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         "Parameters: "
         + ", ".join(f"{LABELS.get(m, m)} {int(v):,}" for m, v in params.items())
         + (f"; wall time per seed {wall.min() / 60:.1f}-{wall.max() / 60:.1f} min." if len(wall) else "."),
-        f"Paper (Fig. 8, {PAPER_FIG8}): RULER QA on 1.5B/8B models; ours: synthetic key -> value retrieval in"
+        f"Paper (Fig. 8, {targets['fig8']}): RULER QA on 1.5B/8B models; ours: synthetic key -> value retrieval in"
         " TinyStories text with 2-layer models (see the experiment docstring for the deviations).",
     ]
     mm_short = acc[(acc.model == "mosaic_v2") & (acc.step == 0) & (acc.context == short)].value.mean()
@@ -220,5 +223,6 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     }
     title = "Long-context adaptation: fine-tuning steps needed after short pretraining"
     paths = results.write_table(claim_entries(acc, df, short, long), out_dir, title, notes, extra)
-    paths.append(plot_curves(acc, short, long, out_dir / "fig_adaptation.png", _scalar(df, "chance_copy")))
+    chance = _scalar(df, "chance_copy")
+    paths.append(plot_curves(acc, short, long, out_dir / "fig_adaptation.png", targets["fig8"], chance))
     return paths

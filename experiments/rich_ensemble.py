@@ -63,7 +63,8 @@ from repro.experiments._transfer import (
     provenance,
     wall_note,
 )
-from repro.models.resnet import ResNet, ResNetConfig, Towers, backbone_params, matched_width
+from repro.models.registry import build_model
+from repro.models.resnet import ResNetConfig, Towers, backbone_params, matched_width
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.optim import OptimConfig
@@ -216,12 +217,12 @@ class RichEnsemble(Experiment):
         for j in range(max(cfg.ns)):
             seed = member_seed(ctx.seed, 100 * t + j)
             torch.manual_seed(seed)
-            members.append(fit(ResNet(ResNetConfig(width=w, n_class=n_class)), f"member{j}", seed))
+            members.append(fit(build_model("resnet", width=w, n_class=n_class), f"member{j}", seed))
         models: dict[str, nn.Module] = {"single": members[0]}
         for n in (n for n in cfg.ns if n > 1):
             seed = member_seed(ctx.seed, 100 * t + 50 + n)
             torch.manual_seed(seed)
-            wide = fit(ResNet(ResNetConfig(width=matched_width(w, n), n_class=n_class)), f"wide{n}", seed)
+            wide = fit(build_model("resnet", width=matched_width(w, n), n_class=n_class), f"wide{n}", seed)
             models[f"cat{n}"] = Towers.from_members(members[:n]).eval()
             models[f"wide{n}"] = wide
             if cfg.joint:

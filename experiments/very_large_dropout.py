@@ -67,7 +67,8 @@ from repro.experiments._transfer import (
     provenance,
     wall_note,
 )
-from repro.models.resnet import ResNet, ResNetConfig
+from repro.models.registry import build_model
+from repro.models.resnet import ResNet
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
@@ -173,7 +174,7 @@ class VeryLargeDropout(Experiment):
         src_test = load_side(side, "test", cfg.data.test_per_class, cfg.data)
         seed = member_seed(ctx.seed)  # wd-transfer's and rich-ensemble's member-0 backbone: one cache entry
         torch.manual_seed(seed)
-        base = ResNet(ResNetConfig(width=cfg.pretrain.width, n_class=src.n_class))
+        base = build_model("resnet", width=cfg.pretrain.width, n_class=src.n_class)
         info = pretrained(base, src, cfg.pretrain, cfg.pretrain.optim, ctx, "pretrain", seed, src_test)
         rows: list[dict[str, Any]] = pretrain_rows(ctx, "backbone", info, slice_key="test_domain", slice_value="-")
         rows.append(

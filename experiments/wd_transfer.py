@@ -55,7 +55,7 @@ from repro.experiments._transfer import (
     provenance,
     wall_note,
 )
-from repro.models.resnet import ResNet, ResNetConfig
+from repro.models.registry import build_model
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.probe import ProbeConfig, predict, probe_accuracy
@@ -130,7 +130,7 @@ class WdTransfer(Experiment):
             for wd in cfg.weight_decays:
                 model_name = f"wd={wd:g}"
                 torch.manual_seed(seed)
-                model = ResNet(ResNetConfig(width=cfg.pretrain.width, n_class=data.source_train.n_class))
+                model = build_model("resnet", width=cfg.pretrain.width, n_class=data.source_train.n_class)
                 optim = dataclasses.replace(cfg.pretrain.optim, weight_decay=wd)
                 info = pretrained(
                     model, data.source_train, cfg.pretrain, optim, ctx, f"t{t}.{model_name}", seed, data.source_test
@@ -168,7 +168,7 @@ class WdTransfer(Experiment):
                     t == 0 and wd in cfg.convergence_wds and ctx.seed == cfg.convergence_seed
                 ):  # same recipe and seed, twice the epochs
                     torch.manual_seed(seed)
-                    twice = ResNet(ResNetConfig(width=cfg.pretrain.width, n_class=data.source_train.n_class))
+                    twice = build_model("resnet", width=cfg.pretrain.width, n_class=data.source_train.n_class)
                     pre2 = dataclasses.replace(cfg.pretrain, epochs=2 * cfg.pretrain.epochs)
                     info2 = pretrained(
                         twice, data.source_train, pre2, optim, ctx, f"t{t}.{model_name}.x2", seed, data.source_test

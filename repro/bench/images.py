@@ -36,13 +36,14 @@ def _image_model(name: str, n_class: int) -> torch.nn.Module:
     import re
 
     from repro.errors import UserError
-    from repro.models.resnet import ResNet, ResNetConfig, Towers
+    from repro.models.registry import build_model
+    from repro.models.resnet import ResNetConfig, Towers
 
     m = re.fullmatch(r"resnet(\d+)|towers(\d+)x(\d+)", name)
     if not m:
         raise UserError(f"image model '{name}': write resnet<width> (e.g. resnet8) or towers<n>x<width>.")
     if m.group(1):
-        return ResNet(ResNetConfig(width=int(m.group(1)), n_class=n_class))
+        return build_model("resnet", width=int(m.group(1)), n_class=n_class)
     return Towers.build(int(m.group(2)), ResNetConfig(width=int(m.group(3)), n_class=n_class))
 
 
