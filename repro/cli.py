@@ -301,7 +301,7 @@ def report(
 @user_errors
 def plan(
     name: str = typer.Argument(..., help="Experiment name (see `repro list`)."),
-    preset: str = typer.Option("paper", help="The preset to cost (default: paper, what a GPU plan is for)."),
+    preset: str = typer.Option("cpu", help="The preset to cost (as everywhere, cpu by default; --preset paper)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config value first."),  # noqa: UP045
     gpus: int = typer.Option(64, help="GPUs the run would use (global batch = micro-batch x accum x GPUs)."),
     gpu: str = typer.Option("H100", help="GPU model, for its peak bf16 FLOP/s and default memory."),
