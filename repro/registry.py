@@ -134,9 +134,31 @@ class Evaluation(Runnable):
 
 
 class Benchmark(Runnable):
-    """A measurement of speed or cost, as ratios against a baseline in the same run: `repro bench NAME`."""
+    """A measurement of speed or cost, as ratios against a baseline in the same run: `repro bench NAME`.
+
+    Most benchmarks measure one table: they implement `measure(cfg) -> table` (a list of dicts) and
+    `write(table, cfg, machine, out_dir)`; the rows store the table with its config and the machine's
+    state (`repro.results.table_rows`), and the report rebuilds both from the run directory."""
 
     kind = "benchmark"
+
+    def measure(self, cfg: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def write(self, table: list[dict[str, Any]], cfg: Any, machine: dict[str, Any], out_dir: Path) -> list[Path]:
+        raise NotImplementedError
+
+    def run(self, cfg: Any, ctx: Any) -> list[dict[str, Any]]:
+        from repro import results
+
+        return results.table_rows(ctx, self.measure(cfg), cfg)
+
+    def report(self, df: Any, out_dir: Path) -> list[Path]:
+        from repro import results
+        from repro.config import from_dict
+
+        table, machine, cfg = results.table_from_rows(df)
+        return self.write(table, from_dict(type(self.config("cpu")), cfg), machine, out_dir)
 
 
 def command_name(kind: str, name: str) -> str:

@@ -143,3 +143,27 @@ def test_bench_train_writes_a_table_for_every_family(tmp_path):
     assert result.exit_code == 0, result.output
     rows = (tmp_path / "reports" / "bench-train" / "table.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("mosaic,") and "ratio vs mosaic" in rows[0]
+
+
+def test_bench_kernels_and_eval_smoke_write_run_directories_and_reports(tmp_path):
+    """The kernel benchmark (correctness gate first) and the evaluation-cost benchmark on a tiny
+    checkpoint, through `repro bench`: run directories, and tables rebuilt by `repro report`."""
+    import torch
+
+    from repro.data.tokenizer import byte_tokenizer
+    from repro.models.registry import build_model
+
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["bench", "kernels", "--preset", "smoke", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny"
+    build_model("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=1100, vocab_size=257).save(ckpt)
+    byte_tokenizer().save(ckpt)
+    result = runner.invoke(app, ["bench", "eval", "--preset", "smoke", "--model", str(ckpt), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(app, ["report", "--all", "--out", str(out), "--reports", str(tmp_path / "rep")])
+    assert again.exit_code == 0, again.output
+    kernels = (tmp_path / "rep" / "bench-kernels" / "table.md").read_text()
+    assert "memory_retrieval" in kernels and "1-min load" in kernels
+    assert "floor" in (tmp_path / "rep" / "bench-eval" / "table.md").read_text()

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from repro import results
-from repro.config import from_dict
 from repro.errors import RunFailed
 from repro.registry import Benchmark, Option, register
 from repro.track import console
@@ -202,13 +201,11 @@ class BenchEval(Benchmark):
 
         check_spec(cfg.model)
 
-    def run(self, cfg: EvalBenchConfig, ctx: Any) -> list[dict[str, Any]]:
+    def measure(self, cfg: EvalBenchConfig) -> list[dict[str, Any]]:
         try:
-            table = eval_benchmark(cfg)
+            return eval_benchmark(cfg)
         except RuntimeError as e:
             raise RunFailed(f"benchmark failed: {e}") from None
-        return results.table_rows(ctx, table, cfg)
 
-    def report(self, df: Any, out_dir: Path) -> list[Path]:
-        table, machine, cfg = results.table_from_rows(df)
-        return write_eval_bench(table, from_dict(EvalBenchConfig, cfg), machine, out_dir)
+    def write(self, table: list[dict], cfg: EvalBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
+        return write_eval_bench(table, cfg, machine, out_dir)

@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 
 from repro import results
-from repro.config import from_dict
 from repro.registry import Benchmark, Option, register
 from repro.runtime import pick_device
 from repro.track import console, progress
@@ -175,11 +174,10 @@ class BenchImages(Benchmark):
         for name in cfg.models:
             _image_model(name, cfg.n_class)  # a bad name fails before anything is measured
 
-    def run(self, cfg: ResNetBenchConfig, ctx: Any) -> list[dict[str, Any]]:
-        table = resnet_throughput(cfg).to_dict("records")
-        console.print(pd.DataFrame(table).to_string(index=False))
-        return results.table_rows(ctx, table, cfg)
+    def measure(self, cfg: ResNetBenchConfig) -> list[dict[str, Any]]:
+        table = resnet_throughput(cfg)
+        console.print(table.to_string(index=False))
+        return table.to_dict("records")
 
-    def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        table, machine, cfg = results.table_from_rows(df)
-        return write_resnet_report(table, from_dict(ResNetBenchConfig, cfg), machine, out_dir)
+    def write(self, table: list[dict], cfg: ResNetBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
+        return write_resnet_report(table, cfg, machine, out_dir)

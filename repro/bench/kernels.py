@@ -323,7 +323,7 @@ def run_benchmark(
         if failures := verify(("torch",), "cpu", torch.float32):
             echo("\n".join(failures))
             raise RuntimeError("memory_retrieval/leaky_scan: the torch backend disagrees with the reference")
-        rows = cpu_rows()
+        rows = cpu_rows(lengths)
         header = "CPU (no CUDA): reference and torch backends, forward + backward, B=1 H=2 D=32 fp32"
         _emit(rows, header, echo, out_dir)
         return rows
@@ -396,7 +396,7 @@ class BenchKernels(Benchmark):
     def presets(self) -> dict[str, KernelBenchConfig]:
         return {
             "smoke": KernelBenchConfig(lengths=(256,), batch=1, heads=2, dim=16, dtype="float32", reps=2),
-            "cpu": KernelBenchConfig(),
+            "cpu": KernelBenchConfig(lengths=(2048, 8192, 32768)),  # without CUDA: the torch vs reference backends
             "paper": KernelBenchConfig(),
         }
 
@@ -404,25 +404,20 @@ class BenchKernels(Benchmark):
         if cfg.dtype not in ("bfloat16", "float16", "float32"):
             raise UserError(f"--dtype {cfg.dtype}: choose bfloat16, float16 or float32.")
 
-    def run(self, cfg: KernelBenchConfig, ctx: Any) -> list[dict[str, Any]]:
+    def measure(self, cfg: KernelBenchConfig) -> list[dict[str, Any]]:
         from repro.track import console
 
-        small = ctx.preset == "smoke"
         try:
-            if small and not torch.cuda.is_available():  # the CPU comparison at one small length
-                rows = cpu_rows(lengths=cfg.lengths, B=cfg.batch, H=cfg.heads, D=cfg.dim)
-            else:
-                dtype = getattr(torch, cfg.dtype)
-                rows = run_benchmark(cfg.lengths, cfg.batch, cfg.heads, cfg.dim, dtype, cfg.reps, echo=console.print)
+            dtype = getattr(torch, cfg.dtype)
+            rows = run_benchmark(cfg.lengths, cfg.batch, cfg.heads, cfg.dim, dtype, cfg.reps, echo=console.print)
         except RuntimeError as e:  # the correctness gate failed: the numbers would mean nothing
             raise RunFailed(f"benchmark refused: {e}") from None
-        return results.table_rows(ctx, rows_as_dicts(rows), cfg)
+        return rows_as_dicts(rows)
 
-    def report(self, df: Any, out_dir: Path) -> list[Path]:
-        table, machine, cfg = results.table_from_rows(df)
+    def write(self, table: list[dict], cfg: KernelBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
         notes = [
             results.machine_note(machine),
-            f"B={cfg.get('batch')} H={cfg.get('heads')} D={cfg.get('dim')} {cfg.get('dtype')}; without CUDA only the "
+            f"B={cfg.batch} H={cfg.heads} D={cfg.dim} {cfg.dtype}; without CUDA only the "
             "reference and torch backends are compared (fp32), peak memory as the resident-set growth of a fresh "
             "process per point. Every backend timed here first matched the reference (outputs and gradients).",
         ]

@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 from repro import results
-from repro.config import from_dict
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.models.registry import build_model
 from repro.registry import Benchmark, Option, register
@@ -193,11 +192,10 @@ class BenchTrain(Benchmark):
         for name in cfg.families:
             family(name)  # an unknown family is one sentence, before anything is measured
 
-    def run(self, cfg: ThroughputConfig, ctx: Any) -> list[dict[str, Any]]:
-        table = training_throughput(cfg).to_dict("records")
-        console.print(pd.DataFrame(table).to_string(index=False))
-        return results.table_rows(ctx, table, cfg)
+    def measure(self, cfg: ThroughputConfig) -> list[dict[str, Any]]:
+        table = training_throughput(cfg)
+        console.print(table.to_string(index=False))
+        return table.to_dict("records")
 
-    def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        table, machine, cfg = results.table_from_rows(df)
-        return write_throughput_report(table, from_dict(ThroughputConfig, cfg), machine, out_dir)
+    def write(self, table: list[dict], cfg: ThroughputConfig, machine: dict, out_dir: Path) -> list[Path]:
+        return write_throughput_report(table, cfg, machine, out_dir)
