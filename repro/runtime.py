@@ -3,7 +3,8 @@
 A run directory is `OUT/<experiment>/<preset>/<variant>/s<seed>/` holding `config.yaml`,
 `env.json` (the first start, then one entry per resume), `metrics.jsonl`, `rows.jsonl` (written last,
 atomically: its presence means the run finished), `failed.json` instead when training diverged, any
-`state/*.pt` a run saves to resume after a kill, and `.lock` (held by the one process writing it).
+`state/*.safetensors` a run saves to resume after a kill (`statefile`: no pickle), and `.lock`
+(held by the one process writing it).
 
 What a run does before it writes anything: validate the config (types, ranges, the experiment's own
 constraints), the seed, the device and a memory estimate; then it makes the directory and takes its
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from repro import config as cfglib
-from repro import files, results
+from repro import files, results, statefile
 from repro.errors import Interrupted, RunFailed, UserError
 from repro.registry import Runnable
 from repro.track import Tracker, console
@@ -137,28 +138,46 @@ class RunContext:
         return sorted(values.items())
 
     def state_path(self, name: str) -> Path:
-        path = self.run_dir / "state" / f"{name}.pt"
+        path = self.run_dir / "state" / f"{name}.safetensors"
         path.parent.mkdir(exist_ok=True)
         return path
 
     def save_state(self, name: str, obj: Any) -> None:
         """Save a stage's result so a killed run resumes after it (written atomically; by rank 0 only
-        under torchrun, as every file of the run directory, since the ranks hold the same result)."""
+        under torchrun, as every file of the run directory, since the ranks hold the same result).
+        The format runs no code when read (`statefile`): plain data and tensors only."""
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
-        files.atomic_write(self.state_path(name), lambda tmp: torch.save(obj, tmp))
+        path = self.state_path(name)
+        files.atomic_write(path, lambda tmp: statefile.save(obj, tmp))
+        path.with_suffix(".pt").unlink(missing_ok=True)  # an older run's pickle of the same stage
 
     def load_state(self, name: str) -> Any | None:
         path = self.state_path(name)
         if not path.exists():
-            return None
+            return _load_legacy_state(path.with_suffix(".pt"))
         try:
-            return torch.load(path, weights_only=False)
+            return statefile.load(path)
         except Exception as e:  # written atomically, so only damage from outside gets here
             raise UserError(
                 f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to redo that stage, "
                 "or rerun with --force."
             ) from e
+
+
+def _load_legacy_state(path: Path) -> Any | None:
+    """`state/NAME.pt` of a run started before resume state was pickle-free: read with torch's
+    restricted unpickler (tensors and plain containers only), which refuses anything that could run
+    code; what it refuses is one sentence."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"checkpoint {path} cannot be read safely ({type(e).__name__}: it is damaged or holds objects "
+            "that could run code when loaded); rerun with --force to redo the run."
+        ) from None
 
 
 def run_dir_for(out: Path, experiment: str, preset: str, variant: str, seed: int) -> Path:

@@ -27,6 +27,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,12 +125,93 @@ def cifar_pickles(root: Path, name: str, split: str) -> list[Path]:
     return []
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR python batch holds and nothing else: dicts, lists, bytes, strings,
+    numbers, and numpy arrays of plain numbers. An ordinary pickle can name any function to call (how
+    a planted file runs a command); here the only names are numpy's array and dtype, and they resolve
+    to the stand-ins below, which build the array from its raw bytes themselves."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        numpy_core = module in (
+            "numpy.core.multiarray",
+            "numpy._core.multiarray",
+            "numpy.core.numeric",
+            "numpy._core.numeric",
+        )
+        allowed = {
+            ("numpy", "ndarray"): _PickledArray,
+            ("numpy", "dtype"): _PickledDtype,
+            ("core", "_reconstruct"): _PickledArray.reconstruct,
+            ("core", "_frombuffer"): _PickledArray.frombuffer,
+            ("_codecs", "encode"): _latin1,  # how Python 3 writes bytes at pickle protocol 2
+        }
+        found = allowed.get(("core" if numpy_core else module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+        return found
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("not part of a CIFAR batch")
+    return text.encode("latin1")
+
+
+class _PickledDtype:
+    """Stands in for numpy.dtype while unpickling: plain numbers only (no objects, no fields)."""
+
+    def __init__(self, spec: str | bytes, align: bool = False, copy: bool = False):
+        self.dtype = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else str(spec))
+        if self.dtype.kind not in "biuf":
+            raise pickle.UnpicklingError(f"dtype {self.dtype} is not part of a CIFAR batch")
+
+    def __setstate__(self, state: tuple) -> None:
+        endian = state[1].decode() if isinstance(state[1], bytes) else state[1]
+        if any(part is not None for part in state[2:5]):  # subarray, names, fields
+            raise pickle.UnpicklingError("a structured dtype is not part of a CIFAR batch")
+        if endian in "<>":
+            self.dtype = self.dtype.newbyteorder(endian)
+
+
+class _PickledArray:
+    """Stands in for an ndarray while unpickling; `array` is built from the pickled bytes."""
+
+    array: np.ndarray
+
+    @classmethod
+    def reconstruct(cls, subtype: Any, shape: Any, typecode: Any) -> _PickledArray:
+        return cls()
+
+    @classmethod
+    def frombuffer(cls, buf: Any, dtype: _PickledDtype, shape: tuple, order: str) -> _PickledArray:
+        new = cls()
+        new.__setstate__((1, shape, dtype, order == "F", bytes(buf)))
+        return new
+
+    def __setstate__(self, state: tuple) -> None:
+        shape, dtype, fortran, raw = state[-4:]  # (version,) shape, dtype, is_fortran, raw data
+        if not isinstance(dtype, _PickledDtype) or not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError("not an array of plain numbers")
+        flat = np.frombuffer(raw, dtype=dtype.dtype)
+        self.array = flat.reshape(tuple(shape), order="F" if fortran else "C")
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, _PickledArray):
+        return value.array
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
 def read_cifar_pickles(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for f in files:
         try:
             with f.open("rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = _unwrap(_CifarUnpickler(fh, encoding="bytes").load())
             if not isinstance(batch, dict) or b"data" not in batch:
                 raise ValueError("no data array")
         except Exception as e:  # garbage of any kind: unpickling errors are not one type
