@@ -54,7 +54,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was requested but CUDA is not available; use --set device=cpu.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device '{name}' is not a device torch knows; use auto, cpu, cuda or cuda:N.") from None
 
 
 def init_distributed() -> int:
@@ -149,11 +152,12 @@ class RunContext:
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
         path = self.state_path(name)
-        files.atomic_write(path, lambda tmp: statefile.save(obj, tmp))
+        files.atomic_write(path, lambda tmp: statefile.save(obj, tmp), lambda: statefile.size(obj))
         path.with_suffix(".pt").unlink(missing_ok=True)  # an older run's pickle of the same stage
 
     def load_state(self, name: str) -> Any | None:
         path = self.state_path(name)
+        files.remove_stale_temps(path.parent)  # partial files of a killed run's writes
         if not path.exists():
             return _load_legacy_state(path.with_suffix(".pt"))
         try:
@@ -184,7 +188,12 @@ def run_dir_for(out: Path, experiment: str, preset: str, variant: str, seed: int
     return out / experiment / preset / variant / f"s{seed}"
 
 
-def check_memory(needed: int, device: torch.device) -> None:
+def check_memory(
+    needed: int,
+    device: torch.device,
+    what: str = "one training step",
+    hint: str = "lower batch_size (or the sequence length)",
+) -> None:
     """Refuse a run whose estimated need (a lower bound, in bytes) exceeds the device's memory."""
     if needed <= 0:
         return
@@ -196,8 +205,7 @@ def check_memory(needed: int, device: torch.device) -> None:
         where = "machine"
     if needed > total:
         raise UserError(
-            f"one training step needs at least {needed / 2**30:.1f} GiB but this {where} has "
-            f"{total / 2**30:.1f} GiB; lower batch_size (or the sequence length)."
+            f"{what} needs at least {needed / 2**30:.1f} GiB but this {where} has {total / 2**30:.1f} GiB; {hint}."
         )
 
 
@@ -268,15 +276,7 @@ def record_start(path: Path, resuming: bool) -> None:
 def _make_run_dir(run_dir: Path) -> bool:
     """Create the run directory; True when it did not exist. An unwritable place is one sentence."""
     existed = run_dir.is_dir()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = files.temp_path(run_dir / "write-test")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(
-            f"cannot write the run directory {run_dir} ({e.strerror or e}); choose a writable --out."
-        ) from None
+    files.check_writable(run_dir, "--out")
     return not existed
 
 
@@ -367,7 +367,7 @@ def launch(
     check_memory(exp.memory_estimate(cfg), device_obj)
     run_dir = run_dir_for(out, exp.name, preset, variant, seed)
     rows_path = run_dir / "rows.jsonl"
-    if rows_path.exists() and not force:
+    if results.finished_rows(rows_path) is not None and not force:
         console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
         return run_dir
     rank = init_distributed()  # 0 without torchrun; only rank 0 writes to the run directory
@@ -379,9 +379,13 @@ def launch(
     try:
         if force and rank == 0:
             _clear_run_dir(run_dir)
-        if rows_path.exists():  # finished by another process while this one started
+        if results.finished_rows(rows_path) is not None:  # finished by another process while this one started
             console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
             return run_dir
+        if rows_path.exists() and rank == 0:  # rows that do not match done.json: finish the run again
+            console.print(f"[yellow]warning[/]: {rows_path} does not match its done.json; running it again.")
+            for stale in (rows_path, run_dir / results.DONE_FILE):
+                stale.unlink(missing_ok=True)
         failed = run_dir / "failed.json"
         if failed.exists():
             reason = json.loads(failed.read_text()).get("reason", "see failed.json")

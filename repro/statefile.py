@@ -101,6 +101,13 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     safetensors.torch.save_file(encode.tensors, str(path), metadata={KEY: tree})
 
 
+def size(obj: Any) -> int:
+    """About the bytes `save` writes for `obj` (its tensors; the JSON is small beside them)."""
+    encode = _Encoder()
+    encode(obj)
+    return sum(t.numel() * t.element_size() for t in encode.tensors.values())
+
+
 def load(path: str | os.PathLike) -> Any:
     """Read what `save` wrote; ValueError (or safetensors' error) when the file is anything else."""
     from safetensors import safe_open

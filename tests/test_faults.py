@@ -222,7 +222,10 @@ def test_sigkill_at_random_steps_then_resume_gives_the_uninterrupted_rows(tmp_pa
             with (run_dir / "metrics.jsonl").open("a") as f:
                 f.write('{"step": 99, "toy/lo')
     assert statefile.load(run_dir / "state" / "toy.train.safetensors")["step"] >= targets[-1] - 5
+    # as if the last kill had landed mid-checkpoint: the killed process's partial file is debris
+    (run_dir / "state" / f".toy.train.safetensors.{proc.pid}.0badc0de.tmp").write_bytes(b"")
     resumed = toy_rows(toy_run(out, ["steps=60", "pause_s=0.03"]))
+    assert not list(run_dir.rglob("*.tmp"))  # cleaned up by the resumed run
     assert [r["value"] for r in resumed] == [r["value"] for r in clean]
     assert [r["step"] for r in resumed] == [r["step"] for r in clean]
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():  # the torn line was cut, not glued

@@ -2,7 +2,8 @@
 disjoint-class and multi-domain splits built from them.
 
 Where images come from, in order:
-1. `data.path` (`--set data.path=DIR`): a directory holding one of the layouts below;
+1. `data.path` (`--set data.path=DIR`): a directory holding one of the layouts below, or `generated`:
+   small learnable images made on the spot (the smoke presets: offline, in seconds);
 2. `data.data_dir/<folder>/` (the CLI's `--data-dir` sets it): `mnist/`, `cifar10_jpg/`, `cifar10/`,
    `cifar-10-batches-py/`, `cifar100/`, `cifar-100-python/`;
 3. the Hugging Face hub (or its cache): `ylecun/mnist`, `uoft-cs/cifar10`, `uoft-cs/cifar100`.
@@ -364,15 +365,51 @@ def _load_hub(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), np.asarray(ds[spec.label_col], dtype=np.int64)
 
 
+GENERATED = "generated"  # data.path value: learnable images made here (smoke presets: offline, seconds)
+GENERATED_PER_CLASS = {"mnist": (24, 6), "cifar10": (30, 10), "cifar100": (30, 10)}  # (train, test)
+
+
+def class_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:
+    """uint8 (N, size, size[, channels]) images whose look depends on the label, learnable on purpose:
+    each class has its own colour and a bright square at its own place, plus noise, so a few SGD
+    steps already separate the classes (smoke presets and the readers' test fixtures)."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    img = rng.integers(0, 60, (n, size, size, channels)).astype(np.float32)
+    for c in np.unique(labels):
+        idx = labels == c
+        colour = 60 + 150 * np.array([(c * 37 % 10) / 10, (c * 53 % 10) / 10, (c * 71 % 10) / 10])[:channels]
+        img[idx] += colour
+        r, q = divmod(int(c) % 12, 4)  # 12 places: classes beyond 12 (CIFAR-100) differ by colour
+        y0, x0 = (r * size) // 3, (q * size) // 4
+        img[idx, y0 : y0 + size // 4, x0 : x0 + size // 4] = 250
+    img = img.clip(0, 255).astype(np.uint8)
+    return img[..., 0] if channels == 1 else img
+
+
+def generated_images(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A small generated stand-in for a dataset split, in its shapes and class count."""
+    n_class = 100 if name == "cifar100" else 10
+    per_class = GENERATED_PER_CLASS[name][SPLITS.index(split)]  # MNIST: 240 training digits (Bonsai's smoke uses 200)
+    seed = {"train": 0, "test": 1}[split] + 10 * list(SPECS).index(name)
+    labels = np.repeat(np.arange(n_class), per_class)
+    np.random.default_rng(seed).shuffle(labels)
+    size, channels = (28, 1) if name == "mnist" else (32, 3)
+    return class_images(labels, size, channels, seed), labels.astype(np.int64)
+
+
 def load_images(
     name: str, split: str, path: str | None = None, cache_dir: str | None = ".cache/repro", data_dir: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of a dataset split: uint8 (N, 28, 28) for MNIST, (N, 32, 32, 3) for CIFAR;
-    from `path`, else `data_dir/<folder>/`, else the hub (module docstring)."""
+    from `path` (or generated images when it is "generated"), else `data_dir/<folder>/`, else the hub
+    (module docstring)."""
     if name not in SPECS:
         raise UserError(f"data.dataset={name}: choose one of {', '.join(SPECS)}.")
     if split not in SPLITS:
         raise UserError(f"split '{split}': choose one of {', '.join(SPLITS)}.")
+    if path == GENERATED:
+        return generated_images(name, split)
     root = _local_root(name, path, data_dir)
     cache_root = Path(cache_dir) / "vision" if cache_dir else None
     if root is not None:

@@ -143,7 +143,7 @@ def _private_dev(staging: str) -> None:
     stage = os.path.join(staging, "dev")
     os.mkdir(stage)
     _mount("tmpfs", stage, "tmpfs", MS_NOSUID, "size=4k,mode=755")
-    for name in DEVICES:
+    for name in (d for d in DEVICES if os.path.exists(f"/dev/{d}")):
         target = os.path.join(stage, name)
         open(target, "w").close()
         _mount(f"/dev/{name}", target, None, MS_BIND)

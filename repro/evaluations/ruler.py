@@ -244,7 +244,8 @@ class Ruler(Evaluation):
 
     def check(self, cfg: RulerConfig) -> None:
         """Everything that can fail without the model's weights fails here, before any writing."""
-        from repro.eval.models import check_template, peek_max_context
+        from repro.eval.models import check_template, context_memory, peek_max_context
+        from repro.runtime import check_memory, pick_device
 
         if not cfg.model:
             raise UserError("RULER needs a model: --model CHECKPOINT_DIR, hf:NAME or gguf:FILE.")
@@ -263,6 +264,9 @@ class Ruler(Evaluation):
                 f"--ctx {length_label(max(cfg.lengths))} exceeds {model_label(cfg.model)}'s {limit}-token context; "
                 f"ask for {limit} tokens or fewer."
             )
+        longest = length_label(max(cfg.lengths))  # a model without a context limit: memory decides
+        need = context_memory(cfg.model, max(cfg.lengths))
+        check_memory(need, pick_device(cfg.device), f"reading a {longest}-token context", "ask for a shorter --ctx")
         sources = cfg.sources()
         for t in cfg.tasks:  # missing data fails here, before anything is written
             if TASKS[t].params.get("haystack") == "essay":
