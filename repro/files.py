@@ -113,7 +113,10 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-_TEMP_NAME = re.compile(r"\..+\.(\d+)(\.[0-9a-f]{8})?\.tmp")  # temp_path's names, and older ones
+_TEMP_NAMES = (  # temp_path's names (.NAME.PID.HEX.tmp; HEX may be all digits), then older ones (.NAME.PID.tmp)
+    re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp"),
+    re.compile(r"\..+\.(\d+)\.tmp"),
+)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
@@ -122,7 +125,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     how many went. (A PID reused since by another process keeps its debris until that one ends.)"""
     removed = 0
     for tmp in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else ():
-        match = _TEMP_NAME.fullmatch(tmp.name)
+        match = next((m for m in (pattern.fullmatch(tmp.name) for pattern in _TEMP_NAMES) if m), None)
         if match is None or _running(int(match[1])):
             continue
         if tmp.is_dir() and not tmp.is_symlink():

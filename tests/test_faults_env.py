@@ -173,6 +173,7 @@ def test_stale_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tm
         tmp_path / f".toy.train.pt.{dead.pid}.tmp",  # the names of earlier versions
     ]
     live = [tmp_path / f".x.bin.{os.getpid()}.0badc0de.tmp", tmp_path / f".y.bin.{os.getppid()}.0badc0de.tmp"]
+    live.append(tmp_path / f".tokens-7.bin.{os.getpid()}.99692716.tmp")  # a token of digits only: not a PID
     other = [tmp_path / ".hidden.tmp", tmp_path / "plain.tmp", tmp_path / "data.bin"]
     for p in stale + live + other:
         p.write_bytes(b"")
@@ -203,7 +204,8 @@ def test_wandb_online_with_a_key_but_no_server_logs_offline_within_seconds(wandb
     assert "cannot be reached within 3 s" in " ".join(capsys.readouterr().err.split())
 
     def black_hole(*args, **kwargs):  # a server that never answers (a dropped route)
-        time.sleep(30)
+        time.sleep(3)
+        raise TimeoutError("timed out")
 
     monkeypatch.setattr("socket.create_connection", black_hole)
     monkeypatch.setattr(track, "REACH_TIMEOUT_S", 0.5)

@@ -95,9 +95,9 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def build_filesystem(workspace: str, aux: str, keep: list[str], report: dict) -> str:
-    """In the new mount namespace: the mounts described above. Returns the folder for the launcher's
-    own files (the program's stderr), outside the program's directory where possible."""
+def build_filesystem(workspace: str, aux: str, keep: list[str], report: dict) -> tuple[str, str]:
+    """In the new mount namespace: the mounts described above. Returns the program's directory (an
+    empty one, named as `workspace`) and the folder for the launcher's files (source, stderr)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do propagates out
     try:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -106,16 +106,18 @@ def build_filesystem(workspace: str, aux: str, keep: list[str], report: dict) ->
         report["failed"].append(str(e))
     hidden = [d for d in ("/tmp", "/var/tmp", "/run") if os.path.isdir(d) and not os.path.islink(d)]
     hidden = [d for d in hidden if not any(_under(k, d) for k in keep)]  # never hide the interpreter
+    hidden = [d for d in hidden if d == "/tmp" or not _under(workspace, d)]  # nor the workspace
     if "/tmp" in hidden and _under(workspace, "/tmp") and _under(aux, "/tmp"):
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={WORKSPACE_BYTES},mode=1777")
         os.makedirs(workspace, mode=0o700)
         os.makedirs(aux, mode=0o700)
         private = "/tmp"
-    else:  # the interpreter lives under /tmp: the private tmpfs goes on the workspace alone
+    else:  # $TMPDIR elsewhere, or the interpreter under /tmp: the private tmpfs goes on the workspace
         _mount("tmpfs", workspace, "tmpfs", MS_NOSUID | MS_NODEV, f"size={WORKSPACE_BYTES},mode=700")
-        aux = os.path.join(workspace, ".sandbox")
+        private, aux = workspace, os.path.join(workspace, ".sandbox")
+        workspace = os.path.join(workspace, os.path.basename(workspace))
         os.mkdir(aux)
-        private = workspace
+        os.mkdir(workspace)
     for d in hidden:
         if d != private:
             _mount("tmpfs", d, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")
@@ -134,7 +136,7 @@ def build_filesystem(workspace: str, aux: str, keep: list[str], report: dict) ->
         report["failed"].append("still writable: " + ", ".join(failed))
     else:
         report["contained"].append("read-only filesystem but a private tmpfs")
-    return aux
+    return workspace, aux
 
 
 def _private_dev(staging: str) -> None:
@@ -186,7 +188,7 @@ def _drop_capabilities() -> None:
     _check(libc.capset(header, data), "capset")
 
 
-def start_program(params: dict, program: bytes, aux: str, isolated: bool) -> int:
+def start_program(params: dict, program: bytes, workdir: str, aux: str, isolated: bool) -> int:
     """Fork the program's process: the source runs from `aux` (not the program's own, empty folder)."""
     source = os.path.join(aux, "program.py")
     with open(source, "wb") as f:
@@ -197,7 +199,7 @@ def start_program(params: dict, program: bytes, aux: str, isolated: bool) -> int
     try:  # the program's process: never returns
         os.setsid()
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        os.chdir(params["workspace"])
+        os.chdir(workdir)
         null = os.open("/dev/null", os.O_RDWR)
         err = os.open(os.path.join(aux, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(null, 0)
@@ -207,7 +209,7 @@ def start_program(params: dict, program: bytes, aux: str, isolated: bool) -> int
             _drop_capabilities()
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         _limit(params, isolated)
-        home = params["workspace"]
+        home = workdir
         env = {"PATH": params["path"], "PYTHONHASHSEED": "0", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
         os.execve(params["python"], [params["python"], "-I", "-B", source], env)
     finally:
@@ -292,12 +294,12 @@ def main() -> None:
     else:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         report["failed"].append("no user namespaces: files, network and other processes are not contained")
-    aux = params["aux"]
+    workdir, aux = params["workspace"], params["aux"]
     try:
         if isolated:
-            aux = build_filesystem(params["workspace"], aux, params["keep"], report)
+            workdir, aux = build_filesystem(workdir, aux, params["keep"], report)
         watch = params["max_processes"] if isolated and "private /proc" in report["contained"] else None
-        result = supervise(start_program(params, program, aux, isolated), params["timeout"], watch)
+        result = supervise(start_program(params, program, workdir, aux, isolated), params["timeout"], watch)
     except OSError as e:
         result = {"status": "sandbox error", "error": str(e)}
     if not isolated:
