@@ -174,11 +174,10 @@ class ModelCache:
             if not entry.is_dir() or entry.name.startswith("."):
                 continue
             problem = self.problem(entry)
-            try:
-                spec = _read_json(entry / "config.json").get("spec")
-                meta = _read_json(entry / "meta.json")
-            except (OSError, ValueError):
-                spec, meta = {}, {}
+            spec, meta = (
+                _read_json_or_empty(entry / "config.json").get("spec"),
+                _read_json_or_empty(entry / "meta.json"),
+            )
             size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
             spec = spec if isinstance(spec, dict) else {}
             out.append({"hash": entry.name, "bytes": size, "spec": spec, "meta": meta, "problem": problem})
@@ -211,6 +210,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _read_json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        return _read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path` ({} when absent); ValueError when it is not one."""
     if not path.exists():
@@ -223,6 +229,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def describe(spec: dict[str, Any]) -> str:
     """One line naming what an entry is (for `repro cache list`)."""
+    if not spec:
+        return "?"
     try:
         arch, data, recipe = spec.get("arch", {}), spec.get("data", {}), spec.get("recipe", {})
         towers = arch.get("towers", 1)
