@@ -132,11 +132,12 @@ def closed_to_children() -> Iterator[None]:
         import ctypes
 
         libc = ctypes.CDLL(None)
+        before = libc.prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
         libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
     except (OSError, AttributeError):  # not Linux
         libc = None
     try:
         yield
     finally:
-        if libc is not None:
-            libc.prctl(4, 1, 0, 0, 0)
+        if libc is not None and before >= 0:
+            libc.prctl(4, before, 0, 0, 0)
