@@ -28,7 +28,7 @@ import torch
 import typer
 
 from repro import results
-from repro.data.ruler import TASKS, Generator, Sample, Sources, resolve_tasks
+from repro.data.ruler import FILLS, TASKS, Generator, Sample, Sources, resolve_tasks
 from repro.errors import UserError
 from repro.eval.models import model_label
 from repro.registry import Experiment, register
@@ -93,6 +93,7 @@ class RulerConfig:
     lengths: list[int] = field(default_factory=lambda: [4096])
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     samples: int = 8  # per task and length (RULER's paper: 500); sized for ~30 min at 4k on 2 cores
+    fill: str = "upstream"  # upstream: samples as NVIDIA/RULER builds them; exact: ours, each filled to its length
     device: str = "cpu"
     data_dir: str | None = None  # holding paul_graham_essays/, squad_v2/, hotpotqa/
     essays: str | None = None
@@ -175,7 +176,8 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> li
                     row(task, "ci_low", 100 * lo, length),
                     row(task, "ci_high", 100 * hi, length),
                     row(task, "nulls", sum(not postprocess(r["prediction"]) for r in recs), length),
-                    row(task, "samples", len(recs), length),
+                    row(task, "samples", len(recs), length),  # distinct items (QA: distinct questions)
+                    row(task, "requested", cfg.samples, length),
                     row(task, "prompt_tokens", float(np.mean([r["n_tokens"] for r in recs])), length),
                     row(task, "gen_s_per_sample", gen_s / len(samples), length),
                 ]
@@ -232,9 +234,9 @@ class Ruler(Experiment):
         from repro.eval.models import run_variant
 
         tasks = "all" if cfg.tasks == list(TASKS) else "+".join(cfg.tasks)
-        return run_variant(
-            cfg.model, [cfg.template, "+".join(map(length_label, cfg.lengths)), tasks, f"n={cfg.samples}"]
-        )
+        parts = [cfg.template, "+".join(map(length_label, cfg.lengths)), tasks, f"n={cfg.samples}"]
+        # The fill is named even at its default, so runs from before upstream's fill are never resumed into.
+        return run_variant(cfg.model, [*parts, f"fill={cfg.fill}"])
 
     def check(self, cfg: RulerConfig) -> None:
         """Everything that can fail without the model's weights fails here, before any writing."""
@@ -246,6 +248,8 @@ class Ruler(Experiment):
             check_template(cfg.model, cfg.template)
         if cfg.samples < 1:
             raise UserError(f"--samples {cfg.samples}: give at least 1.")
+        if cfg.fill not in FILLS:
+            raise UserError(f"fill={cfg.fill!r}: choose one of {', '.join(FILLS)}.")
         if not cfg.lengths or min(cfg.lengths) < 1:
             raise UserError("--ctx needs positive lengths such as 4k,8k.")
         resolve_tasks(cfg.tasks)
@@ -271,7 +275,9 @@ class Ruler(Experiment):
                 f"--ctx {length_label(max(cfg.lengths))} exceeds {model_label(cfg.model)}'s "
                 f"{model.max_context}-token context; ask for {model.max_context} tokens or fewer."
             )
-        generator = Generator(model.tokenizer, cfg.sources(), seed=ctx.seed, wrap=model.wrap(cfg.template))
+        generator = Generator(
+            model.tokenizer, cfg.sources(), seed=ctx.seed, wrap=model.wrap(cfg.template), fill=cfg.fill
+        )
         env_path = ctx.run_dir / "env.json"
         env = json.loads(env_path.read_text()) if env_path.exists() else {}
         env |= {"model_name": model.name, "max_context": model.max_context, "torch_threads": torch.get_num_threads()}
@@ -331,6 +337,7 @@ def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     ci_lo = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_low"].itertuples()}
     ci_hi = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_high"].itertuples()}
     n_of = {(r.who, r.split, r.length): int(r.value) for r in df[df.metric == "samples"].itertuples()}
+    asked = {(r.who, r.split, r.length): int(r.value) for r in df[df.metric == "requested"].itertuples()}
     n_tasks = {(r.who, r.length): int(r.value) for r in df[(df.split == "mean") & (df.metric == "tasks")].itertuples()}
     nulls = df[df.metric == "nulls"].groupby(["who", "split"])["value"].sum()
     totals = df[df.metric == "samples"].groupby(["who", "split"])["value"].sum()
@@ -358,7 +365,10 @@ def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                 elif len(value) == 0:
                     entry[length_label(n)] = ""
                 elif key in ci_lo:
-                    entry[length_label(n)] = f"{value.iloc[0]:.1f} [{ci_lo[key]:.0f}, {ci_hi[key]:.0f}] n={n_of[key]}"
+                    cell = f"{value.iloc[0]:.1f} [{ci_lo[key]:.0f}, {ci_hi[key]:.0f}] n={n_of[key]}"
+                    if asked.get(key, 0) > n_of[key]:  # QA: the local copy holds fewer distinct questions
+                        cell += f" (of {asked[key]} asked: every distinct question)" if split.startswith("qa") else ""
+                    entry[length_label(n)] = cell
                 elif split == "mean":
                     entry[length_label(n)] = f"{value.iloc[0]:.1f} ({n_tasks.get((who, n), 0)}/13 tasks)"
                 else:
@@ -398,8 +408,12 @@ def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         "`qa_mean`: (qa_1 + qa_2) / 2, the number of MM v2 Table 4. Lengths count tokens of each model's own",
         "tokenizer, the model template (`[chat]`: the model's chat template, the prompt as the user's turn)",
         "and the generation budget included. Prompts end with RULER's answer prefix; greedy decoding.",
-        "Word pools from wonderwords 3.0.1 as upstream; deviations: a regex sentence splitter instead of NLTK",
-        "punkt; the local HotpotQA copy holds the dev set's first questions (documents drawn from that pool).",
+        "Samples are NVIDIA/RULER's (`fill=upstream`, the default): its draws, binary search and step drop after",
+        "an overflow (QA: 10 documents, so many 4k QA samples hold ~3,250 tokens), its fixed-seed shuffles (the",
+        "QA gold document's slot depends only on the document count); token for token against upstream's",
+        "scripts in tests. `fill=exact` (ours) fills every sample to its length; runs say which in the variant.",
+        "Deviations: a regex sentence splitter instead of NLTK punkt; n counts distinct items: a QA cell never",
+        "holds more samples than its local copy has questions (HotpotQA: the dev set's first 100).",
         "Timing: `model s/sample` on a shared 2-core machine (not idle); torch threads are in each env.json.",
     ]
     extra = {"RULER QA average vs MM v2 Table 4 (models fine-tuned at 32k)": paper_rows, "Timing": tim_rows}
