@@ -8,6 +8,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -71,11 +72,26 @@ def apply_overrides(cfg: Any, overrides: list[str] | None) -> Any:
     """Return a copy of `cfg` with each `a.b=value` applied, the value parsed as the field's type."""
     for text in overrides or []:
         key, raw = parse_override(text)
-        cfg = _set(cfg, key.split("."), raw, key)
+        cfg = _set(cfg, key.split("."), raw, key, lambda raw, typ, key=key: parse_value(raw, typ, key))
     return cfg
 
 
-def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
+def set_option(cfg: Any, key: str, raw: Any, flag: str, parse: Callable[[str], Any] | None = None) -> Any:
+    """A copy of `cfg` with the config key `key` (dotted) set from a command-line option: `raw` is the
+    option's text, parsed by `parse` when the option has its own parser, else as the field's type
+    (errors name the flag); a switch passes True."""
+
+    def convert(raw: Any, typ: Any) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        if parse is not None:
+            return parse(raw)
+        return parse_value(raw, typ, key, label=f"{flag} {raw}")
+
+    return _set(cfg, key.split("."), raw, key, convert)
+
+
+def _set(node: Any, path: list[str], raw: Any, full_key: str, convert: Callable[[Any, Any], Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(node)}
     name = path[0]
     if name not in fields:
@@ -87,11 +103,11 @@ def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
     if len(path) == 1:
         if dataclasses.is_dataclass(typ):
             raise UserError(f"--set {full_key}: '{name}' is a group; set one of its keys ({name}.KEY=VALUE).")
-        return dataclasses.replace(node, **{name: parse_value(raw, typ, full_key)})
+        return dataclasses.replace(node, **{name: convert(raw, typ)})
     child = getattr(node, name)
     if not dataclasses.is_dataclass(child):
         raise UserError(f"--set {full_key}: '{name}' is a value, not a group.")
-    return dataclasses.replace(node, **{name: _set(child, path[1:], raw, full_key)})
+    return dataclasses.replace(node, **{name: _set(child, path[1:], raw, full_key, convert)})
 
 
 def type_name(typ: Any) -> str:
@@ -108,11 +124,12 @@ def type_name(typ: Any) -> str:
     return getattr(typ, "__name__", str(typ))
 
 
-def parse_value(raw: str, typ: Any, key: str) -> Any:
-    """Parse the text of a `--set` value as `typ`, or raise one sentence naming key and type."""
+def parse_value(raw: str, typ: Any, key: str, label: str | None = None) -> Any:
+    """Parse the text of a `--set` value (or of the option `label`) as `typ`, or raise one sentence
+    naming key and type."""
 
     def fail() -> typing.NoReturn:
-        raise UserError(f"--set {key}={raw}: expected {type_name(typ)}.")
+        raise UserError(f"{label or f'--set {key}={raw}'}: expected {type_name(typ)}.")
 
     origin = get_origin(typ)
     if origin in (Union, types.UnionType):
@@ -121,7 +138,7 @@ def parse_value(raw: str, typ: Any, key: str) -> Any:
         inner = [a for a in get_args(typ) if a is not type(None)]
         for a in inner:
             try:
-                return parse_value(raw, a, key)
+                return parse_value(raw, a, key, label)
             except UserError:
                 continue
         fail()
@@ -134,7 +151,7 @@ def parse_value(raw: str, typ: Any, key: str) -> Any:
         item = get_args(typ)[0]
         parts = [p.strip() for p in raw.strip("[]()").split(",") if p.strip()]
         try:
-            values = [parse_value(p, item, key) for p in parts]
+            values = [parse_value(p, item, key, label) for p in parts]
         except UserError:
             fail()
         return tuple(values) if origin is tuple else values
@@ -167,7 +184,7 @@ def parse_value(raw: str, typ: Any, key: str) -> Any:
 #   numbers are finite and never negative; integers are positive unless the name says zero means
 #   something (off, none, no warm-up); learning rates and epochs are positive; probabilities and
 #   fractions lie in [0, 1]; a list whose default is non-empty must stay non-empty.
-_ZERO_ALLOWED = re.compile(r"(_every|warmup_steps|seed|wa_start|_skip_min|_skip_max|num_fewshot)$")
+_ZERO_ALLOWED = re.compile(r"(_every|warmup_steps|warmup|seed|wa_start|_skip_min|_skip_max|num_fewshot)$")
 _LOG_EVERY = "log_every"  # a logging period of 0 would divide by zero
 _POSITIVE_FLOAT = re.compile(r"^(lr|lrs|(?!min_).+_lr|.*epochs|rope_theta|beta)$")
 _UNIT_INTERVAL = re.compile(r"^(dropouts?|.*_fraction|label_noise|.*_flips|holdout|beta1|beta2|momentum|milestones)$")
@@ -188,7 +205,7 @@ def validate(cfg: Any, prefix: str = "") -> None:
         elif isinstance(value, (tuple, list)):
             default = _default(f)
             if not value and default:
-                raise UserError(f"{key} is empty; give at least one value (the default is {_show(default)}).")
+                raise UserError(f"{key} is empty; give at least one value (the default is {show(default)}).")
             for item in value:
                 _check_value(key, f.name, item)
         else:
@@ -203,7 +220,8 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A config value as `--set` would write it (lists comma-separated)."""
     return ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
 
 

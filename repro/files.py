@@ -44,6 +44,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     return path
 
 
+def resolved_path(text: str) -> str:
+    """A path given on the command line, made absolute (a run's config must not depend on the cwd)."""
+    return str(Path(text).expanduser().resolve())
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a whole text file atomically."""
     return atomic_write(path, lambda p: p.write_text(text))

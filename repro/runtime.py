@@ -12,13 +12,12 @@ lock. SIGINT/SIGTERM during training checkpoint the current step and exit 130/14
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,7 @@ import torch
 from repro import config as cfglib
 from repro import files, results
 from repro.errors import Interrupted, RunFailed, UserError
-from repro.registry import Experiment
+from repro.registry import Runnable
 from repro.track import Tracker, console
 
 
@@ -102,16 +101,6 @@ def environment() -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_count"] = torch.cuda.device_count()
     return env
-
-
-def variant_name(overrides: list[str] | None) -> str:
-    """`default`, or a readable slug of the overrides plus a short hash (stable for the same set)."""
-    if not overrides:
-        return "default"
-    canon = sorted(overrides)
-    slug = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "+".join(canon))[:60]
-    digest = hashlib.sha1("\n".join(canon).encode()).hexdigest()[:6]
-    return f"{slug}-{digest}"
 
 
 @dataclass
@@ -298,29 +287,65 @@ def _remove_new_run_dir(run_dir: Path, out: Path) -> None:
             break
 
 
+def configure(
+    exp: Runnable,
+    preset: str,
+    overrides: list[str] | None,
+    options: dict[str, tuple[str, Any]],
+    seed: int,
+    device: str | None,
+    data_dir: Path | None,
+) -> tuple[Any, str]:
+    """The run's config and variant name: the preset, `--set` overrides, promoted options
+    (config key -> (flag, text)), `--data-dir` (every `data_dir` field) and `--device` (the `device`
+    field where the config has one), then the runnable's own resolution and every check. Bad input
+    fails here, before anything is written."""
+    cfg = cfglib.apply_overrides(exp.config(preset), overrides)
+    parsers = {o.key: o.parse for o in exp.options}
+    for key, (flag, raw) in options.items():
+        cfg = cfglib.set_option(cfg, key, raw, flag, parsers.get(key))
+    if data_dir is not None:
+        cfg = cfglib.fill_field(cfg, "data_dir", str(data_dir.resolve()))
+    if device is not None and any(f.name == "device" for f in dataclasses.fields(cfg)):
+        cfg = dataclasses.replace(cfg, device=device)
+    cfglib.check_seed(seed)
+    cfg = exp.resolve(cfg, seed)
+    try:
+        cfglib.validate(cfg)
+    except UserError as e:  # name the flag the user typed, not the config key behind it
+        flag = next((flag for key, (flag, _) in options.items() if str(e).startswith(f"{key}=")), None)
+        if flag is None:
+            raise
+        raise UserError(f"{flag} {str(e).split('=', 1)[1]}") from None
+    exp.check(cfg)
+    named = [f"{key}={cfglib.show(getattr_path(cfg, key))}" for key in options]
+    return cfg, exp.variant(cfg, [*(overrides or []), *named])
+
+
+def getattr_path(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def launch(
-    exp: Experiment,
+    exp: Runnable,
     *,
     preset: str = "cpu",
     overrides: list[str] | None = None,
+    options: dict[str, tuple[str, Any]] | None = None,
     seed: int = 0,
     out: Path = Path("runs"),
-    use_wandb: bool | None = None,
-    force: bool = False,
+    device: str | None = None,
     data_dir: Path | None = None,
+    force: bool = False,
+    wandb: bool | None = None,
 ) -> Path:
-    """Run one experiment into its run directory; a finished run is a no-op unless `force`.
-    `data_dir` (a folder of local dataset copies) fills every `data_dir` field of the config."""
-    cfg = cfglib.apply_overrides(exp.config(preset), overrides)
-    if data_dir is not None:
-        cfg = cfglib.fill_field(cfg, "data_dir", str(data_dir.resolve()))
-    # Bad inputs fail here, before anything is written.
-    cfglib.check_seed(seed)
-    cfglib.validate(cfg)
-    exp.check(cfg)
-    device = pick_device(getattr(cfg, "device", "auto"))
-    check_memory(exp.memory_estimate(cfg), device)
-    variant = exp.variant(cfg, overrides)
+    """Run one experiment, evaluation or benchmark into its run directory; a finished run is a no-op
+    unless `force`. See `configure` for what makes the config."""
+    cfg, variant = configure(exp, preset, overrides, options or {}, seed, device, data_dir)
+    device_obj = pick_device(device or getattr(cfg, "device", "auto"))
+    check_memory(exp.memory_estimate(cfg), device_obj)
     run_dir = run_dir_for(out, exp.name, preset, variant, seed)
     rows_path = run_dir / "rows.jsonl"
     if rows_path.exists() and not force:
@@ -351,8 +376,8 @@ def launch(
             cfglib.dump_yaml(cfg, cfg_path)
             record_start(run_dir / "env.json", resuming)
         seed_everything(seed)
-        tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb, enabled=rank == 0)
-        ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
+        tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, wandb, enabled=rank == 0)
+        ctx = RunContext(exp.name, preset, variant, seed, run_dir, device_obj, tracker)
         verb = "resuming" if resuming else "running"
         if rank == 0:
             console.print(f"[bold]{verb}[/] {exp.name} (preset {preset}, seed {seed}) -> {run_dir}")
@@ -372,7 +397,7 @@ def launch(
         finally:
             tracker.close()
         if rank == 0:
-            missing = [r for r in rows if not math.isfinite(r["value"])]
+            missing = [r for r in rows if not math.isfinite(r["value"]) and r.get("slice_key") not in ("text", "json")]
             if missing:  # written as null (strict JSON); say so rather than let a report average them
                 first = missing[0]
                 console.print(

@@ -32,7 +32,7 @@ def _rows(run_dir):
 
 def _launch(name, cifar, out, cache, extra=()):
     overrides = [f"data.path={cifar}", "data.cache_dir=none", f"pretrain.cache_dir={cache}", *extra]
-    return runtime.launch(registry.get(name), preset="smoke", overrides=overrides, out=out, use_wandb=False)
+    return runtime.launch(registry.get(name), preset="smoke", overrides=overrides, out=out, wandb=False)
 
 
 def test_second_run_loads_the_cached_backbones(cifar, tmp_path, capsys):

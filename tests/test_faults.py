@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from repro import files, results, runtime
 from repro.cli import app
 from repro.errors import RunFailed, UserError
+from repro.models.registry import load as load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_toy import FaultToy  # noqa: E402
@@ -47,7 +48,7 @@ def one_sentence(output: str) -> str:
 
 
 def toy_run(out: Path, overrides: list[str] | None = None, **kw) -> Path:
-    return runtime.launch(FaultToy(), preset="smoke", overrides=overrides, out=out, use_wandb=False, **kw)
+    return runtime.launch(FaultToy(), preset="smoke", overrides=overrides, out=out, wandb=False, **kw)
 
 
 def toy_rows(run_dir: Path) -> list[dict]:
@@ -283,28 +284,28 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 
 def test_damaged_checkpoints_are_refused_in_one_sentence(tmp_path):
-    from repro.models.lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
+    from repro.models.lm import CONFIG_FILE, WEIGHTS_FILE
 
     good = _tiny_checkpoint(tmp_path / "good")
-    LanguageModel.from_checkpoint(good)  # the intact one loads
+    load_checkpoint(good)  # the intact one loads
     truncated = _tiny_checkpoint(tmp_path / "truncated")
     weights = truncated / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(UserError, match="truncated or damaged"):
-        LanguageModel.from_checkpoint(truncated)
+        load_checkpoint(truncated)
     garbage = _tiny_checkpoint(tmp_path / "garbage")
     (garbage / WEIGHTS_FILE).write_bytes(os.urandom(1000))
     with pytest.raises(UserError, match="not a safetensors file"):
-        LanguageModel.from_checkpoint(garbage)
+        load_checkpoint(garbage)
     bad_config = _tiny_checkpoint(tmp_path / "bad-config")
     (bad_config / CONFIG_FILE).write_text('{"family": "gpt2", "n_layer": ')
     with pytest.raises(UserError, match="is not valid JSON"):
-        LanguageModel.from_checkpoint(bad_config)
+        load_checkpoint(bad_config)
     mixed = _tiny_checkpoint(tmp_path / "mixed")
     config = json.loads((mixed / CONFIG_FILE).read_text())
     (mixed / CONFIG_FILE).write_text(json.dumps({**config, "n_embd": 32}))
     with pytest.raises(UserError, match="does not match"):
-        LanguageModel.from_checkpoint(mixed)
+        load_checkpoint(mixed)
 
 
 def test_repro_eval_refuses_a_truncated_checkpoint_in_one_sentence(tmp_path):

@@ -9,13 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from repro import results
 from repro.data import icl as data
 from repro.errors import UserError
-from repro.eval import icl
+from repro.evaluations import icl
 
 BANKING = ["card_arrival", "card_linking", "exchange_rate", "top_up_failed"]
 
@@ -182,7 +181,7 @@ def test_rows_report_every_prompt_and_their_mean_never_a_best_of():
     assert get["top_label_share", 1, "newline-shuffled"] == 1.0 and get["top_label=a", 1, "newline-shuffled"] == 4
     assert any(r["metric"] == "skipped" and "too long" in r["slice_value"] for r in rows)
     df = pd.DataFrame(rows)
-    table = icl.write_report(df, Path(pytest.importorskip("tempfile").mkdtemp()))[0].read_text()
+    table = icl.ICL().report(df, Path(pytest.importorskip("tempfile").mkdtemp()))[0].read_text()
     assert "0.50 [0.22, 0.78] n=8" in table and "a (1.00) | yes" in table
 
 
@@ -246,7 +245,7 @@ def test_real_banking77_one_shot_prompt():
 
 
 def test_command_end_to_end_on_a_checkpoint(tmp_path):
-    from repro.cli import user_errors
+    from repro.cli import app
     from repro.data.tokenizer import byte_tokenizer
     from repro.models.registry import build_model
 
@@ -254,9 +253,9 @@ def test_command_end_to_end_on_a_checkpoint(tmp_path):
     ckpt = tmp_path / "gpt2-tiny"
     build_model("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=200, vocab_size=320).save(ckpt)
     byte_tokenizer().save(ckpt)
-    app = typer.Typer()
-    app.command()(user_errors(icl.command))
     args = [
+        "eval",
+        "icl",
         "--model",
         str(ckpt),
         "--dataset",
@@ -289,5 +288,5 @@ def test_command_end_to_end_on_a_checkpoint(tmp_path):
     assert "not tested" in (report / "table.md").read_text()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "already done" in again.output
-    bad = CliRunner().invoke(app, [*args[:3], "imdb", *args[4:]])
+    bad = CliRunner().invoke(app, [*args[:5], "imdb", *args[6:]])
     assert bad.exit_code == 2 and "unknown" in bad.output

@@ -36,7 +36,7 @@ def test_smoke_preset_end_to_end(name, data, tmp_path, monkeypatch):
     kind, artifacts, paper_number = EXPERIMENTS[name]
     exp = registry.get(name)
     overrides = [f"data.path={data[kind]}", f"data.cache_dir={tmp_path / 'cache'}"]
-    run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", use_wandb=False)
+    run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", wandb=False)
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     assert rows and all(set(results.ROW_FIELDS) <= set(r) for r in rows)
     assert any(r["metric"] == "wall_s" for r in rows)
@@ -46,7 +46,7 @@ def test_smoke_preset_end_to_end(name, data, tmp_path, monkeypatch):
     table = (tmp_path / "report" / "table.md").read_text()
     assert paper_number in table and "smoke" in table and "verdict" in table.lower()
     # a finished run is a no-op (no retraining)
-    again = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", use_wandb=False)
+    again = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", wandb=False)
     assert again == run_dir
 
 
@@ -57,7 +57,7 @@ def test_accuracies_are_fractions(data, tmp_path, monkeypatch):
         preset="smoke",
         overrides=[f"data.path={data['cifar']}", "data.cache_dir=none"],
         out=tmp_path,
-        use_wandb=False,
+        wandb=False,
     )
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     accs = [r["value"] for r in rows if r["metric"] in ("test_acc", "probe_acc")]

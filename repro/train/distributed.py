@@ -40,7 +40,7 @@ from repro.errors import UserError
 
 if TYPE_CHECKING:
     from repro.runtime import RunContext
-    from repro.train.loop import LoopConfig
+    from repro.train.optim import LoopConfig
 
 STRATEGIES = ("ddp", "fsdp")
 
