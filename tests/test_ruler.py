@@ -439,3 +439,55 @@ def test_smollm2_samples_are_upstreams_token_for_token(case: dict):
     wrap = chat if case["template"] == "chat" else (lambda text: text)
     gen = Generator(SimpleNamespace(encode=encode), Sources(SHARED), seed=42, wrap=wrap)
     _check_against_upstream(case, gen, encode)
+
+
+# ---- lm-eval's own RULER tasks, the second implementation (repro.eval.ruler_lmeval) -------------
+
+
+def test_lmeval_ruler_reads_the_local_qa_copies(data_dir: Path):
+    """lm-eval downloads SQuAD and HotpotQA; offline it is handed the local copies (HotpotQA back in
+    the original [title, sentences] layout it reads)."""
+    pytest.importorskip("lm_eval", reason="lm-eval's RULER needs the eval extra")
+    from lm_eval.tasks._yaml_loader import _load_module_with_cache
+    from lm_eval.tasks.ruler import qa_utils
+
+    from repro.eval import ruler_lmeval
+
+    ruler_lmeval._local_qa(Sources(data_dir))
+    assert _load_module_with_cache(Path(qa_utils.__file__)) is qa_utils  # what the task's YAML will call
+    qas, docs = qa_utils.read_squad()
+    ours = Sources(data_dir).qa("squad")
+    assert [q["query"] for q in qas] == [q["query"] for q in ours.qas] and docs == ours.docs
+    hot_qas, hot_docs = qa_utils.read_hotpotqa()
+    assert hot_docs == Sources(data_dir).qa("hotpotqa").docs and len(hot_qas) == 30
+    with pytest.raises(UserError, match="hf:DIR or gguf:FILE"):
+        ruler_lmeval.tokenizer_folder("runs/some/checkpoint", data_dir)
+    with pytest.raises(UserError, match="local squad copy"):
+        ruler_lmeval._local_qa(Sources(None))
+        qa_utils.read_squad()
+
+
+def test_a_chat_prompt_continues_lm_evals_gen_prefix(tmp_path: Path):
+    """lm-eval's RULER puts its answer prefix in the assistant's turn (gen_prefix) and asks for no
+    generation prompt: the turn must stay open for the model to continue, as lm-eval's HF backend
+    renders it, not end with the end-of-turn token (which made every prediction empty)."""
+    pytest.importorskip("transformers", reason="hf: models need the hf extra")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from repro.eval.models import load_model
+
+    vocab = {chr(0x100 + b) if b < 33 else chr(b): b for b in range(256)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="\x7f")
+    # every turn closed by the end-of-turn byte, as SmolLM2's template closes each with <|im_end|>
+    fast.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\x7f{% endfor %}"
+    fast.chat_template += "{% if add_generation_prompt %}<assistant>{% endif %}"
+    fast.save_pretrained(tmp_path)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    em = load_model(f"hf:{tmp_path}")
+    history = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Answer:"}]
+    assert em.chat_messages(history, False).endswith("<assistant>Answer:")
+    assert em.chat_messages(history[:1], True).endswith("<assistant>")

@@ -162,14 +162,19 @@ class Sources:
             self._cache["essays"] = words
         return self._cache["essays"]
 
+    def qa_path(self, name: str) -> Path | None:
+        """The local JSON of `squad` or `hotpotqa` (a folder's first .json), or None: the hub's then."""
+        path = self._local(name)
+        if path is not None and path.is_dir():
+            files = sorted(path.glob("*.json"))
+            if not files:
+                raise UserError(f"{path} holds no .json file; put the {name} dev JSON there.")
+            path = files[0]
+        return path
+
     def qa(self, name: str) -> QAData:
         if name not in self._cache:
-            path = self._local(name)
-            if path is not None and path.is_dir():
-                files = sorted(path.glob("*.json"))
-                if not files:
-                    raise UserError(f"{path} holds no .json file; put the {name} dev JSON there.")
-                path = files[0]
+            path = self.qa_path(name)
             if name == "squad":
                 raw = json.loads(path.read_text()) if path else _squad_from_hub(self._hub("squad", split="validation"))
                 self._cache[name] = read_squad(raw)

@@ -168,7 +168,6 @@ def write_report(df: Any, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
 
     sc = _scores(df) if not df.empty else df
     skips = _skips(df) if not df.empty else {}
-    hub = df[df.metric == "hub_reachable"] if not df.empty else df
     models = sorted(set(sc.model) | {m for m, _, _ in skips}) if not df.empty else []
 
     def why(m: str, removed: bool, task: str) -> str | None:
