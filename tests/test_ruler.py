@@ -274,6 +274,13 @@ def test_a_partial_mean_is_not_called_rulers_average(tmp_path: Path, data_dir: P
     assert "mean of 2/13 tasks (not RULER's average)" in table and "| RULER average" not in table
 
 
+def test_a_qa_cell_says_it_holds_every_distinct_question(tmp_path: Path, data_dir: Path):
+    overrides = ["lengths=4096", "tasks=qa_2", "samples=40", f"data_dir={data_dir}"]
+    run_dir = _launch(tmp_path, FakeModel(lambda p: ""), "fake", overrides)
+    ruler.Ruler().report(results.collect(run_dir.parents[3], "ruler"), tmp_path / "report")
+    assert "n=30 (of 40 asked: all distinct questions)" in (tmp_path / "report" / "table.md").read_text()
+
+
 def test_context_beyond_the_model_is_refused(tmp_path: Path, data_dir: Path):
     with pytest.raises(UserError, match="exceeds fake-short's 128-token context"):
         _launch(tmp_path, FakeModel(lambda p: "", max_context=128), "fake-short", ["lengths=4096"])
