@@ -377,7 +377,12 @@ def _load_hf(spec: str, device: torch.device) -> EvalModel:
     if getattr(tok, "chat_template", None):
 
         def chat_messages(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            # Without a generation prompt, a final assistant message is a prefix the model continues
+            # (lm-eval's gen_prefix, as its HF backend renders it), not a closed turn.
+            cont = not add_generation_prompt and messages[-1]["role"] == "assistant"
+            return tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, continue_final_message=cont
+            )
 
         def chat(text: str) -> str:
             return chat_messages([{"role": "user", "content": text}], True)
