@@ -1,9 +1,14 @@
 """`repro bench eval`: what an evaluation costs against the model's bare forward pass (the floor).
 
 Measured in one process, in interleaved rounds (so machine noise hits both alike), on one model:
-  - a RULER sample: `generate` (prefill + greedy decoding through the cache) vs one bare forward
-    over the same tokens (the prompt plus the tokens it generated). Bound: < 1.5x the floor. The
-    same for the harness's lm-eval `generate_until` path (`generate_texts`), which decodes itself.
+  - one RULER sample of each task asked for (default niah_single_1, vt, qa_1, cwe: generation budgets
+    of 128, 30, 32 and 120 tokens, so the timed work is a RULER run's, not its cheapest sample):
+    `generate` (prefill + greedy decoding through the cache) vs one bare forward over the same tokens
+    (the prompt plus the tokens it generated), and their mean, the per-sample cost a RULER preset's
+    budget is stated in. Bound: < 1.5x the floor. The same for the harness's lm-eval
+    `generate_until` path (`generate_texts`) on the first task's sample, which decodes itself.
+Every row gives the median over >= 3 interleaved rounds (the cpu preset), the min-max over the rounds
+and the 1-minute load average over them.
   - ICL label scoring with the prefix-cached scorer, on a 1-shot prompt (Banking77 from --data-dir,
     else the synthetic task): all labels of one query, prefix included, vs one bare forward over
     that query's prompt (bound: < 1.5x); and the amortised cost per query when a chunk of queries
