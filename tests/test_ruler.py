@@ -498,3 +498,25 @@ def test_a_chat_prompt_continues_lm_evals_gen_prefix(tmp_path: Path):
     history = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Answer:"}]
     assert em.chat_messages(history, False).endswith("<assistant>Answer:")
     assert em.chat_messages(history[:1], True).endswith("<assistant>")
+
+
+def test_a_restart_reuses_a_prediction_only_for_the_prompt_it_answered(tmp_path: Path, data_dir: Path):
+    """predictions.jsonl is the resume state: a record whose prompt differs (other code, other data) is
+    generated again, never scored as if it answered the new prompt."""
+    overrides = ["lengths=2048", "tasks=niah_single_1", "samples=2"]
+    calls = []
+    model = FakeModel(lambda p: calls.append(p) or "")
+    run_dir = _launch(tmp_path, model, "fake", overrides)
+    assert len(calls) == 2
+    preds = run_dir / "predictions.jsonl"
+    recs = [json.loads(line) for line in preds.read_text().splitlines()]
+    recs[0]["prompt_tail"] = "another prompt"
+    recs[1]["prediction"] = "kept"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (run_dir / "rows.jsonl").unlink()
+    (run_dir / "done.json").unlink(missing_ok=True)
+    calls.clear()
+    assert _launch(tmp_path, model, "fake", overrides) == run_dir
+    assert len(calls) == 1  # only the changed record is generated again
+    kept = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert any(r["prediction"] == "kept" for r in kept)

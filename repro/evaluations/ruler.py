@@ -119,6 +119,16 @@ def _record(s: Sample, prediction: str, metric: str, seconds: float) -> dict[str
     }
 
 
+def _same_sample(rec: dict[str, Any], s: Sample) -> bool:
+    """A stored prediction is reused only for the very prompt it answered."""
+    return (
+        rec.get("n_tokens") == s.n_tokens
+        and rec.get("outputs") == s.outputs
+        and rec.get("prompt_head") == s.prompt[:300]
+        and rec.get("prompt_tail") == s.prompt[-400:]
+    )
+
+
 def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> list[dict[str, Any]]:
     """Generate, predict and score every (length, task); returns the rows. Predictions are appended
     to predictions.jsonl as they come, and a restarted run reuses them (same seed, same samples)."""
@@ -153,6 +163,8 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> li
                 recs, eval_s, fresh = [], 0.0, 0
                 for s in samples:
                     rec = done.get((task, length, s.index))
+                    if rec is not None and not _same_sample(rec, s):
+                        rec = None  # a prediction for another prompt (other code or data): generated again
                     if rec is None:
                         t1 = time.perf_counter()
                         prediction = model.generate(s.prompt_ids, s.gen_tokens)
