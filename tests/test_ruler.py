@@ -520,3 +520,19 @@ def test_a_restart_reuses_a_prediction_only_for_the_prompt_it_answered(tmp_path:
     assert len(calls) == 1  # only the changed record is generated again
     kept = [json.loads(line) for line in preds.read_text().splitlines()]
     assert any(r["prediction"] == "kept" for r in kept)
+
+
+def test_lmeval_answers_rescored_by_rulers_metric():
+    """lm-eval's QA metric credits the fraction of gold answers found; RULER's credits any one. The same
+    answers are scored both ways so a gap between the implementations can be split into metric and samples."""
+    from repro.evaluations.ruler import _rescored_rows
+
+    records = [
+        {"task": "qa_1", "length": 4096, "index": 0, "prediction": " Seine.", "outputs": ["Seine", "Epte"]},
+        {"task": "qa_1", "length": 4096, "index": 1, "prediction": " no idea", "outputs": ["911", "911"]},
+    ]
+    rows = _rescored_rows(records, "m lm-eval, RULER's metric", lambda s, m, v, n, who: (who, s, m, v, n))
+    got = {m: v for _, _, m, v, _ in rows}
+    assert got["score"] == 50.0 and got["samples"] == 2  # RULER: sample 0 scores 1 (lm-eval: 0.5)
+    lmeval = pytest.importorskip("lm_eval.tasks.ruler.common_utils", reason="lm-eval's metric needs the eval extra")
+    assert lmeval.string_match_part([" Seine."], [["Seine", "Epte"]]) == 0.5  # the deviation, as installed

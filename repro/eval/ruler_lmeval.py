@@ -18,7 +18,11 @@ How lm-eval's samples differ from upstream's (read from its code; what a score g
     the documents are drawn from Python's global `random` as lm-eval seeds it (0), upstream's with 42;
     the fixed-seed shuffle (42) is the same, so the gold slot again depends only on the document count;
   - NIAH: haystack "repeat" (= upstream's noise), a linear search for its size; needle draws as lm-eval
-    seeds them.
+    seeds them;
+  - the QA metric: lm-eval's `string_match_part` credits the fraction of the gold answers a prediction
+    contains (SQuAD lists an answer once per annotator: ["Seine", "Epte"] with "Seine" scores 0.5);
+    upstream's credits any one (1.0). Its answers are kept (predictions.jsonl) and also scored by
+    RULER's metric, under the label `... lm-eval, RULER's metric`.
 """
 
 from __future__ import annotations
@@ -80,9 +84,10 @@ def _local_qa(sources: Any) -> None:
 def evaluate(
     em: Any, spec: str, tasks: list[str], length: int, limit: int, template: str, sources: Any, cache: Path,
     row: Callable[..., dict[str, Any]],
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
     """Rows like ours (per task: score, ci_low, ci_high, nulls, samples, requested, eval_s_per_sample)
-    from lm-eval's per-sample scores at one length."""
+    from lm-eval's per-sample scores at one length, and one record per sample (task, index, prediction,
+    gold outputs, lm-eval's score, prompt length) so the same answers can be scored by RULER's metric."""
     import lm_eval
 
     from repro import stats
@@ -105,10 +110,16 @@ def evaluate(
     )
     seconds = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     total = sum(len(res["samples"][TASKS[t]]) for t in tasks)
     for task in tasks:
         samples = res["samples"][TASKS[task]]
         values = [float(s[str(length)]) for s in samples]
+        records += [
+            {"task": task, "length": length, "index": s["doc"]["index"], "n_tokens": s["doc"]["length"],
+             "outputs": list(s["doc"]["outputs"]), "prediction": str(s["filtered_resps"][0]), "lm_eval_score": v}
+            for s, v in zip(samples, values, strict=True)
+        ]  # fmt: skip
         lo, hi = stats.interval95(values)
         empty = sum(not str(s["filtered_resps"][0]).strip() for s in samples)
         rows += [
@@ -121,4 +132,4 @@ def evaluate(
             row(task, "prompt_tokens", sum(s["doc"]["length"] for s in samples) / len(samples), length),
             row(task, "eval_s_per_sample", seconds / total, length),
         ]
-    return rows
+    return rows, records

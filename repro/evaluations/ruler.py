@@ -204,15 +204,35 @@ def _lmeval_rows(model: Any, cfg: RulerConfig, ctx: Any) -> list[dict[str, Any]]
 
     label = f"{model_label(cfg.model)} [{cfg.template}] lm-eval"
 
-    def row(split: str, metric: str, value: float, length: int) -> dict[str, Any]:
-        return ctx.row(model=label, split=split, metric=metric, value=value, step=0, slice_key="length",
+    def row(split: str, metric: str, value: float, length: int, who: str = label) -> dict[str, Any]:
+        return ctx.row(model=who, split=split, metric=metric, value=value, step=0, slice_key="length",
                        slice_value=length)  # fmt: skip
 
     cache = Path(".cache") / "ruler-lmeval"
-    rows = []
+    rows, records = [], []
     for length in cfg.lengths:
-        rows += lmeval_evaluate(model, cfg.model, cfg.tasks, length, cfg.samples, cfg.template, cfg.sources(),
-                                cache, row)  # fmt: skip
+        r, recs = lmeval_evaluate(model, cfg.model, cfg.tasks, length, cfg.samples, cfg.template, cfg.sources(),
+                                  cache, row)  # fmt: skip
+        rows, records = rows + r, records + recs
+    with (ctx.run_dir / "predictions.jsonl").open("w") as f:
+        f.writelines(json.dumps(rec) + "\n" for rec in records)
+    return rows + _rescored_rows(records, f"{label}, RULER's metric", row)
+
+
+def _rescored_rows(records: list[dict[str, Any]], who: str, row: Any) -> list[dict[str, Any]]:
+    """lm-eval's answers scored by RULER's own metric: lm-eval's QA metric credits the fraction of the gold
+    answers found (`string_match_part`, lm-eval 0.4.x), RULER's credits any one (scripts/eval/synthetic/
+    constants.py). The same answers scored both ways separate the metric from the samples."""
+    rows = []
+    for (task, length), group in pd.DataFrame(records).groupby(["task", "length"]):
+        values = [match(TASKS[task].metric, p, o) for p, o in zip(group.prediction, group.outputs, strict=True)]
+        lo, hi = stats.interval95(values)
+        rows += [
+            row(task, "score", round(100 * float(np.mean(values)), 2), int(length), who),
+            row(task, "ci_low", 100 * lo, int(length), who),
+            row(task, "ci_high", 100 * hi, int(length), who),
+            row(task, "samples", group["index"].nunique(), int(length), who),
+        ]
     return rows
 
 
