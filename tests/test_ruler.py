@@ -536,3 +536,21 @@ def test_lmeval_answers_rescored_by_rulers_metric():
     assert got["score"] == 50.0 and got["samples"] == 2  # RULER: sample 0 scores 1 (lm-eval: 0.5)
     lmeval = pytest.importorskip("lm_eval.tasks.ruler.common_utils", reason="lm-eval's metric needs the eval extra")
     assert lmeval.string_match_part([" Seine."], [["Seine", "Epte"]]) == 0.5  # the deviation, as installed
+
+
+def test_a_models_tasks_from_several_runs_are_averaged_once_each(tmp_path: Path, data_dir: Path):
+    """A model's tasks spread over runs: the mean covers each task once, with the right task count."""
+    oracle = FakeModel(lambda p: solve(p, "niah_single_1", {}))
+    _launch(
+        tmp_path,
+        oracle,
+        "fake",
+        ["lengths=4096", "tasks=niah_single_1,niah_single_2", "samples=2", f"data_dir={data_dir}"],
+    )
+    _launch(tmp_path, FakeModel(lambda p: ""), "fake", ["lengths=4096", "tasks=vt", "samples=2"])
+    ruler.Ruler().report(results.collect(tmp_path / "runs", "ruler"), tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    niah2 = next(line for line in table.splitlines() if "| niah_single_2 |" in line)
+    mean = next(line for line in table.splitlines() if "mean of 3/13 tasks" in line)
+    expected = (100.0 + float(niah2.split("|")[4].split()[0]) + 0.0) / 3
+    assert f"{expected:.1f} (3/13 tasks)" in mean

@@ -18,11 +18,23 @@ def length_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
-def _scores(df: pd.DataFrame) -> pd.DataFrame:
-    """Score rows as (model, split, length) -> mean over runs/seeds."""
-    sc = df[df.metric == "score"].copy()
-    sc["length"] = sc.slice_value.astype(int)
-    return sc.groupby(["model", "split", "length"], as_index=False)["value"].mean()
+def _pooled_means(df: pd.DataFrame) -> pd.DataFrame:
+    """The `mean` and `qa_mean` rows recomputed over every task a model has at a length, whichever runs
+    they come from (a model's tasks may be spread over several runs: a mean of the runs' own means
+    would weigh tasks unevenly and say the wrong task count). A task scored by several runs counts once
+    (its runs' mean)."""
+    tasks = df[df.split.isin(list(TASKS))]
+    per_task = tasks[tasks.metric == "score"].groupby(["model", "length", "split"])["value"].mean().reset_index()
+    extra = []
+    for (model, length), g in per_task.groupby(["model", "length"]):
+        base = df[(df.model == model) & (df.length == length)].iloc[0].to_dict()
+        extra.append(base | {"split": "mean", "metric": "score", "value": float(g.value.mean())})
+        extra.append(base | {"split": "mean", "metric": "tasks", "value": len(g)})
+        qa = g.set_index("split").value
+        if {"qa_1", "qa_2"} <= set(qa.index):
+            extra.append(base | {"split": "qa_mean", "metric": "score", "value": (qa["qa_1"] + qa["qa_2"]) / 2})
+    kept = df[~df.split.isin(["mean", "qa_mean"])]
+    return pd.concat([kept, pd.DataFrame(extra, columns=df.columns)], ignore_index=True) if extra else kept
 
 
 def _verdict(ours: dict[int, float], table4: dict[str, dict[int, float]]) -> str:
@@ -60,6 +72,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
         raise UserError("no finished RULER runs; run `repro eval ruler --model ...` first.")
     df = df.copy()
     df["length"] = df.slice_value.astype(int)
+    df = _pooled_means(df)
     df["who"] = df.model
     sc = df[df.metric == "score"].groupby(["who", "split", "length"], as_index=False)["value"].mean()
     ci_lo = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_low"].itertuples()}
