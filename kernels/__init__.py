@@ -5,7 +5,11 @@ every mask materialised), further files are fast paths registered under a backen
 only the public functions below. Backends:
 
 - `reference`: the specification itself (slow, for tests and debugging);
-- `torch`: exact PyTorch compositions built on fused torch ops (SDPA), the CPU default;
+- `torch`: exact PyTorch compositions built on fused torch ops (SDPA), the CPU default where an op
+  has no `c` backend or no C compiler is found;
+- `c`: small C loops for the CPU, compiled at first use with the system compiler (`native.py`), the
+  CPU default for the ops that have one when a compiler is on PATH (an op without a C loop runs on
+  `torch` when `c` is chosen);
 - `triton`: GPU kernels (used automatically on CUDA when triton imports; the `gpu` extra). On CPU
   they run only under `TRITON_INTERPRET=1`, for the tests.
 
@@ -31,8 +35,9 @@ from collections.abc import Callable
 import torch
 
 from repro.errors import UserError
+from repro.kernels import native
 
-BACKENDS = ("reference", "torch", "triton")
+BACKENDS = ("reference", "torch", "triton", "c")
 _IMPLS: dict[str, dict[str, Callable]] = {}
 _NO_DROPOUT: set[tuple[str, str]] = set()  # (op, backend) pairs without attention dropout
 CALLS: collections.Counter = collections.Counter()  # (op, backend) -> calls served, for tests and checks
@@ -61,8 +66,12 @@ def backend(explicit: str | None = None, op: str | None = None) -> str:
     """The backend a call will use (explicit > REPRO_KERNELS > auto)."""
     choice = explicit or os.environ.get("REPRO_KERNELS") or "auto"
     if choice == "auto":
-        has_triton = op is None or "triton" in _IMPLS.get(op, {})
-        return "triton" if has_triton and _triton_usable() and op is not None else "torch"
+        impls = _IMPLS.get(op, {}) if op is not None else {}
+        if "triton" in impls and _triton_usable():
+            return "triton"
+        if "c" in impls and not torch.cuda.is_available() and native.usable():
+            return "c"
+        return "torch"
     if choice not in BACKENDS:
         raise UserError(f"REPRO_KERNELS={choice} is not a kernel backend; choose one of {', '.join(BACKENDS)}.")
     return choice
@@ -72,6 +81,8 @@ def implementation(op: str, explicit: str | None = None, *, dropout: bool = Fals
     """The function that serves this call of `op` (counted in CALLS)."""
     name = backend(explicit, op)
     impls = _IMPLS[op]
+    if name == "c" and "c" not in impls:  # the C loops cover some ops; the rest run on torch beside them
+        name = "torch"
     if name not in impls:
         raise UserError(
             f"kernel '{op}' has no '{name}' implementation (it has {', '.join(sorted(impls))}); "

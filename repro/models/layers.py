@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,22 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     B, H, T, D = y.shape
     return y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C): heads side by side
+
+
+def fused_linear(x: torch.Tensor, layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, ...]:
+    """Several Linear layers that read the same input as one matmul (one (out_1 + out_2 + ..., in)
+    weight built by concatenation each call, so parameters and checkpoints stay per layer); returns
+    each layer's output, views into one buffer."""
+    weight = torch.cat([m.weight for m in layers])
+    bias = None if layers[0].bias is None else torch.cat([m.bias for m in layers])
+    return F.linear(x, weight, bias).split([m.out_features for m in layers], dim=-1)
+
+
+def unit(x: torch.Tensor, scale: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+    """x / max(||x||, eps) along the last dimension (F.normalize's rule), times a per-head scale (H,)
+    when x is (B, H, T, D): the norm is a (B, H, T, 1) tensor, so x is read and written once."""
+    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)  # (..., 1)
+    return x * (inv.reciprocal() if scale is None else scale.view(1, -1, 1, 1) / inv)
 
 
 class RMSNorm(nn.Module):

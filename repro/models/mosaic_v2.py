@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.errors import UserError
-from repro.models.layers import RMSNorm, SwiGLU, merge_heads, split_heads, v2_init
+from repro.models.layers import RMSNorm, SwiGLU, fused_linear, merge_heads, split_heads, unit, v2_init
 from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall
 from repro.models.registry import register_model
@@ -120,13 +120,19 @@ class GatedKeys(nn.Module):
         self.w_g = nn.Linear(cfg.n_embd, cfg.n_head, bias=cfg.bias)
         self.w_lambda = nn.Linear(cfg.n_embd, cfg.n_head, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype, new state (B, H, D)."""
-        u = split_heads(self.w_phi(x), self.n_head)  # (B, H, T, D)
-        g = torch.exp(self.w_g(x).float().clamp(max=GATE_LOG_MAX)).transpose(1, 2)  # (B, T, H) -> (B, H, T)
-        lam = torch.exp(-self.w_lambda(x).float().abs()).transpose(1, 2)  # (B, H, T)
+    def linears(self) -> tuple[nn.Linear, ...]:
+        return self.w_phi, self.w_g, self.w_lambda
+
+    def forward(
+        self, phi: torch.Tensor, zg: torch.Tensor, zl: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_phi x (B, T, C), W_g x and W_lambda x (B, T, H) -> unit keys (B, H, T, D) in the
+        projection's dtype, new state (B, H, D). The block computes the projections (one matmul)."""
+        u = split_heads(phi, self.n_head)  # (B, H, T, D)
+        g = torch.exp(zg.float().clamp(max=GATE_LOG_MAX)).transpose(1, 2)  # (B, T, H) -> (B, H, T)
+        lam = torch.exp(-zl.float().abs()).transpose(1, 2)  # (B, H, T)
         avg, state = gated_leaky_scan(u, g, lam, state)
-        return F.normalize(avg, dim=-1).to(u.dtype), state
+        return unit(avg).to(u.dtype), state
 
 
 class ValueExtractor(nn.Module):
@@ -141,14 +147,10 @@ class ValueExtractor(nn.Module):
         self.mix = nn.Parameter(torch.rand(cfg.n_head))  # gamma
         self.scale = nn.Parameter(torch.zeros(cfg.n_head))  # theta of alpha_psi
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return split_heads(self.w_psi(x), self.n_head)  # (B, H, T, D): W_psi x_t
-
     def forward(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
         """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
-        gamma = self.mix.view(1, -1, 1, 1)
-        alpha = torch.exp(self.scale.abs().clamp(max=VALUE_LOG_MAX)).view(1, -1, 1, 1)
-        return (alpha * F.normalize(gamma * now + (1 - gamma) * ahead, dim=-1)).to(now.dtype)
+        mixed = torch.lerp(ahead, now, self.mix.view(1, -1, 1, 1).to(now.dtype))  # gamma now + (1 - gamma) ahead
+        return unit(mixed, torch.exp(self.scale.abs().clamp(max=VALUE_LOG_MAX))).to(now.dtype)
 
 
 @dataclass
@@ -177,7 +179,8 @@ class MosaicV2Cache(DecodeCache):
 class MemoryV2(nn.Module):
     """One contextual associative memory of v2 with its own W_phi, W_psi and beta (§4.1.3):
     short-term (window=h, skip 1: pairs t-h+1..t-1) or long-term (window None, skip m: pairs
-    0..t-m). Output: the heads (B, H, T, D), before W_o."""
+    0..t-m). Input: its projections of the block's normalised x (`linears()`, computed by the block
+    in one matmul); output: the heads side by side (B, T, C), before W_o."""
 
     def __init__(self, cfg: MosaicV2Config, window: int | None):
         super().__init__()
@@ -186,22 +189,33 @@ class MemoryV2(nn.Module):
         self.values = ValueExtractor(cfg)
         self.bandwidth = AdaptiveBandwidth(cfg.n_head)
 
-    def forward(self, x: torch.Tensor, skip: int, cache: MemoryCacheV2 | None = None) -> torch.Tensor:
-        T = x.shape[1]
+    def linears(self) -> tuple[nn.Linear, ...]:
+        """The projections of the block's input this memory reads, in `forward`'s order."""
+        return (*self.keys.linears(), self.values.w_psi)
+
+    def forward(
+        self, projected: tuple[torch.Tensor, ...], skip: int, cache: MemoryCacheV2 | None = None
+    ) -> torch.Tensor:
+        phi, zg, zl, psi = projected  # (B, T, C), (B, T, H), (B, T, H), (B, T, C)
+        T = phi.shape[1]
         t0 = 0 if cache is None or cache.keys is None else cache.start + cache.keys.shape[2]
-        k, key_state = self.keys(x, None if cache is None else cache.key_state)  # (B, H, T, D)
-        u = self.values.project(x)  # (B, H, T, D)
-        positions = torch.arange(t0, t0 + T, device=x.device)
+        k, key_state = self.keys(phi, zg, zl, None if cache is None else cache.key_state)  # (B, H, T, D)
+        u = split_heads(psi, self.values.n_head)  # (B, H, T, D): W_psi x_t
+        positions = torch.arange(t0, t0 + T, device=phi.device)
         beta = self.bandwidth(visible_pairs(positions, self.window, skip))  # (1, H, T)
         # unit keys: the Gaussian kernel is a dot product (kernel="dot", no renormalising)
         recall = dict(normalize=False, kernel="dot", window=self.window, skip=skip)
         if t0 == 0:
-            ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 unused
-            v = self.values(u, ahead)
+            values = self.values(u[:, :, :-1], u[:, :, 1:])  # (B, H, T-1, D): pairs 0..T-2 (T-1 waits for x_T)
+            m = min(skip, T)  # queries m.. read keys 0..T-1-m, causal once shifted (the kernel's fast path)
             # without gradients (long evaluations), queries in chunks keep memory linear in T
             chunk = None if torch.is_grad_enabled() else self.chunk
-            y = associative_recall(k, k, v, beta, **recall, query_chunk=chunk)
-            keys, values, start = k, v[:, :, :-1], 0  # pair T-1 waits for x_T
+            q, kv = k[:, :, m:], slice(0, T - m)
+            y = associative_recall(
+                q, k[:, :, kv], values[:, :, kv], beta[:, :, m:], **recall, q_start=m, query_chunk=chunk
+            )
+            y = F.pad(merge_heads(y), (0, 0, m, 0))  # (B, T, C): the first m queries see no pair
+            keys, start = k, 0
         else:
             before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
             values = torch.cat([cache.values, self.values(before, u)], dim=2)  # pairs start..t0+T-2
@@ -210,6 +224,7 @@ class MemoryV2(nn.Module):
             y = associative_recall(
                 k, keys[:, :, :-1], values, beta, **recall, q_start=t0, k_start=start, query_chunk=self.chunk
             )
+            y = merge_heads(y)  # (B, T, C)
         if cache is not None:
             drop = 0 if self.window is None else max(0, t0 + T - self.window + 1 - start)  # never visible again
             cache.keys, cache.values, cache.start = keys[:, :, drop:], values[:, :, drop:], start + drop
@@ -234,14 +249,18 @@ class MosaicV2Block(nn.Module):
     def forward(
         self, x: torch.Tensor, skip: int, use_long: bool, cache: MosaicV2LayerCache | None = None
     ) -> torch.Tensor:
-        h = self.mem_norm(x)
-        heads = [merge_heads(self.short(h, 1, None if cache is None else cache.short))]  # (B, T, C)
-        if self.long is not None:
-            if use_long:
-                heads.append(merge_heads(self.long(h, skip, None if cache is None else cache.long)))
-            else:  # Table 2 ablation: W_o sees zeros where the long-term heads were
-                heads.append(torch.zeros_like(heads[0]))
-        x = x + self.resid_dropout(self.wo(torch.cat(heads, dim=-1)))  # (B, T, 2C) -> (B, T, C)
+        mems = [(self.short, 1, None if cache is None else cache.short)]
+        if self.long is not None and use_long:
+            mems.append((self.long, skip, None if cache is None else cache.long))
+        # every projection of both memories (W_phi, W_g, W_lambda, W_psi) in one matmul
+        projected = fused_linear(self.mem_norm(x), [lin for mem, _, _ in mems for lin in mem.linears()])
+        heads = [mem(projected[4 * i : 4 * i + 4], s, c) for i, (mem, s, c) in enumerate(mems)]  # (B, T, C) each
+        if len(heads) == 2:
+            out = self.wo(torch.cat(heads, dim=-1))  # (B, T, 2C) -> (B, T, C)
+        else:  # no long-term memory, or the Table 2 ablation: W_o's long-term half would read zeros
+            C = heads[0].shape[-1]
+            out = F.linear(heads[0], self.wo.weight[:, :C], self.wo.bias)
+        x = x + self.resid_dropout(out)
         return x + self.pmem(self.ffn_norm(x))
 
 
