@@ -30,8 +30,10 @@ from pathlib import Path
 FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math")
 
 
+@functools.cache
 def compiler() -> str | None:
-    """The C compiler the `c` backend would use, or None."""
+    """The C compiler the `c` backend would use, or None (looked up once per process: the dispatch
+    asks on every call)."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return shutil.which(name)

@@ -406,6 +406,22 @@ def test_scan_state_carries_across_calls():
 
 
 @needs_cc
+@pytest.mark.parametrize("v1", [False, True], ids=["v2", "v1"])
+@pytest.mark.parametrize("state", [False, True], ids=["nostate", "state"])
+def test_scan_c_steps_without_gradients(v1, state, nan_poison):
+    """Without gradients the c backend takes shortcuts (no custom-op dispatch; one decoding step in
+    torch ops): the same values as the reference, and never the input tensor itself."""
+    for T in (1, 7):
+        x, gate, lam, s0, _, _ = _scan_case(2, 3, T, 5, torch.float32, v1=v1, state=state)
+        with torch.no_grad():
+            ref = kernels.leaky_scan(x, gate, lam, s0, backend="reference")
+            got = kernels.leaky_scan(x, gate, lam, s0, backend="c")
+        for name, a, b in zip(("y", "final"), ref, got, strict=True):
+            assert_close(f"c no-grad T={T} {name}", a, b, RATIO[torch.float32])
+        assert got[0].data_ptr() != x.data_ptr()
+
+
+@needs_cc
 def test_c_is_the_cpu_default_for_the_scan_only(monkeypatch):
     """Auto picks the C loop for leaky_scan on a CPU-only machine with a compiler; memory_retrieval has
     no C loop, so it stays on torch, also when REPRO_KERNELS=c asks for C everywhere."""

@@ -37,12 +37,15 @@ def _strides(t: torch.Tensor | None, n: int = 3) -> list[ctypes.c_int64]:
     return [ctypes.c_int64(0 if t is None else t.stride(i)) for i in range(n)]
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("repro::leaky_scan_c_fwd", mutates_args=())
-def _fwd(
+def _scan(
     x: torch.Tensor, g: torch.Tensor | None, lam: torch.Tensor, state: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, H, T, D), g (B, H, T) or None, lam (B, H, T), state (B, H, D) or None, all float32 ->
@@ -58,6 +61,11 @@ def _fwd(
         _ptr(y), *_strides(y), _ptr(final), *dims,
     )  # fmt: skip
     return y, final
+
+
+# the op autograd and torch.compile see; a call that needs neither (a decoding step) skips its
+# dispatch, which costs more than the loop itself at T = 1
+_fwd = torch.library.custom_op("repro::leaky_scan_c_fwd", _scan, mutates_args=())
 
 
 @_fwd.register_fake
@@ -125,7 +133,18 @@ def leaky_scan(
         lam = torch.tensor(float(lam))
     if lam.dim() == 1 and lam.shape[0] == H:  # per head, constant over time: read in place (stride 0)
         lam = lam.view(1, H, 1)
-    with torch.autocast("cpu", enabled=False):
-        lam = lam.float().expand(B, H, T)
-        g = None if g is None else g.float().expand(B, H, T)
-        return _fwd(x.float(), g, lam, None if state is None else state.float())
+    x, g, lam, state = (None if t is None else _f32(t) for t in (x, g, lam, state))
+    plain = not torch.compiler.is_compiling() and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, g, lam, state))
+    )
+    if plain and T == 1:  # one decoding step: y = g x + lam state, cheaper in two torch ops than in the loop
+        y = x if g is None else x * g[..., None]  # (B, H, 1, D)
+        if state is not None:
+            y = torch.addcmul(y, lam[..., None], state[:, :, None])
+        elif g is None:
+            y = y.clone()  # a new tensor, never the input itself
+        return y, y[:, :, 0]
+    args = (x, None if g is None else g.expand(B, H, T), lam.expand(B, H, T), state)
+    if not plain:
+        return _fwd(*args)
+    return _scan(*args)

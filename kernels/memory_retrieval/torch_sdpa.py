@@ -129,11 +129,11 @@ def _chunked(
         if b < a:
             outs.append(v.new_zeros(B, H, c, v.shape[-1]))
             continue
-        seen = visible_mask(c, b - a + 1, window=window, skip=skip, q_start=q_start + s, k_start=a, device=q.device)
         kk, vv = k[:, :, a - k_start : b - k_start + 1], v[:, :, a - k_start : b - k_start + 1]
-        if c == 1 and bool(seen.all()):  # one decoding step that reads every key it is given
+        if c == 1:  # one query (a decoding step): its visible keys are exactly [a, b], no mask needed
             outs.append(F.scaled_dot_product_attention(qc, kk, vv, scale=scale, dropout_p=dropout_p))
             continue
+        seen = visible_mask(c, b - a + 1, window=window, skip=skip, q_start=q_start + s, k_start=a, device=q.device)
         empty = ~seen.any(-1, keepdim=True)  # (c, 1)
         out = F.scaled_dot_product_attention(qc, kk, vv, attn_mask=seen | empty, scale=scale, dropout_p=dropout_p)
         outs.append(out.masked_fill(empty, 0.0))

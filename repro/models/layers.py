@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.models.lm import DecodeCache
+
+Derived = TypeVar("Derived")
 
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -29,20 +33,48 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C): heads side by side
 
 
-def fused_linear(x: torch.Tensor, layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, ...]:
-    """Several Linear layers that read the same input as one matmul (one (out_1 + out_2 + ..., in)
-    weight built by concatenation each call, so parameters and checkpoints stay per layer); returns
-    each layer's output, views into one buffer."""
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner module -> {name: (key, value)}
+
+
+def derived(owner: nn.Module, name: str, compute: Callable[[], Derived], params: Iterable[torch.Tensor]) -> Derived:
+    """`compute()`, a value made from parameters only (a scaled table, a concatenated weight, per-head
+    constants). Recomputed at every call while gradients flow; without them (decoding runs one small
+    step per token, where these would cost as much as the step) it is kept until one of `params`
+    changes (in place, by the optimizer or a load, or replaced)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return compute()
+    key = tuple((id(p), p._version, p.data_ptr()) for p in params)
+    store = _DERIVED.setdefault(owner, {})
+    hit = store.get(name)
+    if hit is None or hit[0] != key:
+        hit = store[name] = (key, compute())
+    return hit[1]
+
+
+def fused_linear(x: torch.Tensor, groups: Sequence[Sequence[nn.Linear]]) -> tuple[torch.Tensor, ...]:
+    """Linear layers that read the same input as one matmul (one weight built by concatenation, so
+    parameters and checkpoints stay per layer); returns one output per group, the outputs of the
+    group's layers side by side: views into one (..., sum of out_features) buffer."""
+    layers = [m for group in groups for m in group]
+    params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
+    weight, bias = derived(layers[0], f"fused{len(layers)}", lambda: _concat(layers), params)
+    return F.linear(x, weight, bias).split([sum(m.out_features for m in group) for group in groups], dim=-1)
+
+
+def _concat(layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     weight = torch.cat([m.weight for m in layers])
-    bias = None if layers[0].bias is None else torch.cat([m.bias for m in layers])
-    return F.linear(x, weight, bias).split([m.out_features for m in layers], dim=-1)
+    return weight, None if layers[0].bias is None else torch.cat([m.bias for m in layers])
 
 
-def unit(x: torch.Tensor, scale: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+def unit(
+    x: torch.Tensor, scale: torch.Tensor | None = None, dtype: torch.dtype | None = None, eps: float = 1e-12
+) -> torch.Tensor:
     """x / max(||x||, eps) along the last dimension (F.normalize's rule), times a per-head scale (H,)
-    when x is (B, H, T, D): the norm is a (B, H, T, 1) tensor, so x is read and written once."""
+    when x is (B, H, T, D), in `dtype` (default x's): the norm is a (B, H, T, 1) tensor, so x is read
+    and written once."""
     inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)  # (..., 1)
-    return x * (inv.reciprocal() if scale is None else scale.view(1, -1, 1, 1) / inv)
+    y = x * (inv.reciprocal() if scale is None else scale.view(1, -1, 1, 1) / inv)
+    return y if dtype is None or y.dtype == dtype else y.to(dtype)
 
 
 class RMSNorm(nn.Module):
@@ -104,12 +136,58 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     return (x.float() * cos + rotated * sin).to(x.dtype)
 
 
+class TimeBuffer:
+    """Rows along time of a decoding cache, (B, H, t, D) or (B, H, t), grown by appends.
+
+    An append writes its new rows into spare capacity (the buffer doubles when full), so a decoding
+    step copies only its own rows, where torch.cat would copy the whole cache every step. Rows can be
+    dropped from the front (v2's short-term window); the live rows are compacted to the front when the
+    buffer runs out of room. With gradients flowing into the new rows, appends concatenate instead
+    (no in-place writes into tensors autograd may have saved)."""
+
+    def __init__(self) -> None:
+        self.data: torch.Tensor | None = None
+        self.start = 0  # first live row
+        self.end = 0  # one past the last live row
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def view(self) -> torch.Tensor | None:
+        """The live rows (B, H, length, ...), a view into the buffer."""
+        return None if self.data is None else self.data[:, :, self.start : self.end]
+
+    def append(self, x: torch.Tensor) -> torch.Tensor:
+        """Add rows x (B, H, T, ...) after the live ones; returns every live row."""
+        n, T = self.length, x.shape[2]
+        if self.data is None or (torch.is_grad_enabled() and x.requires_grad):
+            self.data = x if self.data is None else torch.cat([self.view(), x], dim=2)
+            self.start, self.end = 0, n + T
+            return self.data
+        if self.end + T > self.data.shape[2]:  # full: compact the live rows into a larger buffer
+            grown = self.data.new_empty(*self.data.shape[:2], max(64, 2 * (n + T)), *self.data.shape[3:])
+            grown[:, :, :n] = self.view()
+            self.data, self.start, self.end = grown, 0, n
+        self.data[:, :, self.end : self.end + T] = x
+        self.end += T
+        return self.view()
+
+    def drop_front(self, n: int) -> None:
+        """Forget the first n live rows."""
+        self.start += min(n, self.length)
+
+
 @dataclasses.dataclass
 class LayerKV:
     """Keys and values (B, H, t, D) of every token read so far by one attention layer."""
 
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
+    k: TimeBuffer = dataclasses.field(default_factory=TimeBuffer)
+    v: TimeBuffer = dataclasses.field(default_factory=TimeBuffer)
+
+    @property
+    def length(self) -> int:
+        return self.k.length
 
 
 @dataclasses.dataclass
@@ -126,8 +204,6 @@ def causal_attention(
     cached token too. Returns (B, H, T, D)."""
     t0 = 0
     if kv is not None:
-        if kv.k is not None:
-            t0 = kv.k.shape[2]  # tokens already in the cache
-            k, v = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)  # (B, H, t0 + T, D)
-        kv.k, kv.v = k, v
+        t0 = kv.length  # tokens already in the cache
+        k, v = kv.k.append(k), kv.v.append(v)  # (B, H, t0 + T, D)
     return kernels.memory_retrieval(q, k, v, skip=0, q_start=t0, scale=None, dropout_p=dropout_p)

@@ -79,10 +79,11 @@ def recall_all(
         B, H, T, _ = q.shape
         if isinstance(beta, torch.Tensor) and beta.dim() == 3:  # per query (B, H, T) -> (1, H, B T)
             beta = beta.transpose(0, 1).reshape(1, H, B * T)
-        q = q.transpose(0, 1).reshape(1, H, B * T, q.shape[-1])  # (B, H, T, D) -> (1, H, B T, D)
+        if B > 1:
+            q = q.transpose(0, 1).reshape(1, H, B * T, q.shape[-1])  # (B, H, T, D) -> (1, H, B T, D)
         y = associative_recall(q, k[None], v[None], beta, normalize=normalize, kernel=kernel, skip=None,
                                dropout_p=dropout_p)  # fmt: skip
-        return y.view(H, B, T, v.shape[-1]).transpose(0, 1)  # (1, H, B T, Dv) -> (B, H, T, Dv)
+        return y if B == 1 else y.view(H, B, T, v.shape[-1]).transpose(0, 1)  # (1, H, B T, Dv) -> (B, H, T, Dv)
     return associative_recall(q, k, v, beta, normalize=normalize, kernel=kernel, skip=None, dropout_p=dropout_p)
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro import kernels
-from repro.models.layers import fused_linear, merge_heads, split_heads, unit
+from repro.models.layers import TimeBuffer, derived, fused_linear, merge_heads, split_heads, unit
 from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall, recall_all
 from repro.models.registry import register_model
@@ -83,7 +83,13 @@ class LeakyAverageKeys(nn.Module):
 
     def sqrt_beta(self) -> torch.Tensor:
         """exp(min(10 kappa, 5)) (H,): what the c-mem multiplies both queries and keys by."""
+        return derived(self, "sqrt_beta", self._sqrt_beta, [self.bandwidth])
+
+    def _sqrt_beta(self) -> torch.Tensor:
         return torch.exp(torch.clamp(EXP_SCALE * self.bandwidth, max=MAX_LOG_SCALE))
+
+    def _decay(self) -> torch.Tensor:
+        return torch.exp(-EXP_SCALE * self.leak.abs())
 
     def beta(self) -> torch.Tensor:
         return self.sqrt_beta() ** 2  # (H,)
@@ -101,8 +107,11 @@ class LeakyAverageKeys(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` from W_phi x (B, T, C), for callers that compute the projection themselves."""
         k = split_heads(projected, self.n_head)  # (B, H, T, D)
-        avg, state = leaky_average(k, EXP_SCALE * self.leak.abs(), state)
-        return unit(avg, scale).to(k.dtype), state
+        # leaky_average(k, 10 |theta|, state), with the per-head decay exp(-10 |theta|) kept between
+        # decoding steps
+        decay = derived(self, "decay", self._decay, [self.leak])
+        avg, state = kernels.leaky_scan(k, None, decay, state)
+        return unit(avg, scale, k.dtype), state
 
 
 @dataclass
@@ -110,8 +119,8 @@ class MosaicLayerCache:
     """One block's decoding state after reading tokens 0..t-1 (shapes per batch row and head)."""
 
     key_state: torch.Tensor | None = None  # (B, H, D) c-mem leaky average at t-1 (float32)
-    keys: torch.Tensor | None = None  # (B, H, t, D) unit c-mem keys of every token
-    values: torch.Tensor | None = None  # (B, H, t-1, D) values of pairs 0..t-2 (pair j needs x_{j+1})
+    keys: TimeBuffer = field(default_factory=TimeBuffer)  # (B, H, t, D) c-mem keys of every token
+    values: TimeBuffer = field(default_factory=TimeBuffer)  # (B, H, t-1, D) pairs 0..t-2 (pair j needs x_{j+1})
     value_proj: torch.Tensor | None = None  # (B, H, D) W_psi x_{t-1}: half of pair t-1's value
     query_state: torch.Tensor | None = None  # (B, H, D) p-mem leaky average at t-1 (float32)
 
@@ -146,29 +155,34 @@ class ContextMemory(nn.Module):
 
     def _values(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
         """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
-        mixed = torch.lerp(ahead, now, self.value_mix.view(1, -1, 1, 1).to(now.dtype))  # c now + (1 - c) ahead
-        return unit(mixed, torch.exp(EXP_SCALE * self.value_scale)).to(now.dtype)
+        mix, scale = derived(self, "mix_scale", self._mix_scale, [self.value_mix, self.value_scale])
+        mixed = torch.lerp(ahead, now, mix if mix.dtype == now.dtype else mix.to(now.dtype))  # c now + (1 - c) ahead
+        return unit(mixed, scale, now.dtype)
+
+    def _mix_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.value_mix.view(1, -1, 1, 1), torch.exp(EXP_SCALE * self.value_scale)
 
     def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
         state = None if cache is None else cache.key_state
-        phi, psi = fused_linear(x, (self.keys.proj, self.value_proj))  # W_phi x, W_psi x in one matmul
+        phi, psi = fused_linear(x, [[self.keys.proj], [self.value_proj]])  # W_phi x, W_psi x in one matmul
         k, key_state = self.keys.average(phi, state, self.keys.sqrt_beta())  # (B, H, T, D): sqrt(beta) k_t
         u = split_heads(psi, self.n_head)  # (B, H, T, D): W_psi x_t
-        if cache is None or cache.keys is None:
+        if cache is None or cache.keys.length == 0:
             v = self._values(u[:, :, :-1], u[:, :, 1:])  # (B, H, T-1, D): pairs 0..T-2 (pair T-1 waits for x_T)
             y = merge_heads(self._recall(k, v))  # (B, T-1, C): queries 1..T-1
             y = F.pad(y, (0, 0, 1, 0))  # (B, T, C): query 0 has no pair to read
             if cache is not None:
-                cache.keys, cache.values = k, v
+                cache.keys.append(k), cache.values.append(v)
         else:
-            t0 = cache.keys.shape[2]
-            before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
-            values = torch.cat([cache.values, self._values(before, u)], dim=2)  # pairs 0..t0+T-2
-            keys = torch.cat([cache.keys, k], dim=2)  # (B, H, t0 + T, D)
+            t0 = cache.keys.length
+            before = cache.value_proj[:, :, None]  # (B, H, 1, D): x_{t-1} of the first new token
+            if u.shape[2] > 1:
+                before = torch.cat([before, u[:, :, :-1]], dim=2)  # (B, H, T, D)
+            values = cache.values.append(self._values(before, u))  # (B, H, t0 + T - 1, D): pairs 0..t0+T-2
+            keys = cache.keys.append(k)  # (B, H, t0 + T, D)
             # new queries at positions t0.. read the cached pairs 0..t0+T-2, strictly causally
             y = associative_recall(k, keys[:, :, :-1], values, 1.0, normalize=False, kernel="dot", skip=1, q_start=t0)
             y = merge_heads(y)  # (B, T, C)
-            cache.keys, cache.values = keys, values
         if cache is not None:
             cache.key_state, cache.value_proj = key_state, u[:, :, -1]
         return self.resid_dropout(self.c_proj(y))
@@ -206,10 +220,14 @@ class PersistentMemory(nn.Module):
             cache.query_state = state
         p = self.attn_dropout if self.training else 0.0  # the official dropout on the attention weights
         # beta and the value scale go on the (H, N, D) table, not on every (B, H, T, D) query and output
-        keys = self.table_keys * self.queries.beta().view(-1, 1, 1)
-        values = self.table_values * torch.exp(EXP_SCALE * self.value_scale).view(-1, 1, 1)
+        params = [self.table_keys, self.table_values, self.queries.bandwidth, self.value_scale]
+        keys, values = derived(self, "table", self._scaled_table, params)
         y = recall_all(q, keys, values, 1.0, normalize=False, kernel="dot", dropout_p=p)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def _scaled_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = self.table_keys * self.queries.beta().view(-1, 1, 1)  # (H, N, D)
+        return keys, self.table_values * torch.exp(EXP_SCALE * self.value_scale).view(-1, 1, 1)
 
 
 class MosaicBlock(nn.Module):
