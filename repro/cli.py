@@ -174,6 +174,7 @@ def _register_benchmarks() -> None:
 
     bench_app = typer.Typer(help=bench.__doc__.splitlines()[0], no_args_is_help=True)
     bench_app.command("train")(user_errors(bench.train_command))
+    bench_app.command("decode")(user_errors(bench.decode_command))
     bench_app.command("kernels")(user_errors(bench.kernels_command))
     bench_app.command("eval")(user_errors(bench.eval_command))
     app.add_typer(bench_app, name="bench")

@@ -1,9 +1,10 @@
 """Benchmarks: ratios against a baseline measured in the same run, and the kernels' speed.
 
-The one home of every benchmark, with the commands `repro bench train|kernels|eval`:
+The one home of every benchmark, with the commands `repro bench train|decode|kernels|eval`:
 
-- `train.py`: training (and decoding) tokens/s of language models built through the model registry,
-  interleaved in one process (`repro bench train`; the `mmv2-pretrain` speed rows use it too);
+- `train.py`, `decode.py`: training and decoding tokens/s of each Memory Mosaic against its baseline
+  at equal parameters (`pairs.py`), interleaved in one process, with operator counts (`ops.py`)
+  (`repro bench train`, `repro bench decode`; the `mmv2-pretrain` speed rows use `model_speeds`);
 - `images.py`: images/s of the rich-features ResNet training step against its forward+backward floor
   (`repro bench train --families resnet8,...`, issue 17);
 - `kernels.py`: each kernel backend against the reference first, then time, peak memory and the
@@ -18,49 +19,101 @@ is imported when a command runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from repro.errors import UserError
 
+if TYPE_CHECKING:
+    from repro.bench.pairs import PairShape
+
+
+def _lengths(text: str, option: str) -> tuple[int, ...]:
+    """ "256,1k,4k" -> (256, 1024, 4096)."""
+    try:
+        return tuple(int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"{option} {text}: expected numbers such as 256,1k,4096.") from None
+
+
+def _shape(n_layer: int, n_embd: int, n_head: int, vocab_size: int) -> PairShape:
+    from repro.bench.pairs import PairShape  # imported when a command runs: the CLI stays light
+
+    if n_embd % n_head:
+        raise UserError(f"--n-head {n_head} must divide --n-embd {n_embd}.")
+    return PairShape(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size)
+
 
 def train_command(
-    families: str = typer.Option("gpt2,mosaic", help="Model families; the first is the baseline."),
+    pairs: str = typer.Option("v1,v2", help="v1: GPT-2 vs MM v1; v2: the Llama vs MM v2 (equal parameters)."),
+    lengths: str = typer.Option("256,1k,2k,4k", help="Context lengths, all in this run."),
+    tokens: int = typer.Option(4096, help="Tokens per training step (batch = tokens / length)."),
     n_layer: int = typer.Option(4, help="Blocks."),
     n_embd: int = typer.Option(256, help="Width."),
     n_head: int = typer.Option(4, help="Heads."),
-    block_size: int = typer.Option(256, help="Context length."),
-    batch_size: int = typer.Option(16, help="Sequences per step."),
     vocab_size: int = typer.Option(8192, help="Vocabulary."),
-    rounds: int = typer.Option(3, help="Interleaved measurement rounds."),
-    steps: int = typer.Option(4, help="Timed steps per round."),
+    rounds: int = typer.Option(5, help="Interleaved measurement rounds."),
+    steps: int = typer.Option(2, help="Timed steps per round."),
     compile: bool = typer.Option(False, help="torch.compile both models."),
+    profile: bool = typer.Option(True, help="Add the operator counts of one step at the first length."),
+    families: str = typer.Option("", help="Image models instead (resnet8,resnet16,towers4x8)."),
+    batch_size: int = typer.Option(128, help="Images per step (image models only)."),
     out: Path = typer.Option(Path("reports/bench"), help="Where the table goes."),
 ) -> None:
-    """Training tokens/s of each model family at the same shape, measured in one run. Image models
-    (`--families resnet8,resnet16,towers4x8 --batch-size 128`): images/s of a training step and of
-    its forward+backward floor."""
-    if families.startswith(("resnet", "towers")):  # the image path (issue 17)
+    """Training tokens/s of each Memory Mosaic against its baseline at equal parameters, at every
+    length, measured in one run. Image models (`--families resnet8,resnet16,towers4x8`): images/s
+    of a training step and of its forward+backward floor."""
+    if families:  # the image path (issue 17)
+        if not families.startswith(("resnet", "towers")):
+            raise UserError(f"--families {families}: the training benchmark's image models are resnet* and towers*.")
         from repro.bench.images import resnet_bench_command
 
         resnet_bench_command(families, batch_size, rounds, steps, out)
         return
-    from repro.bench.train import ThroughputConfig, training_throughput, write_throughput_report
+    from repro.bench.train import ThroughputConfig, training_profile, training_throughput, write_throughput_report
 
+    names = tuple(p.strip() for p in pairs.split(",") if p.strip())
     cfg = ThroughputConfig(
-        families=tuple(f.strip() for f in families.split(",") if f.strip()),
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        block_size=block_size,
-        batch_size=batch_size,
-        vocab_size=vocab_size,
+        pairs=names,
+        lengths=_lengths(lengths, "--lengths"),
+        tokens=tokens,
+        shape=_shape(n_layer, n_embd, n_head, vocab_size),
         rounds=rounds,
         steps=steps,
         compile=compile,
+        profile_length=_lengths(lengths, "--lengths")[0] if profile else 0,
     )
-    write_throughput_report(training_throughput(cfg), cfg, out)
+    rows = training_throughput(cfg)
+    write_throughput_report(rows, cfg, out, training_profile(cfg))
+
+
+def decode_command(
+    pairs: str = typer.Option("v1,v2", help="v1: GPT-2 vs MM v1; v2: the Llama vs MM v2 (equal parameters)."),
+    prompt: int = typer.Option(1024, help="Prompt tokens read before decoding."),
+    new_tokens: int = typer.Option(256, help="Tokens generated one at a time (timed)."),
+    n_layer: int = typer.Option(4, help="Blocks."),
+    n_embd: int = typer.Option(256, help="Width."),
+    n_head: int = typer.Option(4, help="Heads."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary."),
+    rounds: int = typer.Option(5, help="Interleaved measurement rounds."),
+    profile: bool = typer.Option(True, help="Add the operator counts of one decoding step."),
+    out: Path = typer.Option(Path("reports/bench"), help="Where the table goes."),
+) -> None:
+    """Greedy decoding tokens/s (batch 1, through the cache, after a prompt) of each Memory Mosaic
+    against its baseline at equal parameters, measured in one run."""
+    from repro.bench.decode import DecodeConfig, decode_throughput, decoding_profile, write_decode_report
+
+    cfg = DecodeConfig(
+        pairs=tuple(p.strip() for p in pairs.split(",") if p.strip()),
+        prompt=prompt,
+        new_tokens=new_tokens,
+        shape=_shape(n_layer, n_embd, n_head, vocab_size),
+        rounds=rounds,
+        profile=profile,
+    )
+    rows = decode_throughput(cfg)
+    write_decode_report(rows, cfg, out, decoding_profile(cfg))
 
 
 def kernels_command(
@@ -80,10 +133,7 @@ def kernels_command(
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise UserError(f"--dtype {dtype}: choose bfloat16, float16 or float32.")
-    try:
-        sizes = tuple(int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in lengths.split(","))
-    except ValueError:
-        raise UserError(f"--lengths {lengths}: expected numbers such as 1k,4k,32768.") from None
+    sizes = _lengths(lengths, "--lengths")
     try:
         run_benchmark(sizes, batch, heads, dim, getattr(torch, dtype), reps, echo=typer.echo, out_dir=out)
     except RuntimeError as e:  # the correctness gate failed: the numbers would mean nothing

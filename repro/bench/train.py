@@ -1,26 +1,29 @@
-"""Training and decoding speed of language models, measured in one process: `repro bench train`, and
-the speed rows of the `mmv2-pretrain` experiment.
+"""Training speed of each Memory Mosaic against its baseline at equal parameters (`repro bench train`),
+and the interleaved timing the `mmv2-pretrain` speed rows and the GPU check use (`model_speeds`).
 
-Numbers are ratios against a baseline measured in the same process, interleaved in rounds so that
-machine noise hits every model alike: each round times `steps` training steps (forward, backward,
-AdamW) of every model in turn, then, if asked, greedy decoding through the cache.
+Numbers are ratios against the baseline measured in the same process, interleaved in rounds so that
+machine noise hits both models alike: each round times `steps` training steps (forward, backward,
+AdamW) of every model in turn, then, if asked, greedy decoding through the cache. The ratio of a
+round is the mosaic's tokens/s over the baseline's in that round; the table gives the median over
+rounds and its range, with the load average before and after.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
 import torch
 
 from repro import results
+from repro.bench.decode import decode_speed
+from repro.bench.ops import step_profile
+from repro.bench.pairs import PairShape, build_pair, check_pairs, machine, report_notes, shape_text, speed_rows
 from repro.models.lm import LanguageModel, next_token_loss
-from repro.models.registry import build_model
-from repro.runtime import environment, pick_device
+from repro.runtime import pick_device
 from repro.track import console, progress
 
 
@@ -66,25 +69,13 @@ def model_speeds(
         _sync(device)
         return cfg.steps * x.numel() / (time.perf_counter() - tick)
 
-    @torch.no_grad()
-    def decode_speed(f: str) -> float:
-        model = models[f].eval()
-        cache = model.new_cache(1)
-        logits = model(prompt, cache)[:, -1]
-        _sync(device)
-        tick = time.perf_counter()
-        for _ in range(cfg.decode_tokens):
-            logits = model(logits.argmax(-1, keepdim=True), cache)[:, -1]
-        _sync(device)
-        return cfg.decode_tokens / (time.perf_counter() - tick)
-
     speeds: dict[str, dict[str, list[float]]] = {f: {"train": [], "decode": []} for f in models}
     timed = [False] * cfg.warmup + [True] * cfg.rounds
     with progress(len(timed) * len(models), label) if label else nullcontext() as bar:
         for keep in timed:
             for f in models:
                 train_s = train_speed(f)
-                decode_s = decode_speed(f) if cfg.decode_prompt else None
+                decode_s = decode_speed(models[f], prompt, cfg.decode_tokens)[1] if cfg.decode_prompt else None
                 if keep:
                     speeds[f]["train"].append(train_s)
                     if decode_s is not None:
@@ -96,58 +87,64 @@ def model_speeds(
 
 @dataclass
 class ThroughputConfig:
-    families: tuple[str, ...] = ("gpt2", "mosaic")  # the first is the baseline
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    block_size: int = 256
-    batch_size: int = 16
-    vocab_size: int = 8192
-    steps: int = 4  # timed steps per round
+    """`repro bench train`: each pair at every length, `tokens` tokens per step (batch = tokens / T)."""
+
+    pairs: tuple[str, ...] = ("v1", "v2")  # v1: GPT-2 vs MM v1; v2: the Llama vs MM v2 (bench/pairs.py)
+    lengths: tuple[int, ...] = (256, 1024, 2048, 4096)
+    tokens: int = 4096  # per training step: batch 16 at T=256 ... 1 at T=4096
+    shape: PairShape = field(default_factory=PairShape)  # 4 blocks, d 256, 4 heads, vocab 8192
+    steps: int = 2  # timed steps per round
     warmup: int = 1  # untimed rounds
-    rounds: int = 3
+    rounds: int = 5
     compile: bool = False
     device: str = "auto"
+    profile_length: int = 256  # the length whose operator counts the report shows (0: none)
 
 
-def training_throughput(cfg: ThroughputConfig) -> pd.DataFrame:
-    """Training tokens/s (forward + backward + AdamW) of each family at the same shape (dropout 0),
-    built through the model registry; one row per family with the ratio to the first."""
+def training_throughput(cfg: ThroughputConfig) -> list[dict[str, Any]]:
+    """Training tokens/s of each pair's two models at every length, interleaved in one process; one
+    row per (pair, length, model), the mosaic's with its ratio to the baseline."""
+    check_pairs(cfg.pairs)
     device = pick_device(cfg.device)
-    shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size, dropout=0.0)
-    models = {f: build_model(f, vocab_size=cfg.vocab_size, **shape).to(device) for f in cfg.families}
     g = torch.Generator().manual_seed(0)
-    batch = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=g).to(device)
     speed_cfg = SpeedConfig(steps=cfg.steps, warmup=cfg.warmup, rounds=cfg.rounds, compile=cfg.compile)
-    speeds = {f: s["train"] for f, s in model_speeds(models, batch, speed_cfg, "bench train").items()}
-    base = statistics.median(speeds[cfg.families[0]])
     rows = []
-    for family in cfg.families:
-        med = statistics.median(speeds[family])
-        rows.append(
-            {
-                "model": family,
-                "params (M)": round(models[family].num_params() / 1e6, 3),
-                "tok/s median": round(med),
-                "tok/s min-max": f"{min(speeds[family]):.0f}-{max(speeds[family]):.0f}",
-                f"ratio vs {cfg.families[0]}": round(med / base, 3),
-            }
-        )
-    return pd.DataFrame(rows)
+    for pair in cfg.pairs:
+        for T in cfg.lengths:
+            models = {f: m.to(device) for f, m in build_pair(pair, cfg.shape, T).items()}
+            batch = torch.randint(cfg.shape.vocab_size, (max(1, cfg.tokens // T), T + 1), generator=g).to(device)
+            before = machine()
+            speeds = {f: s["train"] for f, s in model_speeds(models, batch, speed_cfg, f"train {pair} T={T}").items()}
+            rows += speed_rows(pair, T, models, speeds, before, batch=batch.shape[0])
+            del models
+    return rows
 
 
-def write_throughput_report(df: pd.DataFrame, cfg: ThroughputConfig, out_dir: Path) -> list[Path]:
-    env = environment()
-    hw = env.get("gpu") or f"CPU, {env['cpu_threads']} threads"
-    notes = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {hw}, torch {env['torch']}, kernel backend {env['kernel_backend']}.",
-        f"Shape: {cfg.n_layer} blocks, d {cfg.n_embd}, {cfg.n_head} heads, context {cfg.block_size}, batch "
-        f"{cfg.batch_size}, vocab {cfg.vocab_size}, dropout 0, {'compiled' if cfg.compile else 'eager'}; "
-        f"{cfg.rounds} interleaved rounds of {cfg.steps} steps after {cfg.warmup} warm-up round(s).",
-        "Reference (memory-mosaics.md §7): the official implementation trains at 0.67-0.68x GPT-2's speed at "
-        "T=256 on this kind of CPU; our target for the kernels issue is >= 0.9x up to 2k context.",
-    ]
-    name = "train_throughput" + ("_gpu" if env.get("gpu") else "_cpu")
-    paths = results.write_table(df.to_dict("records"), out_dir / name, "Training throughput, same run", notes)
-    console.print(df.to_string(index=False))
+def training_profile(cfg: ThroughputConfig) -> list[dict[str, Any]]:
+    """Operator counts of one training step of each model at `cfg.profile_length` (bench/ops.py)."""
+    rows, T = [], cfg.profile_length
+    if not T:
+        return rows
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(cfg.shape.vocab_size, (max(1, cfg.tokens // T), T + 1), generator=g)
+    for pair in cfg.pairs:
+        for family, model in build_pair(pair, cfg.shape, T).items():
+            step = f"training, T={T}, batch {batch.shape[0]}"
+            rows.append({"pair": pair, "model": family, "step": step, **step_profile(model, batch)})
+    return rows
+
+
+def write_throughput_report(
+    rows: list[dict[str, Any]], cfg: ThroughputConfig, out_dir: Path, profile: list[dict[str, Any]] | None = None
+) -> list[Path]:
+    timing = f"{cfg.steps} training steps (forward, backward, AdamW) of {cfg.tokens} tokens per model per round"
+    timing += f", after {cfg.warmup} warm-up round(s), {'compiled' if cfg.compile else 'eager'}"
+    shapes = [shape_text(pair, build_pair(pair, cfg.shape, max(cfg.lengths))) for pair in cfg.pairs]
+    notes = report_notes("Training", cfg.rounds, timing, shapes)
+    name = "train_throughput" + ("_gpu" if torch.cuda.is_available() and cfg.device != "cpu" else "_cpu")
+    extra = {"Operators per training step (torch.profiler; top-level aten ops)": profile} if profile else None
+    title = "Training throughput, mosaics vs baselines, same run"
+    paths = results.write_table(rows, out_dir / name, title, notes, extra)
+    for r in rows:
+        console.print(f"{r['pair']} T={r['T']:5d} {r['model']:10s} {r['tok/s median']:9.0f} tok/s  ratio {r['ratio']}")
     return paths
