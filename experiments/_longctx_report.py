@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from repro import results
-from repro.experiments.long_context_adaptation import COLORS, LABELS, PAPER_FIG8
+from repro import results, stats
+from repro.models import registry as models
+
+LABELS = {f: models.label(f) for f in ("llama", "mosaic_v2")}
+COLORS = {"llama": "C3", "mosaic_v2": "C0"}
 
 ADAPTED = 0.9  # "adapted": long-context accuracy at least this share of the model's own short-context accuracy
 
@@ -27,7 +30,7 @@ def accuracy_frame(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 def cell(values: Any, scale: float = 100.0) -> str:
     """'mean ± half-width' of a 95% t-interval, in percent by default."""
-    mean, half = results.t_interval(np.asarray(values, dtype=float) * scale)
+    mean, half = stats.t_interval(np.asarray(values, dtype=float) * scale)
     return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
 
 
@@ -54,7 +57,7 @@ def _scalar(df: pd.DataFrame, metric: str) -> float:
 
 
 def _above_zero(values: pd.Series) -> bool:
-    mean, half = results.t_interval(values.to_numpy())
+    mean, half = stats.t_interval(values.to_numpy())
     return not math.isnan(half) and mean - half > 0
 
 
@@ -111,7 +114,7 @@ def claim_entries(acc: pd.DataFrame, df: pd.DataFrame, short: int, long: int) ->
         )
     if set(models) == set(LABELS):
         gap = at("mosaic_v2", 1, long) - at("llama", last, long)  # paired by seed
-        mean, half = results.t_interval(100 * gap.to_numpy())
+        mean, half = stats.t_interval(100 * gap.to_numpy())
         entries.append(
             {
                 "claim": f"the transformer after {last} steps vs MM v2 after 1",
@@ -154,7 +157,7 @@ def curve_table(acc: pd.DataFrame, short: int, long: int) -> list[dict[str, Any]
     return rows
 
 
-def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: float = math.nan) -> Path:
+def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, paper: str, chance: float = math.nan) -> Path:
     import matplotlib.pyplot as plt
 
     results.figure_style()
@@ -164,9 +167,9 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: fl
             sub = acc[(acc.model == m) & (acc.context == context)]
             if not len(sub):
                 continue
-            stats = sub.groupby("step").value.apply(lambda v: results.t_interval(100 * v.to_numpy())).apply(pd.Series)
-            x = stats.index.to_numpy() + 1  # steps + 1 on a log axis, so step 0 shows
-            mean, half = stats[0].to_numpy(), np.nan_to_num(stats[1].to_numpy())
+            by_step = sub.groupby("step").value.apply(lambda v: stats.t_interval(100 * v.to_numpy())).apply(pd.Series)
+            x = by_step.index.to_numpy() + 1  # steps + 1 on a log axis, so step 0 shows
+            mean, half = by_step[0].to_numpy(), np.nan_to_num(by_step[1].to_numpy())
             ax.plot(x, mean, "o-", ms=4, color=COLORS[m], label=LABELS[m])
             ax.fill_between(x, mean - half, mean + half, color=COLORS[m], alpha=0.2)
             if context != short:  # where a fully adapted model would be: its accuracy at the pretraining context
@@ -184,14 +187,14 @@ def plot_curves(acc: pd.DataFrame, short: int, long: int, path: Path, chance: fl
     axes[0].set_title(f"at the long context ({long} tokens)\ndotted: each model at {short} tokens after pretraining")
     axes[1].set_title(f"at the pretraining context ({short} tokens)\n(does fine-tuning long keep it?)")
     axes[1].legend(loc="upper right", bbox_to_anchor=(1.0, 0.9))  # the empty band between the curves
-    note = textwrap.fill(f"Paper (MM v2 Fig. 8): {PAPER_FIG8}. Bands: 95% t-interval over seeds.", 140)
+    note = textwrap.fill(f"Paper (MM v2 Fig. 8): {paper}. Bands: 95% t-interval over seeds.", 140)
     fig.text(0.01, -0.08, note, fontsize=8, va="top")
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
     acc = accuracy_frame(df)
     contexts = sorted(acc.context.unique())
     short, long = contexts[0], contexts[-1]
@@ -204,7 +207,7 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         "Parameters: "
         + ", ".join(f"{LABELS.get(m, m)} {int(v):,}" for m, v in params.items())
         + (f"; wall time per seed {wall.min() / 60:.1f}-{wall.max() / 60:.1f} min." if len(wall) else "."),
-        f"Paper (Fig. 8, {PAPER_FIG8}): RULER QA on 1.5B/8B models; ours: synthetic key -> value retrieval in"
+        f"Paper (Fig. 8, {targets['fig8']}): RULER QA on 1.5B/8B models; ours: synthetic key -> value retrieval in"
         " TinyStories text with 2-layer models (see the experiment docstring for the deviations).",
     ]
     mm_short = acc[(acc.model == "mosaic_v2") & (acc.step == 0) & (acc.context == short)].value.mean()
@@ -220,5 +223,6 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     }
     title = "Long-context adaptation: fine-tuning steps needed after short pretraining"
     paths = results.write_table(claim_entries(acc, df, short, long), out_dir, title, notes, extra)
-    paths.append(plot_curves(acc, short, long, out_dir / "fig_adaptation.png", _scalar(df, "chance_copy")))
+    chance = _scalar(df, "chance_copy")
+    paths.append(plot_curves(acc, short, long, out_dir / "fig_adaptation.png", targets["fig8"], chance))
     return paths

@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from repro import results
+from repro import results, stats
 
 LABELS = {"mosaic": "Memory Mosaic", "gpt2": "Transformer (GPT-2)", "mosaic_v2": "Memory Mosaic v2", "llama": "Llama"}
 ORDER = ("mosaic", "gpt2", "mosaic_v2", "llama")
@@ -23,12 +22,6 @@ PAPER = {
 }  # fmt: skip
 # reference regbench.md §5, [SIM]: an approximate re-simulation, 150 sequences
 PAPER_NGRAM = {1: (0.49, 0.62), 2: (0.84, 0.29), 3: (0.94, 0.19), 4: (0.95, 0.21)}
-
-
-def _ms(values: np.ndarray) -> str:
-    if len(values) == 0:
-        return "n/a"
-    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
 def _at(df: pd.DataFrame, size: int) -> pd.DataFrame:
@@ -71,9 +64,9 @@ def _main_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
                     f"({params.get((family, 'non_embedding_params'), float('nan')) / 1e3:.1f}k)",
                     "epochs (steps)": f"{int(epochs.iloc[0])} ({int(steps.iloc[0])})" if len(epochs) else "n/a",
                     "paper acc": paper.get("accuracy", {}).get(size, "beyond paper" if not paper else "n/a"),
-                    "ours acc": _ms(acc.to_numpy()),
+                    "ours acc": stats.mean_std(acc.to_numpy()),
                     "paper TVD": paper.get("tvd", {}).get(size, "beyond paper" if not paper else "n/a"),
-                    "ours TVD": _ms(tvd.to_numpy()),
+                    "ours TVD": stats.mean_std(tvd.to_numpy()),
                     "seeds": len(acc),
                 }
             )
@@ -89,7 +82,7 @@ def _ngram_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
         acc = sub[sub.metric == "accuracy"].groupby("seed").value.mean().to_numpy()
         tvd = sub[sub.metric == "tvd"].groupby("seed").value.mean().to_numpy()
         entries.append({"in-context predictor": f"{n}-gram (back-off)", "reference acc (SIM)": p_acc,
-                        "ours acc": _ms(acc), "reference TVD (SIM)": p_tvd, "ours TVD": _ms(tvd),
+                        "ours acc": stats.mean_std(acc), "reference TVD (SIM)": p_tvd, "ours TVD": stats.mean_std(tvd),
                         "seeds": len(acc)})  # fmt: skip
     return entries
 
@@ -98,18 +91,12 @@ def paired_gap(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
     """Mean and 95% half-width (Student t) of a - b over the seeds both have (each seed has its own
     test automata, shared by both models, so the difference is paired)."""
     d = (a - b).dropna()
-    mean, half = results.t_interval(d)
+    mean, half = stats.t_interval(d)
     return mean, half, len(d)
 
 
-def _verdict(mean: float, half: float, sign: int, paper: bool) -> str:
-    if np.isnan(half):
-        return "one seed: no verdict"
-    if abs(mean) <= half:
-        return "within seed noise (95% interval contains 0)"
-    if np.sign(mean) == sign:
-        return "reproduced, beyond seed noise" if paper else "holds, beyond seed noise"
-    return ("not reproduced" if paper else "does not hold") + " (opposite sign), beyond seed noise"
+def _verdict(mean: float, half: float, n: int, sign: int, paper: bool) -> str:
+    return stats.verdict(mean, half, n, sign, beyond_paper=not paper)
 
 
 def _verdict_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -131,7 +118,7 @@ def _verdict_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
                     "claim": claim + ("" if where == "paper" else " (beyond the paper)"),
                     "paper gap": gap,
                     "ours gap (paired, 95% CI)": f"{fmt.format(mean)} ± {half:.3f} ({n} seeds)",
-                    "verdict": _verdict(mean, half, sign, where == "paper"),
+                    "verdict": _verdict(mean, half, n, sign, where == "paper"),
                 })  # fmt: skip
     return entries
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from repro import results
+from repro import results, stats
 from repro.models import registry as models
 
 LABELS = {family: models.label(family) for family in ("gpt2", "mosaic")}
@@ -58,38 +58,17 @@ def with_model_keys(df: pd.DataFrame) -> pd.DataFrame:
 
 def paired(diffs: list[float]) -> tuple[float, float, int]:
     """Mean of per-seed differences, the half-width of its 95% t interval (nan for one seed), n."""
-    d = np.asarray(diffs, dtype=float)
-    n = len(d)
-    if n < 2:
-        return (float(d.mean()) if n else float("nan")), float("nan"), n
-    return float(d.mean()), results.t975(n - 1) * float(d.std(ddof=1)) / np.sqrt(n), n
+    mean, half = stats.t_interval(diffs)
+    return mean, half, len(diffs)
 
 
 def verdict(diff: float, half: float, n: int, want: str) -> str:
-    """`want`: the paper's direction for (mosaic - GPT-2): "lower", "higher", or "not higher"."""
+    """`want`: the paper's direction for (mosaic - GPT-2): "lower", "higher", or "not higher" (parity
+    or better: judged as "lower")."""
     if np.isnan(diff):
         return "n/a"
-    beyond = n >= 2 and abs(diff) > half
-    ci = f"mosaic - GPT-2 {diff:+.3f} ± {half:.3f} (95%, {n} paired seeds)" if n >= 2 else f"{diff:+.3f} (1 seed)"
-    if want == "not higher":
-        if diff <= 0:
-            return f"reproduced (mosaic lower{', beyond seed noise' if beyond else ''}): {ci}"
-        if not beyond:
-            return f"not contradicted (mosaic higher, within seed noise): {ci}"
-        return f"differs (mosaic higher, beyond seed noise): {ci}"
-    same = diff < 0 if want == "lower" else diff > 0
-    if same:
-        word = "reproduced, beyond seed noise" if beyond else "same direction, within seed noise"
-    else:
-        word = "differs: opposite, beyond seed noise" if beyond else "opposite direction, within seed noise"
-    return f"{word}: {ci}"
-
-
-def mean_std(values: list[float] | np.ndarray, digits: int = 3) -> str:
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return "n/a"
-    return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+    ci = f"mosaic - GPT-2 {diff:+.3f} ± {half:.3f}, 95%, {n} paired seeds" if n >= 2 else f"{diff:+.3f}, 1 seed"
+    return stats.verdict(diff, half, n, +1 if want == "higher" else -1, ci=ci)
 
 
 def final_losses(df: pd.DataFrame, split: str, last: int = 1) -> pd.DataFrame:
@@ -142,7 +121,7 @@ def loss_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
         for family in ("gpt2", "mosaic"):
             fam_val, fam_tr = _per_seed(val, family, depth), _per_seed(tr, family, depth)
             row[f"ours: {LABELS[family]}"] = (
-                f"val {mean_std(list(fam_val.values()))} (train {mean_std(list(fam_tr.values()))})"
+                f"val {stats.mean_std(list(fam_val.values()))} (train {stats.mean_std(list(fam_tr.values()))})"
             )
         entries.append({**row, "verdict": text})
     return entries
@@ -163,8 +142,8 @@ def position_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
                     {
                         "claim": f"(b) in-distribution per-position loss, {_plural(depth)}",
                         "paper": "falls with position; mosaic at least as good, more so later",
-                        "ours: GPT-2": f"second half {mean_std(gs)}",
-                        "ours: Memory Mosaic": f"second half {mean_std(ms)}",
+                        "ours: GPT-2": f"second half {stats.mean_std(gs)}",
+                        "ours: Memory Mosaic": f"second half {stats.mean_std(ms)}",
                         "verdict": verdict(*paired(list(ms - gs)), "not higher"),
                     }
                 )
@@ -174,8 +153,8 @@ def position_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
                 {
                     "claim": f"(c) OOD ({_ood_label(split)}) loss drop with position, {_plural(depth)}",
                     "paper": "both bad; mosaic's loss falls faster with position",
-                    "ours: GPT-2": f"drop {mean_std(dg)}, mean {mean_std(g.mean(1), 2)}",
-                    "ours: Memory Mosaic": f"drop {mean_std(dm)}, mean {mean_std(m.mean(1), 2)}",
+                    "ours: GPT-2": f"drop {stats.mean_std(dg)}, mean {stats.mean_std(g.mean(1), 2)}",
+                    "ours: Memory Mosaic": f"drop {stats.mean_std(dm)}, mean {stats.mean_std(m.mean(1), 2)}",
                     "verdict": verdict(*paired(list(dm - dg)), "higher"),
                 }
             )
@@ -216,7 +195,7 @@ def ablation_entries(ablation: pd.DataFrame, main: pd.DataFrame) -> list[dict[st
                 {
                     "model": f"{LABELS.get(family, family)}, {_plural(depth)}",
                     "setting": "the preset's (main sweep)",
-                    "final validation loss": mean_std(list(ref.values())),
+                    "final validation loss": stats.mean_std(list(ref.values())),
                     "seeds": len(ref),
                     "vs the preset's": "",
                 }
@@ -227,7 +206,7 @@ def ablation_entries(ablation: pd.DataFrame, main: pd.DataFrame) -> list[dict[st
             {
                 "model": f"{LABELS.get(family, family)}, {_plural(depth)}",
                 "setting": ", ".join(settings),
-                "final validation loss": mean_std(sub.value),
+                "final validation loss": stats.mean_std(sub.value),
                 "seeds": len(sub),
                 "vs the preset's": f"{d:+.3f} ± {h:.3f} (95%, {n} paired seeds)" if n >= 2 else "n/a",
             }

@@ -1,6 +1,6 @@
 """What the CIFAR transfer experiments share (wd-transfer, rich-ensemble, very-large-dropout):
 the task notation, data loading with per-class subsets, supervised (pre)training of a ResNet
-through the one training loop, and the verdict wording of the reports.
+through the one training loop. Their reports' statistics come from `repro.stats`.
 
 A task is written `SOURCE>TARGET`, each side `dataset` or `dataset:a-b` (classes a..b, relabelled
 from 0). The paper's warm-up is `cifar10>cifar100`; offline we only have CIFAR-10, so the cpu presets
@@ -14,7 +14,7 @@ three experiments and any rerun load it instead of training it again. Backbone s
 share their initialisation and batch order (a paired comparison), and the cpu presets' CIFAR-10 0-4
 backbone of seed s is one cache entry used by all three experiments.
 
-Verdicts are paired by seed (`repro.results.paired_diff`): the per-seed difference between two arms,
+Verdicts are paired by seed (`repro.stats.paired_diff`): the per-seed difference between two arms,
 its mean and 95% t-interval; the paper's direction holds "beyond noise" when the interval excludes 0.
 """
 
@@ -31,7 +31,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repro import results
 from repro.cache import ModelCache, array_digest, cache_root
 from repro.data.vision import SPECS, augment, class_subset, load_images, to_tensor
 from repro.errors import UserError
@@ -321,47 +320,6 @@ def effective_rank(feats: torch.Tensor) -> float:
     s = torch.linalg.svdvals(feats - feats.mean(0))
     p = s / s.sum().clamp_min(1e-12)
     return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
-
-
-def direction_verdict(diff: float, expected_sign: int, se: float) -> str:
-    """Binomial verdict, kept for bonsai's single-seed report; the transfer experiments use the paired
-    `verdict` below. `diff` is (method - baseline) in accuracy, the paper's effect has sign
-    `expected_sign`; `se` is the standard error of `diff` (binomial, over the pooled test examples).
-    Within 2 s.e. the direction is still given, marked as within noise."""
-    same = np.sign(diff) == expected_sign
-    if abs(diff) < 2 * se:
-        return f"{'same' if same else 'opposite'} direction, within noise (< 2 s.e. = {200 * se:.1f} pt)"
-    return "reproduced (same direction)" if same else "not reproduced (opposite direction)"
-
-
-def diff_se(p1: float, p2: float, n: int) -> float:
-    """Standard error of the difference of two accuracies, each measured on n test examples."""
-    return float(np.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / max(1, n)))
-
-
-def verdict(a: dict | pd.Series, b: dict | pd.Series, expected_sign: int) -> tuple[str, str]:
-    """(`+1.23 [+0.40, +2.06]`, verdict) for arm a minus arm b, paired by seed (see module docstring)."""
-    p = results.paired_diff(a, b)
-    return results.fmt_paired(p), results.paired_verdict(p, expected_sign)
-
-
-def verdict_summary(verdicts: list[str], noise: str = "2 s.e.") -> str:
-    """One line counting the verdicts: how many point the paper's way, and how many beyond the noise."""
-    same = [v for v in verdicts if v.startswith(("reproduced", "same direction"))]
-    resolved = [v for v in verdicts if v.startswith(("reproduced", "not reproduced"))]
-    return (
-        f"Summary: {len(same)} of {len(verdicts)} comparisons point the paper's way; "
-        f"{len(resolved)} of {len(verdicts)} are beyond {noise} "
-        f"({sum(v.startswith('reproduced') for v in verdicts)} reproduced, "
-        f"{sum(v.startswith('not reproduced') for v in verdicts)} opposite)."
-    )
-
-
-def mean_std(values: list[float] | np.ndarray, scale: float = 100.0) -> str:
-    v = np.asarray(values, dtype=float) * scale
-    if len(v) == 0:
-        return "n/a"
-    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
 def wall_note(df: pd.DataFrame) -> str:

@@ -37,10 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repro import results
-from repro.data.vision import Environment, colored_mnist, load_images
+from repro import results, stats
+from repro.data.vision import GENERATED, Environment, colored_mnist, load_images
 from repro.errors import UserError
-from repro.experiments._transfer import diff_se, direction_verdict, mean_std, verdict_summary
 from repro.models.resnet import ColoredMLP
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
@@ -114,7 +113,7 @@ class Bonsai(Experiment):
                 ood_steps=5,
                 penalties=(1e3, 1e4),
                 erm_l2s=(1e-3,),
-                data=ColoredMNISTData(n_train=200),
+                data=ColoredMNISTData(path=GENERATED, n_train=200),  # offline, no --data-dir
             ),
             "cpu": BonsaiConfig(
                 hidden=128,
@@ -303,7 +302,7 @@ class Bonsai(Experiment):
             for init, p in zip(INITS, paper, strict=True):
                 label = {"rand": "Rand", "erm": "ERM init", "rfc": "RFC", "rfc_cf": "RFC(cf)"}[init]
                 entry[f"paper {label}"] = p
-                entry[f"ours {label}"] = mean_std(ours(method, init))
+                entry[f"ours {label}"] = stats.mean_std(ours(method, init), 2, 100)
             entries.append(entry)
         verdicts = []
         for method, a, b, sign in (
@@ -322,7 +321,7 @@ class Bonsai(Experiment):
                         "comparison": f"{method}: {a} vs {b}",
                         "paper": f"{pa - pb:+.1f} pt",
                         "ours": f"{100 * (ma - mb):+.2f} pt",
-                        "verdict": direction_verdict(ma - mb, sign, diff_se(ma, mb, n_test)),
+                        "verdict": stats.binomial_verdict(ma - mb, sign, stats.diff_se(ma, mb, n_test)),
                     }
                 )
         plain = ours("erm", "rand")
@@ -339,14 +338,14 @@ class Bonsai(Experiment):
         stages = [
             {
                 "stage": m,
-                "train acc": mean_std(g[g.metric == "train_acc"].value.to_numpy()),
-                "OoD test acc": mean_std(g[g.metric == "ood_acc"].value.to_numpy()),
+                "train acc": stats.mean_std(g[g.metric == "train_acc"].value.to_numpy(), 2, 100),
+                "OoD test acc": stats.mean_std(g[g.metric == "ood_acc"].value.to_numpy(), 2, 100),
             }
             for m, g in diag.groupby("model", sort=False)
         ]
         wall = df[df.metric == "wall_s"].value
         notes = [
-            verdict_summary([v["verdict"] for v in verdicts if v["comparison"] != "plain ERM (rand init) OoD"]),
+            stats.verdict_summary([v["verdict"] for v in verdicts if v["comparison"] != "plain ERM (rand init) OoD"]),
             f"Ours: preset `{df.preset.iloc[0]}`, seeds {seeds} (one restart per seed), mean ± std over seeds;",
             f"wall time per run {wall.mean() / 60:.1f} min. Each number is the best point of the penalty (ERM: L2)",
             "grid, chosen on the OoD test accuracy as the reference reads the paper (an optimistic, test-set",

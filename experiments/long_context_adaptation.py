@@ -41,7 +41,6 @@ from repro.data.retrieval import RetrievalConfig, RetrievalTask, mixed_batch, re
 from repro.data.text import TextDataConfig, TokenWindows, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.errors import UserError
 from repro.eval.lm import mean_loss
-from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.models.pairing import PAIR, ShapeV2, build_pair_model
 from repro.registry import Experiment, register
@@ -51,8 +50,6 @@ from repro.train.optim import OptimConfig, Stage, mmv2_recipe
 
 FAMILIES = PAIR  # the pair this experiment compares
 
-LABELS = {f: models.label(f) for f in FAMILIES}
-COLORS = {"llama": "C3", "mosaic_v2": "C0"}
 PAPER_FIG8 = (
     "RULER QA at 32k after 4k pretraining: MM v2 +22 points after 1 fine-tuning minibatch, at its optimum "
     "after 2; the transformer after 800 minibatches is still below MM v2 after 1"
@@ -123,6 +120,7 @@ class LongContextAdaptation(Experiment):
         "cpu": "~13-23 min per seed on the loaded shared 2-core machine (3 seeds for the report)",
         "paper": "4k pretraining then 32k fine-tuning of the 1.5B/8B models: an H100 cluster",
     }
+    targets = {"fig8": PAPER_FIG8}
 
     def presets(self) -> dict[str, LongContextConfig]:
         smoke = LongContextConfig(
@@ -311,4 +309,4 @@ class LongContextAdaptation(Experiment):
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         from repro.experiments._longctx_report import write_report
 
-        return write_report(df, out_dir)
+        return write_report(df, out_dir, self.targets)

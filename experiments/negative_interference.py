@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from repro import results
+from repro import results, stats
 from repro.errors import UserError
 from repro.models.memory import recall_all
 from repro.registry import Experiment, register
@@ -267,12 +267,12 @@ class NegativeInterference(Experiment):
             forgetting[m] = (end - learned.reindex(end.index)).groupby("seed").mean()
 
         def cell(values: pd.Series) -> str:
-            mean, half = results.t_interval(values.to_numpy())
+            mean, half = stats.t_interval(values.to_numpy())
             return f"{mean:.4f} ± {half:.4f}" if not math.isnan(half) else f"{mean:.4f}"
 
         gap = final_past["mlp"] - final_past["memory"]  # paired by seed
-        g_mean, g_half = results.t_interval(gap.to_numpy())
-        f_mean, f_half = results.t_interval(forgetting["mlp"].to_numpy())
+        g_mean, g_half = stats.t_interval(gap.to_numpy())
+        f_mean, f_half = stats.t_interval(forgetting["mlp"].to_numpy())
         holds = lambda mean, half: (not math.isnan(half)) and mean - half > 0  # noqa: E731
         entries = [
             {

@@ -46,7 +46,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from repro import results
+from repro import results, stats
+from repro.data.vision import GENERATED
 from repro.errors import UserError
 from repro.experiments._transfer import (
     PretrainConfig,
@@ -56,17 +57,15 @@ from repro.experiments._transfer import (
     cpu_backbone,
     fit_classifier,
     load_task,
-    mean_std,
     member_seed,
     parse_task,
     pretrain_rows,
     pretrained,
     provenance,
-    verdict,
-    verdict_summary,
     wall_note,
 )
-from repro.models.resnet import ResNet, ResNetConfig, Towers, backbone_params, matched_width
+from repro.models.registry import build_model
+from repro.models.resnet import ResNetConfig, Towers, backbone_params, matched_width
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.optim import OptimConfig
@@ -130,7 +129,7 @@ class RichEnsemble(Experiment):
                 finetune=FinetuneConfig(
                     epochs=1, batch_size=16, head_epochs=1, models=("single", "wide", "joint", "cat2ft")
                 ),
-                data=TransferData(train_per_class=16, target_per_class=16, test_per_class=8),
+                data=TransferData(path=GENERATED, train_per_class=16, target_per_class=16, test_per_class=8),
                 device="cpu",
             ),
             "cpu": RichEnsembleConfig(
@@ -219,12 +218,12 @@ class RichEnsemble(Experiment):
         for j in range(max(cfg.ns)):
             seed = member_seed(ctx.seed, 100 * t + j)
             torch.manual_seed(seed)
-            members.append(fit(ResNet(ResNetConfig(width=w, n_class=n_class)), f"member{j}", seed))
+            members.append(fit(build_model("resnet", width=w, n_class=n_class), f"member{j}", seed))
         models: dict[str, nn.Module] = {"single": members[0]}
         for n in (n for n in cfg.ns if n > 1):
             seed = member_seed(ctx.seed, 100 * t + 50 + n)
             torch.manual_seed(seed)
-            wide = fit(ResNet(ResNetConfig(width=matched_width(w, n), n_class=n_class)), f"wide{n}", seed)
+            wide = fit(build_model("resnet", width=matched_width(w, n), n_class=n_class), f"wide{n}", seed)
             models[f"cat{n}"] = Towers.from_members(members[:n]).eval()
             models[f"wide{n}"] = wide
             if cfg.joint:
@@ -308,12 +307,14 @@ class RichEnsemble(Experiment):
                     "model": name,
                     "backbone params": f"{params[name] / 1e6:.3f} M",
                     "paper probe ID / transfer": "{} / {}".format(*PAPER_PROBE[name]) if name in PAPER_PROBE else "-",
-                    "ours probe ID (source)": mean_std(vals(name, "source", "probe_acc").to_numpy()),
-                    "ours probe transfer (target)": mean_std(vals(name, "target", "probe_acc").to_numpy()),
+                    "ours probe ID (source)": stats.mean_std(vals(name, "source", "probe_acc").to_numpy(), 2, 100),
+                    "ours probe transfer (target)": stats.mean_std(
+                        vals(name, "target", "probe_acc").to_numpy(), 2, 100
+                    ),
                     "paper fine-tune": f"{paper_ft}" + (" [2ft]" if name.startswith("cat") else "")
                     if paper_ft
                     else "-",
-                    "ours fine-tune": mean_std(vals(name, "target", "ft_acc").to_numpy())
+                    "ours fine-tune": stats.mean_std(vals(name, "target", "ft_acc").to_numpy(), 2, 100)
                     + (" [2ft]" if name.startswith("cat") and len(vals(name, "target", "ft_acc")) else ""),
                 }
             )
@@ -321,7 +322,9 @@ class RichEnsemble(Experiment):
             row for n in ns if n > 1 for other in ("wide", "joint") for row in _verdicts(f"cat{n}", f"{other}{n}", vals)
         ]
         notes = [
-            verdict_summary([v["verdict"] for v in verdicts if v["measure"] != "ID probe"], "the paired 95% interval")
+            stats.verdict_summary(
+                [v["verdict"] for v in verdicts if v["measure"] != "ID probe"], "the paired 95% interval"
+            )
             + " (ID rows excluded)",
             f"Ours: preset `{df.preset.iloc[0]}`, task {', '.join(dict.fromkeys(runs.slice_value))}, seeds {seeds}, "
             f"mean ± std over seeds; {wall_note(df)}",
@@ -361,12 +364,12 @@ def _verdicts(cat: str, other: str, vals: Any) -> list[dict[str, str]]:
             continue
         diffs[what] = a - b
         if split == "source":
-            p = results.paired_diff(a, b)
-            expected, diff = "cat ≈ other (CAT4 vs w2: +0.6)", results.fmt_paired(p)
+            p = stats.paired_diff(a, b)
+            expected, diff = "cat ≈ other (CAT4 vs w2: +0.6)", stats.fmt_paired(p)
             word = "reproduced (within 2 pt)" if abs(p["mean"]) < 0.02 else f"differs ({100 * p['mean']:+.1f} pt)"
         else:
             expected = "cat > other"
-            diff, word = verdict(a, b, 1)
+            diff, word = stats.compare(a, b, 1)
         out.append(
             {
                 "comparison": f"{cat} vs {other}",
@@ -378,7 +381,7 @@ def _verdicts(cat: str, other: str, vals: Any) -> list[dict[str, str]]:
         )
     if "transfer probe" in diffs and "ID probe" in diffs:
         gain = (diffs["transfer probe"] - diffs["ID probe"]).dropna()
-        diff, word = verdict(gain, pd.Series(0.0, index=gain.index), 1)
+        diff, word = stats.compare(gain, pd.Series(0.0, index=gain.index), 1)
         out.append(
             {
                 "comparison": f"{cat} vs {other}",

@@ -29,7 +29,8 @@ import torch
 from repro import results
 from repro.data.moons import FIGURE_TRAIN_TRIPLE, HELDOUT_TRIPLE, TRAIN_TRIPLES, Sky
 from repro.errors import RunFailed
-from repro.models.moon_memory import MoonMemory, MoonMemoryConfig
+from repro.models.moon_memory import MoonMemory
+from repro.models.registry import build_model
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.track import progress
@@ -134,7 +135,7 @@ class ThreeMoons(Experiment):
         for n_head in cfg.heads:
             model_name = f"{n_head}head"
             torch.manual_seed(ctx.seed * 1000 + n_head)
-            model = MoonMemory(MoonMemoryConfig(n_head=n_head, beta=cfg.beta, kernel=cfg.kernel))
+            model = build_model("moon_memory", n_head=n_head, beta=cfg.beta, kernel=cfg.kernel)
 
             def batch_fn(step: int) -> torch.Tensor:
                 gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + step)

@@ -51,26 +51,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repro import results
+from repro import results, stats
 from repro.data.domainbed import DOMAINBED, load_domainbed
-from repro.data.vision import DOMAINS, apply_domain, augment, class_subset, load_images, to_tensor
+from repro.data.vision import DOMAINS, GENERATED, apply_domain, augment, class_subset, load_images, to_tensor
 from repro.errors import UserError
 from repro.experiments._transfer import (
     PretrainConfig,
     TransferData,
     cpu_backbone,
     load_side,
-    mean_std,
     member_seed,
     parse_side,
     pretrain_rows,
     pretrained,
     provenance,
-    verdict,
-    verdict_summary,
     wall_note,
 )
-from repro.models.resnet import ResNet, ResNetConfig
+from repro.models.registry import build_model
+from repro.models.resnet import ResNet
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.loop import LoopConfig, train
@@ -136,7 +134,7 @@ class VeryLargeDropout(Experiment):
                 finetune=FinetuneGrid(
                     steps=6, batch_per_domain=4, lrs=(0.01,), weight_decays=(1e-4,), eval_every=2, wa_start=2
                 ),
-                data=TransferData(train_per_class=16, target_per_class=24, test_per_class=8),
+                data=TransferData(path=GENERATED, train_per_class=16, target_per_class=24, test_per_class=8),
                 device="cpu",
             ),
             "cpu": VeryLargeDropoutConfig(
@@ -176,7 +174,7 @@ class VeryLargeDropout(Experiment):
         src_test = load_side(side, "test", cfg.data.test_per_class, cfg.data)
         seed = member_seed(ctx.seed)  # wd-transfer's and rich-ensemble's member-0 backbone: one cache entry
         torch.manual_seed(seed)
-        base = ResNet(ResNetConfig(width=cfg.pretrain.width, n_class=src.n_class))
+        base = build_model("resnet", width=cfg.pretrain.width, n_class=src.n_class)
         info = pretrained(base, src, cfg.pretrain, cfg.pretrain.optim, ctx, "pretrain", seed, src_test)
         rows: list[dict[str, Any]] = pretrain_rows(ctx, "backbone", info, slice_key="test_domain", slice_value="-")
         rows.append(
@@ -370,12 +368,12 @@ class VeryLargeDropout(Experiment):
         entries = []
         for m in models:
             sub = per.loc[m]
-            gain = "-" if base is None else verdict(sub.ood_test, base.ood_test, 1)[0]
+            gain = "-" if base is None else stats.compare(sub.ood_test, base.ood_test, 1)[0]
             entries.append(
                 {
                     "method": m,
-                    "ours ID val": mean_std(sub.id_val.to_numpy()),
-                    "ours OOD test": mean_std(sub.ood_test.to_numpy()),
+                    "ours ID val": stats.mean_std(sub.id_val.to_numpy(), 2, 100),
+                    "ours OOD test": stats.mean_std(sub.ood_test.to_numpy(), 2, 100),
                     "ours OOD gain vs dropout=0 (95% CI)": gain,
                     "paper OOD gain (VLCS, OfficeHome, PACS, TerraInc)": _paper_gain(m, paper_gain),
                 }
@@ -388,7 +386,7 @@ class VeryLargeDropout(Experiment):
                 ("dropout=0+ens", "ensembles help OOD, less than p=0.9"),
             ):
                 if m in per.index.get_level_values(0):
-                    diff, word = verdict(per.loc[m].ood_test, base.ood_test, 1)
+                    diff, word = stats.compare(per.loc[m].ood_test, base.ood_test, 1)
                     verdicts.append(
                         {
                             "comparison": f"{m} vs dropout=0 (OOD)",
@@ -399,7 +397,7 @@ class VeryLargeDropout(Experiment):
                     )
             if {"dropout=0.9", "dropout=0+wa", "dropout=0+ens"} <= set(per.index.get_level_values(0)):
                 best_other = np.maximum(per.loc["dropout=0+wa"].ood_test, per.loc["dropout=0+ens"].ood_test)
-                diff, word = verdict(per.loc["dropout=0.9"].ood_test, best_other, 1)
+                diff, word = stats.compare(per.loc["dropout=0.9"].ood_test, best_other, 1)
                 verdicts.append(
                     {
                         "comparison": "dropout=0.9 vs best of WA / ensemble (OOD, per seed)",
@@ -408,14 +406,15 @@ class VeryLargeDropout(Experiment):
                         "verdict": word,
                     }
                 )
-            gap = verdict(base.id_val, base.ood_test, 1)[0]
+            gap = stats.compare(base.id_val, base.ood_test, 1)[0]
             shift = f"Plain fine-tuning (dropout=0) loses {gap} pt from ID validation to the held-out domain(s)."
         else:
             shift = ""
         id_cost = _id_cost(per)
         backbone = df[(df.model == "backbone") & (df.split == "source_test")].value
+        backbone_acc = stats.mean_std(backbone.to_numpy(), 2, 100)
         notes = [
-            verdict_summary([v["verdict"] for v in verdicts], "the paired 95% interval"),
+            stats.verdict_summary([v["verdict"] for v in verdicts], "the paired 95% interval"),
             *([shift] if shift else []),
             *([id_cost] if id_cost else []),
             f"Ours: preset `{df.preset.iloc[0]}`, held-out domains {sorted(runs.domain.unique())}, seeds {seeds};",
@@ -423,7 +422,7 @@ class VeryLargeDropout(Experiment):
             "training-domain selection), then accuracies are averaged over held-out domains; mean ± std over",
             f"seeds; {wall_note(df)}",
             *(
-                [f"Pretrained backbone: source-task test accuracy {mean_std(backbone.to_numpy())} (over seeds)."]
+                [f"Pretrained backbone: source-task test accuracy {backbone_acc} (over seeds)."]
                 if len(backbone)
                 else []
             ),

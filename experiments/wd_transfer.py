@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repro import results
+from repro import results, stats
+from repro.data.vision import GENERATED
 from repro.errors import UserError
 from repro.experiments._transfer import (
     PretrainConfig,
@@ -48,17 +49,14 @@ from repro.experiments._transfer import (
     cpu_backbone,
     effective_rank,
     load_task,
-    mean_std,
     member_seed,
     parse_task,
     pretrain_rows,
     pretrained,
     provenance,
-    verdict,
-    verdict_summary,
     wall_note,
 )
-from repro.models.resnet import ResNet, ResNetConfig
+from repro.models.registry import build_model
 from repro.registry import Experiment, register
 from repro.runtime import RunContext
 from repro.train.probe import ProbeConfig, predict, probe_accuracy
@@ -104,7 +102,7 @@ class WdTransfer(Experiment):
                 convergence_wds=(5e-4,),
                 pretrain=PretrainConfig(width=4, epochs=2, batch_size=16),
                 probe=ProbeConfig(epochs=2, weight_decays=(1e-4,)),
-                data=TransferData(train_per_class=16, target_per_class=16, test_per_class=8),
+                data=TransferData(path=GENERATED, train_per_class=16, target_per_class=16, test_per_class=8),
                 device="cpu",
             ),
             "cpu": WdTransferConfig(
@@ -133,7 +131,7 @@ class WdTransfer(Experiment):
             for wd in cfg.weight_decays:
                 model_name = f"wd={wd:g}"
                 torch.manual_seed(seed)
-                model = ResNet(ResNetConfig(width=cfg.pretrain.width, n_class=data.source_train.n_class))
+                model = build_model("resnet", width=cfg.pretrain.width, n_class=data.source_train.n_class)
                 optim = dataclasses.replace(cfg.pretrain.optim, weight_decay=wd)
                 info = pretrained(
                     model, data.source_train, cfg.pretrain, optim, ctx, f"t{t}.{model_name}", seed, data.source_test
@@ -171,7 +169,7 @@ class WdTransfer(Experiment):
                     t == 0 and wd in cfg.convergence_wds and ctx.seed == cfg.convergence_seed
                 ):  # same recipe and seed, twice the epochs
                     torch.manual_seed(seed)
-                    twice = ResNet(ResNetConfig(width=cfg.pretrain.width, n_class=data.source_train.n_class))
+                    twice = build_model("resnet", width=cfg.pretrain.width, n_class=data.source_train.n_class)
                     pre2 = dataclasses.replace(cfg.pretrain, epochs=2 * cfg.pretrain.epochs)
                     info2 = pretrained(
                         twice, data.source_train, pre2, optim, ctx, f"t{t}.{model_name}.x2", seed, data.source_test
@@ -209,16 +207,16 @@ class WdTransfer(Experiment):
                     "paper wd 0 / 5e-4": "{} / {}".format(*PAPER[paper_task][measure]),
                 }
                 for wd in wds:
-                    entry[f"ours wd {wd:g}"] = mean_std(acc[wd].to_numpy())
+                    entry[f"ours wd {wd:g}"] = stats.mean_std(acc[wd].to_numpy(), 2, 100)
                 for wd in wds:
                     if wd > 0 and 0.0 in acc:
-                        diff, word = verdict(acc[wd], acc[0.0], sign)
+                        diff, word = stats.compare(acc[wd], acc[0.0], sign)
                         entry[f"ours wd {wd:g} - wd 0 (95% CI)"] = diff
                         entry[f"verdict 0 vs {wd:g}"] = word
                 entries.append(entry)
         verdicts = [v for e in entries for k, v in e.items() if k.startswith("verdict")]
         notes = [
-            verdict_summary(verdicts, "the paired 95% interval"),
+            stats.verdict_summary(verdicts, "the paired 95% interval"),
             f"Ours: preset `{df.preset.iloc[0]}`, seeds {seeds}, mean ± std over seeds; {wall_note(df)}",
             "Paper: CAT Table 1 (mean ± std over repeats).",
             "Paper effect: wd 5e-4 raises ID accuracy and lowers transfer accuracy. `verdict` compares the",
@@ -250,14 +248,14 @@ def _convergence(runs: pd.DataFrame, task: str) -> list[dict[str, Any]]:
     for model in sorted(sub[sub.metric == "test_acc_2x"].model.unique()):
         at_e = sub[(sub.model == model) & (sub.metric == "test_acc")].set_index("seed").value
         at_2e = sub[(sub.model == model) & (sub.metric == "test_acc_2x")].set_index("seed").value
-        p = results.paired_diff(at_2e, at_e)
+        p = stats.paired_diff(at_2e, at_e)
         gap = f"{100 * p['mean']:+.2f}" + (f" [{100 * p['lo']:+.2f}, {100 * p['hi']:+.2f}]" if p["n"] > 1 else "")
         out.append(
             {
                 "task": task,
                 "backbone": model,
-                "ID acc, preset epochs": mean_std(at_e[p["seeds"]].to_numpy()),
-                "ID acc, 2x epochs": mean_std(at_2e[p["seeds"]].to_numpy()),
+                "ID acc, preset epochs": stats.mean_std(at_e[p["seeds"]].to_numpy(), 2, 100),
+                "ID acc, 2x epochs": stats.mean_std(at_2e[p["seeds"]].to_numpy(), 2, 100),
                 "gain of 2x (95% CI)": gap,
                 "converged (gain < 3 pt)": "yes" if p["n"] and p["mean"] < 0.03 else "no",
             }

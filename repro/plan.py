@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repro import hardware
 from repro.errors import UserError
 
 GB = 1e9
@@ -302,17 +303,12 @@ def check_spec(spec: Any, name: str) -> PlanSpec:
     return spec
 
 
-GPU_MEMORY_GB = {"H100 PCIe": 80, "H100 NVL": 94, "H100": 80, "H200": 141, "A100": 80, "L40S": 48}
-
-
 def gpu_specs(gpu: str, gpu_memory_gb: float | None) -> tuple[float, float]:
-    """(peak dense bf16 TFLOP/s, GB) of a GPU model, from the kernel benchmark's data-sheet table."""
-    from repro.bench.kernels import PEAKS
-
-    key = next((k for k in PEAKS if k.lower() == gpu.lower()), None)
-    if key is None:
-        raise UserError(f"--gpu {gpu}: unknown GPU model; choose one of {', '.join(PEAKS)}.")
-    return PEAKS[key][0] / 1e12, gpu_memory_gb or GPU_MEMORY_GB[key]
+    """(peak dense bf16 TFLOP/s, GB) of a GPU model, from `repro.hardware`'s data sheets."""
+    spec = hardware.gpu(gpu)
+    if gpu_memory_gb is not None and gpu_memory_gb <= 0:
+        raise UserError(f"--gpu-memory {gpu_memory_gb:g}: give the GB of memory per GPU, a positive number.")
+    return spec.flops / 1e12, gpu_memory_gb or spec.memory_gb
 
 
 def _md(rows: list[dict[str, Any]]) -> list[str]:

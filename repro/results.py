@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -30,48 +31,150 @@ def make_row(**fields: Any) -> dict[str, Any]:
     return row
 
 
-def interval95(values: list[float] | list[bool]) -> tuple[float, float]:
-    """95% Wilson score interval of the mean of per-sample scores in [0, 1] (exact Wilson for 0/1
-    outcomes; for fractional scores it treats their sum as the success count). (nan, nan) for none."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    z = 1.959964
-    p = float(sum(values)) / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def fmt_ci(value: float, lo: float, hi: float, n: int, scale: float = 1.0, digits: int = 2) -> str:
-    """`0.25 [0.14, 0.40] n=28`: a cell with its 95% interval and sample count."""
-    return f"{value * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}] n={n}"
+DONE_FILE = "done.json"  # written after rows.jsonl: how many rows the run declared, and their sha256
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    """Atomic (rows.jsonl exists only for finished runs) and strict JSON: a non-finite value is null."""
+    """Atomic (rows.jsonl exists only for finished runs) and strict JSON: a non-finite value is null.
+    Then `done.json` records the row count and the file's sha256, so a rows.jsonl cut short or
+    altered afterwards is not taken for a finished run."""
     files.write_jsonl(path, rows)
+    files.write_json(path.with_name(DONE_FILE), {"rows": len(rows), "sha256": _sha256(path.read_bytes())})
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def finished_rows(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of a finished run from its rows.jsonl, or None: absent, or not what its done.json
+    declares (cut short, altered). A run directory from before done.json existed counts as finished
+    when its rows.jsonl ends with a whole line."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    done_path = path.with_name(DONE_FILE)
+    if done_path.exists():
+        try:
+            done = json.loads(done_path.read_text())
+        except ValueError:
+            return None
+        if not isinstance(done, dict) or done.get("sha256") != _sha256(data):
+            return None
+    elif data and not data.endswith(b"\n"):
+        return None
+    rows = files.read_jsonl(path)
+    return rows if not done_path.exists() or len(rows) == done.get("rows") else None
 
 
 def collect(runs: Path, experiment: str | None = None) -> pd.DataFrame:
-    """All finished runs under `runs` (optionally one experiment) as one DataFrame."""
+    """All finished runs under `runs` (optionally one experiment) as one DataFrame; a run directory
+    whose rows.jsonl does not match its done.json is left out, with a warning."""
     pattern = f"{experiment or '*'}/*/*/s*/rows.jsonl"
     frames = []
     for path in sorted(runs.glob(pattern)):
-        frames.append(pd.DataFrame(files.read_jsonl(path)))
+        rows = finished_rows(path)
+        if rows is None:
+            from repro.track import console
+
+            console.print(
+                f"[yellow]warning[/]: {path} does not match its {DONE_FILE} (cut short or altered): left out of "
+                "the report; rerun that run to finish it again."
+            )
+            continue
+        frames.append(pd.DataFrame(rows))
     if not frames:
         return pd.DataFrame(columns=[*ROW_FIELDS, *OPTIONAL_FIELDS])
     return pd.concat(frames, ignore_index=True)
 
 
-def eval_report(exp: Any, runs: Path, reports: Path | None, preset: str) -> list[Path]:
-    """An evaluation command's report from every finished run of `preset` under RUNS, into
-    REPORTS/NAME/. Without --reports: reports/ for the default runs/ root, RUNS/reports/ for any other
-    (a scratch `--out /tmp/x` never rewrites the committed tables)."""
+def write_report(runnable: Any, runs: Path, reports: Path | None, preset: str) -> list[Path]:
+    """An evaluation's or benchmark's report right after its run: from every finished run of `preset`
+    under RUNS, into REPORTS/NAME/. Without --reports: reports/ for the default runs/ root, RUNS/reports/
+    for any other (a scratch `--out /tmp/x` never rewrites the committed tables)."""
     if reports is None:
         reports = Path("reports") if runs == Path("runs") else runs / "reports"
-    df = collect(runs, exp.name)
-    return exp.report(df[df.preset == preset].reset_index(drop=True), reports / exp.name)
+    df = collect(runs, runnable.name)
+    return runnable.report(df[df.preset == preset].reset_index(drop=True), reports / runnable.name)
+
+
+# ---- a benchmark's table as tidy rows, and back ---------------------------------------------------------
+
+
+def table_rows(ctx: Any, table: list[dict[str, Any]], cfg: Any = None) -> list[dict[str, Any]]:
+    """A measured table as rows (split "table", step = the table row, metric = the column): a number
+    is the row's value, a text cell is kept in slice_value (value null). With `cfg`, one more row
+    records the config (JSON), and one the machine's state (1-min load average, threads, time), so
+    `table_from_rows` gives back exactly what the report needs."""
+    import json
+
+    rows = []
+    for i, record in enumerate(table):
+        for column, cell in record.items():
+            if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+                rows.append(ctx.row(model="table", split="table", metric=column, value=float(cell), step=i))
+            else:
+                text = "" if cell is None else str(cell)
+                rows.append(ctx.row(model="table", split="table", metric=column, value=math.nan, step=i,
+                                    slice_key="text", slice_value=text))  # fmt: skip
+    for key, obj in (("machine", machine()), ("config", None if cfg is None else cfg_dict(cfg))):
+        if obj is not None:
+            rows.append(ctx.row(model="table", split="_meta", metric=key, value=math.nan, step=0,
+                                slice_key="json", slice_value=json.dumps(obj)))  # fmt: skip
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    """What a timing depends on: the 1-min load average, cores, torch threads, time, torch, the GPU."""
+    import os
+    import time
+
+    import torch
+
+    info = {"load1": os.getloadavg()[0], "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "time": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__}  # fmt: skip
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def cfg_dict(cfg: Any) -> dict[str, Any]:
+    from repro.config import to_dict
+
+    return to_dict(cfg)
+
+
+def table_from_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(table, machine, config) of the most recent run among `df`'s rows (see `table_rows`)."""
+    import json
+
+    meta = df[df.split == "_meta"]
+    runs = []
+    for (variant, seed), sub in meta.groupby(["variant", "seed"]):
+        machine = json.loads(sub[sub.metric == "machine"].slice_value.iloc[0])
+        runs.append((machine.get("time", ""), variant, seed))
+    if not runs:
+        raise UserError("these rows hold no benchmark table; run the benchmark again.")
+    _, variant, seed = max(runs)
+    run = df[(df.variant == variant) & (df.seed == seed)]
+    info = {m: json.loads(v) for m, v in run[run.split == "_meta"][["metric", "slice_value"]].itertuples(index=False)}
+    cells = run[run.split == "table"]
+    table: list[dict[str, Any]] = []
+    for _, row in cells.sort_values("step", kind="stable").iterrows():
+        while len(table) <= int(row.step):
+            table.append({})
+        text = row.get("slice_value") if row.get("slice_key") == "text" else None
+        table[int(row.step)][row.metric] = text if text is not None else row.value
+    return table, info.get("machine", {}), info.get("config", {})
+
+
+def machine_note(machine: dict[str, Any]) -> str:
+    """`Measured 2026-12-06 14:00 on CPU (2 cores, 2 torch threads, 1-min load 0.4), torch 2.13.0.`"""
+    where = machine.get("gpu") or f"CPU ({machine.get('cpus')} cores, {machine.get('threads')} torch threads"
+    where += "" if machine.get("gpu") else f", 1-min load {machine.get('load1', float('nan')):.1f})"
+    return f"Measured {machine.get('time', '?')} on {where}, torch {machine.get('torch', '?')}."
 
 
 def pick_preset(df: pd.DataFrame, preset: str | None = None) -> str:
@@ -142,14 +245,6 @@ def figure_style() -> None:
     )
 
 
-EVALUATION_REPORTS = {
-    "ruler": "repro eval ruler",
-    "icl": "repro eval icl",
-    "harness": "repro eval harness",
-    "kernels": "repro bench kernels",
-}
-
-
 def plot_loss_curves(panels: dict[str, list[tuple[str, pd.Series, pd.Series]]], path: Path, smooth: int = 1) -> Path:
     """Training-curve figure shared by the LM experiments: one panel per title, and per line a
     (label, train loss by step, validation loss by step); train thin (moving average of `smooth`
@@ -175,86 +270,24 @@ def plot_loss_curves(panels: dict[str, list[tuple[str, pd.Series, pd.Series]]], 
     return path
 
 
-def write_index(reports: Path, experiments: list[Any]) -> Path:
-    """`reports/index.md`: every experiment, its paper reference and whether a report exists."""
-    lines = ["# Reports", "", "| experiment | paper | claim | report |", "| --- | --- | --- | --- |"]
-    for exp in experiments:
-        table = reports / exp.name / "table.md"
-        link = f"[{exp.name}/table.md]({exp.name}/table.md)" if table.exists() else "not yet run"
-        lines.append(f"| `{exp.name}` | {exp.paper_ref} | {exp.claim} | {link} |")
-    lines += ["", "## Evaluations and benchmarks", "", "| report | written by |", "| --- | --- |"]
-    for name, command in EVALUATION_REPORTS.items():
-        page = next((reports / name / f for f in ("table.md", "README.md") if (reports / name / f).exists()), None)
-        if page is not None:
-            lines.append(f"| [{name}]({page.relative_to(reports)}) | `{command}` |")
-    for table in sorted(reports.glob("bench/*/table.md")):
-        lines.append(f"| [{table.parent.name}]({table.relative_to(reports)}) | `repro bench train` |")
-    lines += ["", "Regenerate with `repro report --all` (reads run directories under `runs/`).", ""]
+def write_index(reports: Path, runnables: list[Any]) -> Path:
+    """`reports/index.md`: every runnable by kind, its paper reference and whether a report exists."""
+    lines = ["# Reports", ""]
+    verbs = {"experiment": "repro run", "evaluation": "repro eval", "benchmark": "repro bench"}
+    for kind, verb in verbs.items():
+        lines += [
+            f"## {kind.capitalize()}s (`{verb}`)",
+            "",
+            "| name | paper | claim | report |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in (r for r in runnables if r.kind == kind):
+            table = reports / r.name / "table.md"
+            link = f"[{r.name}/table.md]({r.name}/table.md)" if table.exists() else "not yet run"
+            lines.append(f"| `{r.name}` | {r.paper_ref} | {r.claim} | {link} |")
+        lines.append("")
+    lines += ["Regenerate with `repro report --all` (reads run directories under `runs/`).", ""]
     path = reports / "index.md"
     reports.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
-
-
-# ---- paired-by-seed statistics (issue 17) ------------------------------------------------------------
-
-# Two-sided 95% Student-t quantiles by degrees of freedom; beyond 30 the normal 1.96 is close enough.
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-T975.update({11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042})
-
-
-def t975(df: int) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom (table; the next smaller tabled
-    df, which is conservative, between entries; 1.96 beyond 30)."""
-    if df < 1:
-        return math.nan
-    if df > 30:
-        return 1.96
-    return T975[max(k for k in T975 if k <= df)]
-
-
-def t_interval(values: Any) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval over seeds (nan half-width for one value)."""
-    v = pd.Series(values, dtype=float).to_numpy()
-    if len(v) < 2:
-        return float(v.mean()) if len(v) else math.nan, math.nan
-    return float(v.mean()), t975(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
-
-
-def paired_diff(a: dict[int, float] | pd.Series, b: dict[int, float] | pd.Series) -> dict[str, Any]:
-    """Mean of the per-seed differences a[s] - b[s] over the seeds both arms ran, with its 95% t-interval.
-
-    Pairing by seed removes what the arms share (the same initialisation, batch order and test
-    images): the interval measures how much the *difference* moves from seed to seed, which is what a
-    verdict on the direction of an effect needs. Returns mean, lo, hi, n and the seeds used."""
-    a, b = pd.Series(a, dtype=float), pd.Series(b, dtype=float)
-    seeds = sorted(set(a.index) & set(b.index))
-    d = (a[seeds] - b[seeds]).to_numpy()
-    n = len(d)
-    mean = float(d.mean()) if n else math.nan
-    half = t975(n - 1) * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "seeds": seeds}
-
-
-def paired_verdict(p: dict[str, Any], expected_sign: int, scale: float = 100.0, unit: str = "pt") -> str:
-    """Whether the paper's direction (`expected_sign` of the difference) holds beyond the paired 95%
-    interval. The wording starts with `reproduced`, `not reproduced`, `same direction` or
-    `opposite direction` (what `verdict_summary` counts)."""
-    if p["n"] == 0 or math.isnan(p["mean"]):
-        return "no paired seeds"
-    if p["mean"] == 0 and p["lo"] == p["hi"]:  # identical in every seed (e.g. both at chance)
-        return f"no difference in any of {p['n']} seeds"
-    same = (p["mean"] > 0) == (expected_sign > 0)
-    if p["n"] < 2:
-        return f"{'same' if same else 'opposite'} direction, one seed: no interval"
-    ci = f"[{scale * p['lo']:+.2f}, {scale * p['hi']:+.2f}] {unit}, n={p['n']}"
-    if p["lo"] > 0 or p["hi"] < 0:
-        return f"reproduced (same direction, 95% CI {ci})" if same else f"not reproduced (opposite, 95% CI {ci})"
-    return f"{'same' if same else 'opposite'} direction, within noise (95% CI {ci})"
-
-
-def fmt_paired(p: dict[str, Any], scale: float = 100.0) -> str:
-    """`+1.23 [+0.40, +2.06]` (mean and 95% interval of the paired difference, in points)."""
-    if p["n"] < 2:
-        return f"{scale * p['mean']:+.2f}" if p["n"] else "n/a"
-    return f"{scale * p['mean']:+.2f} [{scale * p['lo']:+.2f}, {scale * p['hi']:+.2f}]"

@@ -3,7 +3,8 @@
 A run directory is `OUT/<experiment>/<preset>/<variant>/s<seed>/` holding `config.yaml`,
 `env.json` (the first start, then one entry per resume), `metrics.jsonl`, `rows.jsonl` (written last,
 atomically: its presence means the run finished), `failed.json` instead when training diverged, any
-`state/*.pt` a run saves to resume after a kill, and `.lock` (held by the one process writing it).
+`state/*.safetensors` a run saves to resume after a kill (`statefile`: no pickle), and `.lock`
+(held by the one process writing it).
 
 What a run does before it writes anything: validate the config (types, ranges, the experiment's own
 constraints), the seed, the device and a memory estimate; then it makes the directory and takes its
@@ -12,13 +13,12 @@ lock. SIGINT/SIGTERM during training checkpoint the current step and exit 130/14
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from repro import config as cfglib
-from repro import files, results
+from repro import files, results, statefile
 from repro.errors import Interrupted, RunFailed, UserError
-from repro.registry import Experiment
+from repro.registry import Runnable
 from repro.track import Tracker, console
 
 
@@ -54,7 +54,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was requested but CUDA is not available; use --set device=cpu.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device '{name}' is not a device torch knows; use auto, cpu, cuda or cuda:N.") from None
 
 
 def init_distributed() -> int:
@@ -104,16 +107,6 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def variant_name(overrides: list[str] | None) -> str:
-    """`default`, or a readable slug of the overrides plus a short hash (stable for the same set)."""
-    if not overrides:
-        return "default"
-    canon = sorted(overrides)
-    slug = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "+".join(canon))[:60]
-    digest = hashlib.sha1("\n".join(canon).encode()).hexdigest()[:6]
-    return f"{slug}-{digest}"
-
-
 @dataclass
 class RunContext:
     """What an experiment's `run` gets besides its config."""
@@ -148,23 +141,27 @@ class RunContext:
         return sorted(values.items())
 
     def state_path(self, name: str) -> Path:
-        path = self.run_dir / "state" / f"{name}.pt"
+        path = self.run_dir / "state" / f"{name}.safetensors"
         path.parent.mkdir(exist_ok=True)
         return path
 
     def save_state(self, name: str, obj: Any) -> None:
         """Save a stage's result so a killed run resumes after it (written atomically; by rank 0 only
-        under torchrun, as every file of the run directory, since the ranks hold the same result)."""
+        under torchrun, as every file of the run directory, since the ranks hold the same result).
+        The format runs no code when read (`statefile`): plain data and tensors only."""
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
-        files.atomic_write(self.state_path(name), lambda tmp: torch.save(obj, tmp))
+        path = self.state_path(name)
+        files.atomic_write(path, lambda tmp: statefile.save(obj, tmp), lambda: statefile.size(obj))
+        path.with_suffix(".pt").unlink(missing_ok=True)  # an older run's pickle of the same stage
 
     def load_state(self, name: str) -> Any | None:
         path = self.state_path(name)
+        files.remove_stale_temps(path.parent)  # partial files of a killed run's writes
         if not path.exists():
-            return None
+            return _load_legacy_state(path.with_suffix(".pt"))
         try:
-            return torch.load(path, weights_only=False)
+            return statefile.load(path)
         except Exception as e:  # written atomically, so only damage from outside gets here
             raise UserError(
                 f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to redo that stage, "
@@ -172,11 +169,31 @@ class RunContext:
             ) from e
 
 
+def _load_legacy_state(path: Path) -> Any | None:
+    """`state/NAME.pt` of a run started before resume state was pickle-free: read with torch's
+    restricted unpickler (tensors and plain containers only), which refuses anything that could run
+    code; what it refuses is one sentence."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"checkpoint {path} cannot be read safely ({type(e).__name__}: it is damaged or holds objects "
+            "that could run code when loaded); rerun with --force to redo the run."
+        ) from None
+
+
 def run_dir_for(out: Path, experiment: str, preset: str, variant: str, seed: int) -> Path:
     return out / experiment / preset / variant / f"s{seed}"
 
 
-def check_memory(needed: int, device: torch.device) -> None:
+def check_memory(
+    needed: int,
+    device: torch.device,
+    what: str = "one training step",
+    hint: str = "lower batch_size (or the sequence length)",
+) -> None:
     """Refuse a run whose estimated need (a lower bound, in bytes) exceeds the device's memory."""
     if needed <= 0:
         return
@@ -188,8 +205,7 @@ def check_memory(needed: int, device: torch.device) -> None:
         where = "machine"
     if needed > total:
         raise UserError(
-            f"one training step needs at least {needed / 2**30:.1f} GiB but this {where} has "
-            f"{total / 2**30:.1f} GiB; lower batch_size (or the sequence length)."
+            f"{what} needs at least {needed / 2**30:.1f} GiB but this {where} has {total / 2**30:.1f} GiB; {hint}."
         )
 
 
@@ -260,15 +276,7 @@ def record_start(path: Path, resuming: bool) -> None:
 def _make_run_dir(run_dir: Path) -> bool:
     """Create the run directory; True when it did not exist. An unwritable place is one sentence."""
     existed = run_dir.is_dir()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = files.temp_path(run_dir / "write-test")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(
-            f"cannot write the run directory {run_dir} ({e.strerror or e}); choose a writable --out."
-        ) from None
+    files.check_writable(run_dir, "--out")
     return not existed
 
 
@@ -298,32 +306,68 @@ def _remove_new_run_dir(run_dir: Path, out: Path) -> None:
             break
 
 
+def configure(
+    exp: Runnable,
+    preset: str,
+    overrides: list[str] | None,
+    options: dict[str, tuple[str, Any]],
+    seed: int,
+    device: str | None,
+    data_dir: Path | None,
+) -> tuple[Any, str]:
+    """The run's config and variant name: the preset, `--set` overrides, promoted options
+    (config key -> (flag, text)), `--data-dir` (every `data_dir` field) and `--device` (the `device`
+    field where the config has one), then the runnable's own resolution and every check. Bad input
+    fails here, before anything is written."""
+    cfg = cfglib.apply_overrides(exp.config(preset), overrides)
+    parsers = {o.key: o.parse for o in exp.options}
+    for key, (flag, raw) in options.items():
+        cfg = cfglib.set_option(cfg, key, raw, flag, parsers.get(key))
+    if data_dir is not None:
+        cfg = cfglib.fill_field(cfg, "data_dir", str(data_dir.resolve()))
+    if device is not None and any(f.name == "device" for f in dataclasses.fields(cfg)):
+        cfg = dataclasses.replace(cfg, device=device)
+    cfglib.check_seed(seed)
+    cfg = exp.resolve(cfg, seed)
+    try:
+        cfglib.validate(cfg)
+    except UserError as e:  # name the flag the user typed, not the config key behind it
+        flag = next((flag for key, (flag, _) in options.items() if str(e).startswith(f"{key}=")), None)
+        if flag is None:
+            raise
+        raise UserError(f"{flag} {str(e).split('=', 1)[1]}") from None
+    exp.check(cfg)
+    named = [f"{key}={cfglib.show(getattr_path(cfg, key))}" for key in options]
+    return cfg, exp.variant(cfg, [*(overrides or []), *named])
+
+
+def getattr_path(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def launch(
-    exp: Experiment,
+    exp: Runnable,
     *,
     preset: str = "cpu",
     overrides: list[str] | None = None,
+    options: dict[str, tuple[str, Any]] | None = None,
     seed: int = 0,
     out: Path = Path("runs"),
-    use_wandb: bool | None = None,
-    force: bool = False,
+    device: str | None = None,
     data_dir: Path | None = None,
+    force: bool = False,
+    wandb: bool | None = None,
 ) -> Path:
-    """Run one experiment into its run directory; a finished run is a no-op unless `force`.
-    `data_dir` (a folder of local dataset copies) fills every `data_dir` field of the config."""
-    cfg = cfglib.apply_overrides(exp.config(preset), overrides)
-    if data_dir is not None:
-        cfg = cfglib.fill_field(cfg, "data_dir", str(data_dir.resolve()))
-    # Bad inputs fail here, before anything is written.
-    cfglib.check_seed(seed)
-    cfglib.validate(cfg)
-    exp.check(cfg)
-    device = pick_device(getattr(cfg, "device", "auto"))
-    check_memory(exp.memory_estimate(cfg), device)
-    variant = exp.variant(cfg, overrides)
+    """Run one experiment, evaluation or benchmark into its run directory; a finished run is a no-op
+    unless `force`. See `configure` for what makes the config."""
+    cfg, variant = configure(exp, preset, overrides, options or {}, seed, device, data_dir)
+    device_obj = pick_device(device or getattr(cfg, "device", "auto"))
+    check_memory(exp.memory_estimate(cfg), device_obj)
     run_dir = run_dir_for(out, exp.name, preset, variant, seed)
     rows_path = run_dir / "rows.jsonl"
-    if rows_path.exists() and not force:
+    if results.finished_rows(rows_path) is not None and not force:
         console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
         return run_dir
     rank = init_distributed()  # 0 without torchrun; only rank 0 writes to the run directory
@@ -335,9 +379,13 @@ def launch(
     try:
         if force and rank == 0:
             _clear_run_dir(run_dir)
-        if rows_path.exists():  # finished by another process while this one started
+        if results.finished_rows(rows_path) is not None:  # finished by another process while this one started
             console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
             return run_dir
+        if rows_path.exists() and rank == 0:  # rows that do not match done.json: finish the run again
+            console.print(f"[yellow]warning[/]: {rows_path} does not match its done.json; running it again.")
+            for stale in (rows_path, run_dir / results.DONE_FILE):
+                stale.unlink(missing_ok=True)
         failed = run_dir / "failed.json"
         if failed.exists():
             reason = json.loads(failed.read_text()).get("reason", "see failed.json")
@@ -351,8 +399,8 @@ def launch(
             cfglib.dump_yaml(cfg, cfg_path)
             record_start(run_dir / "env.json", resuming)
         seed_everything(seed)
-        tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, use_wandb, enabled=rank == 0)
-        ctx = RunContext(exp.name, preset, variant, seed, run_dir, device, tracker)
+        tracker = Tracker(run_dir, f"{exp.name}/{preset}/{variant}/s{seed}", cfg_dict, wandb, enabled=rank == 0)
+        ctx = RunContext(exp.name, preset, variant, seed, run_dir, device_obj, tracker)
         verb = "resuming" if resuming else "running"
         if rank == 0:
             console.print(f"[bold]{verb}[/] {exp.name} (preset {preset}, seed {seed}) -> {run_dir}")
@@ -372,7 +420,7 @@ def launch(
         finally:
             tracker.close()
         if rank == 0:
-            missing = [r for r in rows if not math.isfinite(r["value"])]
+            missing = [r for r in rows if not math.isfinite(r["value"]) and r.get("slice_key") not in ("text", "json")]
             if missing:  # written as null (strict JSON); say so rather than let a report average them
                 first = missing[0]
                 console.print(

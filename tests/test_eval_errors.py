@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from repro.cli import app
 from repro.data.tokenizer import byte_tokenizer
-from repro.eval import harness
+from repro.eval import lm_eval_model
 from repro.eval.models import peek_max_context
+from repro.evaluations import harness
 from repro.models.registry import build_model
 
 
@@ -83,7 +84,7 @@ def test_repro_lm_eval_bad_checkpoint_and_unknown_task(tmp_path, monkeypatch, ca
     for argv, message in cases:
         monkeypatch.setattr(sys, "argv", ["repro-lm-eval", *argv])
         with pytest.raises(SystemExit) as exit_info:
-            harness.lm_eval_main()
+            lm_eval_model.lm_eval_main()
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
 
@@ -96,7 +97,7 @@ def test_evaluations_are_registered_and_report_all_rebuilds_them(tmp_path):
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     args = ["--model", str(ckpt), "--preset", "smoke", "--out", str(runs), "--reports", str(tmp_path / "first")]
     assert CliRunner().invoke(app, ["eval", "icl", *args]).exit_code == 0
-    res = CliRunner().invoke(app, ["report", "--all", "--runs", str(runs), "--out", str(reports)])
+    res = CliRunner().invoke(app, ["report", "--all", "--out", str(runs), "--reports", str(reports)])
     assert res.exit_code == 0, res.output
     table = (reports / "icl" / "table.md").read_text()
     assert table == (tmp_path / "first" / "icl" / "table.md").read_text()  # the same report from run dirs alone

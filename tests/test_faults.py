@@ -19,9 +19,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from repro import files, results, runtime
+from repro import files, results, runtime, statefile
 from repro.cli import app
 from repro.errors import RunFailed, UserError
+from repro.models.registry import load as load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_toy import FaultToy  # noqa: E402
@@ -47,7 +48,7 @@ def one_sentence(output: str) -> str:
 
 
 def toy_run(out: Path, overrides: list[str] | None = None, **kw) -> Path:
-    return runtime.launch(FaultToy(), preset="smoke", overrides=overrides, out=out, use_wandb=False, **kw)
+    return runtime.launch(FaultToy(), preset="smoke", overrides=overrides, out=out, wandb=False, **kw)
 
 
 def toy_rows(run_dir: Path) -> list[dict]:
@@ -95,7 +96,7 @@ def test_divergence_stops_keeps_the_last_good_checkpoint_and_marks_the_run_faile
     assert not (run_dir / "rows.jsonl").exists()
     failed = strict_json((run_dir / "failed.json").read_text())
     assert "diverged" in failed["reason"]
-    state = torch.load(run_dir / "state" / "toy.train.pt", weights_only=False)
+    state = statefile.load(run_dir / "state" / "toy.train.safetensors")
     assert all(torch.isfinite(v).all() for v in state["model"].values())  # the last good one
     assert all(math.isfinite(v) for v in state["losses"])
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -190,7 +191,7 @@ def test_signal_checkpoints_the_current_step_and_resume_matches_an_uninterrupted
     assert proc.returncode == code, output
     step = int(output.split("interrupted at step ")[1].split(";")[0])
     assert "rerun the same command to resume" in output and "Traceback" not in output
-    assert torch.load(run_dir / "state" / "toy.train.pt", weights_only=False)["step"] == step
+    assert statefile.load(run_dir / "state" / "toy.train.safetensors")["step"] == step
     assert not (run_dir / "rows.jsonl").exists()
     resumed = toy_rows(toy_run(out, ["pause_s=0.05", "loop.checkpoint_every=100"]))
     assert [r["value"] for r in resumed] == [r["value"] for r in clean]
@@ -220,8 +221,11 @@ def test_sigkill_at_random_steps_then_resume_gives_the_uninterrupted_rows(tmp_pa
         if i == 0:  # as if the kill had landed mid-write
             with (run_dir / "metrics.jsonl").open("a") as f:
                 f.write('{"step": 99, "toy/lo')
-    assert torch.load(run_dir / "state" / "toy.train.pt", weights_only=False)["step"] >= targets[-1] - 5
+    assert statefile.load(run_dir / "state" / "toy.train.safetensors")["step"] >= targets[-1] - 5
+    # as if the last kill had landed mid-checkpoint: the killed process's partial file is debris
+    (run_dir / "state" / f".toy.train.safetensors.{proc.pid}.0badc0de.tmp").write_bytes(b"")
     resumed = toy_rows(toy_run(out, ["steps=60", "pause_s=0.03"]))
+    assert not list(run_dir.rglob("*.tmp"))  # cleaned up by the resumed run
     assert [r["value"] for r in resumed] == [r["value"] for r in clean]
     assert [r["step"] for r in resumed] == [r["step"] for r in clean]
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():  # the torn line was cut, not glued
@@ -283,28 +287,28 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 
 def test_damaged_checkpoints_are_refused_in_one_sentence(tmp_path):
-    from repro.models.lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
+    from repro.models.lm import CONFIG_FILE, WEIGHTS_FILE
 
     good = _tiny_checkpoint(tmp_path / "good")
-    LanguageModel.from_checkpoint(good)  # the intact one loads
+    load_checkpoint(good)  # the intact one loads
     truncated = _tiny_checkpoint(tmp_path / "truncated")
     weights = truncated / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(UserError, match="truncated or damaged"):
-        LanguageModel.from_checkpoint(truncated)
+        load_checkpoint(truncated)
     garbage = _tiny_checkpoint(tmp_path / "garbage")
     (garbage / WEIGHTS_FILE).write_bytes(os.urandom(1000))
     with pytest.raises(UserError, match="not a safetensors file"):
-        LanguageModel.from_checkpoint(garbage)
+        load_checkpoint(garbage)
     bad_config = _tiny_checkpoint(tmp_path / "bad-config")
     (bad_config / CONFIG_FILE).write_text('{"family": "gpt2", "n_layer": ')
     with pytest.raises(UserError, match="is not valid JSON"):
-        LanguageModel.from_checkpoint(bad_config)
+        load_checkpoint(bad_config)
     mixed = _tiny_checkpoint(tmp_path / "mixed")
     config = json.loads((mixed / CONFIG_FILE).read_text())
     (mixed / CONFIG_FILE).write_text(json.dumps({**config, "n_embd": 32}))
     with pytest.raises(UserError, match="does not match"):
-        LanguageModel.from_checkpoint(mixed)
+        load_checkpoint(mixed)
 
 
 def test_repro_eval_refuses_a_truncated_checkpoint_in_one_sentence(tmp_path):

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import fsdp_worker  # noqa: E402
 
-from repro.models.lm import LanguageModel  # noqa: E402
+from repro.models.registry import load as load_checkpoint
 from repro.train import distributed  # noqa: E402
 from repro.train.loop import LoopConfig  # noqa: E402
 
@@ -54,8 +54,8 @@ def test_fsdp_steps_equal_single_process_steps_and_export_loads(tmp_path, one_th
     for family in FAMILIES:
         single = fsdp_worker.run(tmp_path / "one" / family, family, "fsdp", steps=2, accum=2)
         assert sharded[family] == pytest.approx(single, abs=LOSS_TOL)
-        a = LanguageModel.from_checkpoint(tmp_path / "fsdp" / family / "export" / family).state_dict()
-        b = LanguageModel.from_checkpoint(tmp_path / "one" / family / "export" / family).state_dict()
+        a = load_checkpoint(tmp_path / "fsdp" / family / "export" / family).state_dict()
+        b = load_checkpoint(tmp_path / "one" / family / "export" / family).state_dict()
         torch.manual_seed(0)
         init = fsdp_worker.build(family).state_dict()
         assert a.keys() == b.keys() == init.keys()
@@ -182,7 +182,7 @@ def test_paper_preset_launches_under_torchrun_with_fsdp(tmp_path):
     for name in ("llama-pretrain", "mosaic_v2-finetune"):
         files = {p.name for p in (run_dir / "state" / f"{name}.train.dcp").iterdir()}
         assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= files
-        model = LanguageModel.from_checkpoint(run_dir / "checkpoints" / name)
+        model = load_checkpoint(run_dir / "checkpoints" / name)
         assert model.config.vocab_size == 320 and model.num_params() > 0
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m["step"] for m in metrics if "llama-pretrain/loss" in m]

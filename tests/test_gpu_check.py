@@ -6,21 +6,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from repro import gpu_check
+from repro.bench import gpu_check
+from repro.cli import app
 
 
-def test_without_a_gpu_it_says_so_in_one_sentence_and_exits_2(tmp_path, monkeypatch, capsys):
+def test_without_a_gpu_it_says_so_in_one_sentence_and_exits_2(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu_check.main(["--out", str(tmp_path / "gpu")]) == 2
-    err = capsys.readouterr().err.strip()
+    result = CliRunner().invoke(app, ["bench", "gpu-check", "--out", str(tmp_path / "runs")], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    err = result.output.strip().removeprefix("error: ")
     assert err == gpu_check.NO_GPU and "\n" not in err and len(re.findall(r"[.!?](\s|$)", err)) == 1
-    assert not (tmp_path / "gpu").exists()  # nothing half-written
+    assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
 def test_makefile_has_the_target():
     text = (Path(__file__).parent.parent / "Makefile").read_text()
-    assert re.search(r"^gpu-check: install\n\t\$\(BIN\)/python -m repro.gpu_check --out reports/gpu$", text, re.M)
+    assert re.search(r"^gpu-check: install\n\t\$\(BIN\)/repro bench gpu-check --preset paper$", text, re.M)
 
 
 @pytest.mark.slow  # ~10-20 s: a process group, FSDP wrapping, 3 steps and a DCP save
@@ -39,4 +42,4 @@ def test_training_part_compares_equal_sizes_on_cpu(tmp_path):
     shape = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, vocab_size=128)
     row = gpu_check._training(tmp_path, shape=shape, timing=(1, 1, 1), compile=False, device="cpu")
     assert row["ok"] and "MM v2" in row["result"]
-    assert (tmp_path / "train_throughput_cpu" / "table.md").exists()
+    assert (tmp_path / "train_throughput" / "table.md").exists()

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import launch
 
 from repro.data.tokenizer import byte_tokenizer
 from repro.errors import UserError
-from repro.eval import harness
+from repro.eval import lm_eval_model, lmeval_tasks
 from repro.eval.models import EvalModel, load_model
 from repro.eval.scoring import score_requests
+from repro.evaluations import harness
 from repro.models.registry import build_model
 
 V = 257  # byte tokenizer: 256 bytes + end-of-text
@@ -100,7 +102,7 @@ def _evaluate(model: EvalModel, tasks_dir: Path, **kw) -> dict:
 
     tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
     res = lm_eval.simple_evaluate(
-        model=harness.lm_class()(model=model, batch_size=3), tasks=["toy_mc", "toy_gen"], task_manager=tm, **kw
+        model=lm_eval_model.lm_class()(model=model, batch_size=3), tasks=["toy_mc", "toy_gen"], task_manager=tm, **kw
     )
     return res["results"]
 
@@ -139,7 +141,7 @@ def test_prefix_cached_scoring_changes_no_score_or_generation(tmp_path, family):
         ref, ref_greedy = model.loglikelihood(ctx, cont)
         assert logp == pytest.approx(ref, abs=1e-4) and greedy == ref_greedy
     prompts = [p for p, _ in pairs]
-    texts = harness.generate_texts(model, prompts, 6, [], batch_size=4)
+    texts = lm_eval_model.generate_texts(model, prompts, 6, [], batch_size=4)
     assert texts == [model.generate(p, 6) for p in prompts]
 
 
@@ -152,13 +154,13 @@ def test_generation_cuts_at_the_first_stop_string_and_stops_early():
         out[:, :, torch.tensor(list(b"ab\ncdefgh"))[ids.shape[1] % 9]] = 1.0
         return out
 
-    text = harness.generate_texts(_byte_model(forward), [[120] * 9], 50, ["\n"])
+    text = lm_eval_model.generate_texts(_byte_model(forward), [[120] * 9], 50, ["\n"])
     assert text == ["ab"] and len(calls) == 3  # read the prompt, then two more steps, then "\n" ends it
 
 
 def test_leading_spaces_belong_to_the_continuation(tmp_path):
     pytest.importorskip("lm_eval")
-    lm = harness.lm_class()(model=load_model(str(_tiny_checkpoint(tmp_path / "ckpt"))))
+    lm = lm_eval_model.lm_class()(model=load_model(str(_tiny_checkpoint(tmp_path / "ckpt"))))
     req = [types.SimpleNamespace(args=("Answer: ", "Paris")), types.SimpleNamespace(args=("Answer:", " Paris"))]
     (a, _), (b, _) = lm.loglikelihood(req)
     assert a == pytest.approx(b)
@@ -167,11 +169,11 @@ def test_leading_spaces_belong_to_the_continuation(tmp_path):
 def test_rolling_loglikelihood_predicts_every_token_once(tmp_path):
     pytest.importorskip("lm_eval")
     text = "Once upon a time there was a memory mosaic that remembered everything."  # 71 bytes
-    lm = harness.lm_class()(model=_byte_model(_uniform, max_context=16))  # 5 windows
+    lm = lm_eval_model.lm_class()(model=_byte_model(_uniform, max_context=16))  # 5 windows
     (total,) = lm.loglikelihood_rolling([types.SimpleNamespace(args=(text,))])
     assert total == pytest.approx(-len(text) * math.log(V), rel=1e-5)
     model = load_model(str(_tiny_checkpoint(tmp_path / "ckpt")))
-    lm = harness.lm_class()(model=model)  # the whole text fits one window: log P(text | eot)
+    lm = lm_eval_model.lm_class()(model=model)  # the whole text fits one window: log P(text | eot)
     (total,) = lm.loglikelihood_rolling([types.SimpleNamespace(args=(text,))])
     assert total == pytest.approx(model.loglikelihood([V - 1], list(text.encode()))[0], abs=1e-3)
 
@@ -182,16 +184,16 @@ def test_command_writes_a_run_and_the_paper19_report(tmp_path):
     kw = dict(model=str(ckpt), tasks="toy_mc,toy_gen", limit=None, num_fewshot=None, no_long_term=False)
     kw |= dict(include_path=tasks, batch_size=4, device="cpu", out=tmp_path / "runs", reports=tmp_path / "rep")
     kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False, limit_generate=None)
-    run_dir = harness.command(**kw, force=False)
+    run_dir = run_harness(**kw, force=False)
     assert {"config.yaml", "env.json", "results.json", "rows.jsonl"} <= {p.name for p in run_dir.iterdir()}
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     got = {(r["split"], r["metric"]): r["value"] for r in rows}
     assert 0 <= got["toy_mc", "acc"] <= 1 and got["toy_mc", "chance"] == 0.25 and got["toy_gen", "n"] == 8
     table = (tmp_path / "rep" / "harness" / "table.md").read_text()
-    assert "| hellaswag | hellaswag | acc_norm | 79.2 | 78.6 | 40.9 | - | - | not run (offline) |" in table
+    assert "| hellaswag | hellaswag | acc_norm | 79.2 | 78.6 | 40.9 | - | - | not requested |" in table
     assert "toy_mc" in table and "## Other tasks run" in table and "n=8 |" in table  # intervals and n
     before = (run_dir / "rows.jsonl").stat().st_mtime_ns
-    harness.command(**kw, force=False)  # finished: a no-op
+    run_harness(**kw, force=False)  # finished: a no-op
     assert (run_dir / "rows.jsonl").stat().st_mtime_ns == before
 
 
@@ -205,13 +207,13 @@ def test_long_term_memory_removal_is_reported_as_table_2(tmp_path):
     pair = [(list(b"Question: What is 12 + 7?\nAnswer:" * 4), list(b" 19"))]  # longer than the skip m
     model = load_model(str(ckpt))
     kept = score_requests(model, pair)[0][0]
-    harness.drop_long_term_memory(model)
+    lm_eval_model.drop_long_term_memory(model)
     assert score_requests(model, pair)[0][0] != pytest.approx(kept)
     kw = dict(model=str(ckpt), tasks="toy_mc", limit=4, num_fewshot=None, include_path=_write_tasks(tmp_path / "t"))
     kw |= dict(batch_size=4, device="cpu", out=tmp_path / "runs", reports=tmp_path / "rep", force=False)
     kw |= dict(template="base", preset="cpu", data_dir=None, allow_code_execution=False, limit_generate=None)
-    harness.command(**kw, no_long_term=False)
-    removed = harness.command(**kw, no_long_term=True)
+    run_harness(**kw, no_long_term=False)
+    removed = run_harness(**kw, no_long_term=True)
     assert "__no-ltm" in removed.parent.name
     many = harness.HarnessConfig(model=str(ckpt), tasks=harness.expand_tasks("paper19")[:12], no_long_term=True)
     assert "__no-ltm" in harness.Harness().variant(many)  # not cut off by a long task list
@@ -226,7 +228,7 @@ def test_lm_eval_cli_runs_our_checkpoint(tmp_path):
     ckpt, tasks = _tiny_checkpoint(tmp_path / "ckpt"), _write_tasks(tmp_path / "tasks")
     args = ["--model", "repro", "--model_args", f"path={ckpt}", "--tasks", "toy_mc", "--include_path", str(tasks)]
     out = subprocess.run(
-        [sys.executable, "-m", "repro.eval.harness", *args, "--limit", "4", "--output_path", str(tmp_path / "o")],
+        [sys.executable, "-m", "repro.eval.lm_eval_model", *args, "--limit", "4", "--output_path", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -236,28 +238,28 @@ def test_lm_eval_cli_runs_our_checkpoint(tmp_path):
 def test_long_term_memory_removal_is_refused_without_one_and_called_with_one(tmp_path):
     model = load_model(str(_tiny_checkpoint(tmp_path / "ckpt")))
     with pytest.raises(UserError, match="no long-term memory"):
-        harness.drop_long_term_memory(model)
+        lm_eval_model.drop_long_term_memory(model)
     dropped = []
     net = types.SimpleNamespace(drop_long_term_memory=lambda: dropped.append(True))
-    harness.drop_long_term_memory(_byte_model(net))
+    lm_eval_model.drop_long_term_memory(_byte_model(net))
     assert dropped == [True]
 
 
 def test_without_lm_eval_the_command_says_how_to_install_it(monkeypatch):
-    monkeypatch.setattr(harness.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(lm_eval_model.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install lm-eval"):
-        harness.command(model="x", tasks="paper19", out=Path("o"), reports=Path("r"), preset="cpu")
+        run_harness(model="x", tasks="paper19", out=Path("o"), reports=Path("r"), preset="cpu")
 
 
 def test_importing_repro_needs_no_lm_eval():
-    code = "import sys, repro.eval.harness, repro.eval.models; assert sys.modules.get('lm_eval') is None"
+    code = "import sys, repro.evaluations.harness, repro.eval.models; assert sys.modules.get('lm_eval') is None"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_unreachable_hub_is_one_sentence(tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not harness.hub_reachable()
+    assert not lmeval_tasks.hub_reachable()
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "hub.yaml").write_text(
@@ -265,7 +267,7 @@ def test_unreachable_hub_is_one_sentence(tmp_path, monkeypatch):
         "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: [a, b]\ndoc_to_target: 0\n"
     )
     with pytest.raises(UserError, match="hub is unreachable") as err:
-        harness.load_tasks(["hub_only"], tasks)
+        lmeval_tasks.load_tasks(["hub_only"], tasks)
     assert "\n" not in str(err.value)
 
 
@@ -275,3 +277,30 @@ def test_paper19_maps_the_19_benchmarks():
     assert harness.expand_tasks("paper19,toy_mc,hellaswag") == [*names, "toy_mc"]
     assert sum(b.in_13 for b in harness.PAPER19) == 13
     assert sum(b.mmv2 for b in harness.PAPER19) / 19 == pytest.approx(harness.TABLE1_AVG["mmv2"], abs=0.05)
+
+
+def run_harness(**kw):
+    return launch("harness", "evaluation", **kw)
+
+
+def test_table_1_shows_every_metric_lm_eval_reports_and_why_a_cell_is_empty(tmp_path):
+    """acc beside acc_norm (lm-eval's own table lists both; issue 30: SmolLM2 ARC-Easy acc 49.0 vs
+    acc_norm 43.0); a requested task without data says so, one nobody asked for says 'not requested'."""
+    import pandas as pd
+
+    from repro.evaluations import harness
+
+    base = dict(model="m", variant="v", preset="cpu", seed=0, step=0)
+    rows = [
+        base | dict(split="arc_easy", metric="acc_norm", value=0.43, slice_value="none"),
+        base | dict(split="arc_easy", metric="acc", value=0.49, slice_value="none"),
+        base | dict(split="arc_easy", metric="n", value=200.0, slice_value=None),
+        base | dict(split="hellaswag", metric="skipped", value=1.0, slice_value="no offline data"),
+        base | dict(split="_env", metric="hub_reachable", value=0.0, slice_value=None),
+    ]
+    harness.Harness().report(pd.DataFrame(rows), tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "| arc-easy | arc_easy | acc_norm | 77.3 | 78.0 |" in table and "43.0 [36.3, 49.9] n=200 |" in table
+    assert "| arc-easy | arc_easy | acc |  |  |" in table and "49.0 [42.2, 55.9] n=200 |" in table
+    assert "| hellaswag | hellaswag | acc_norm |" in table and "no offline data |" in table
+    assert "| piqa | piqa | acc_norm |" in table and "not requested |" in table

@@ -4,18 +4,18 @@ trie against plain forward passes, data loaders on generated fixtures, and the c
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from repro import results
 from repro.data import icl as data
 from repro.errors import UserError
-from repro.eval import icl
+from repro.evaluations import icl
 
 BANKING = ["card_arrival", "card_linking", "exchange_rate", "top_up_failed"]
 
@@ -167,14 +167,37 @@ class Ctx:
 def test_rows_report_every_prompt_and_their_mean_never_a_best_of():
     R = icl.PromptResult
     res = [
-        R("anonymous", 1, "newline-shuffled", 10, 0.25, n=4, accuracy_norm=0.5, predicted={"a": 4}),
-        R("anonymous", 1, "space-ordered", 10, 0.75, n=4, accuracy_norm=0.75, predicted={"a": 2, "b": 2}),
+        R(
+            "anonymous",
+            1,
+            "newline-shuffled",
+            10,
+            0.25,
+            n=4,
+            accuracy_norm=0.5,
+            predicted={"a": 4},
+            hits=[1, 0, 0, 0],
+            hits_norm=[1, 1, 0, 0],
+        ),
+        R(
+            "anonymous",
+            1,
+            "space-ordered",
+            10,
+            0.75,
+            n=4,
+            accuracy_norm=0.75,
+            predicted={"a": 2, "b": 2},
+            hits=[1, 1, 1, 0],
+            hits_norm=[1, 1, 1, 0],
+        ),
         R("anonymous", 2, "newline-ordered", 99, None, "too long"),
     ]
     cfg = icl.ICLConfig("m", "synthetic", ["anonymous"], [1, 2])
     rows = icl.to_rows(res, cfg, Ctx(), 4)
     get = {(r["metric"], r["step"], r["slice_value"]): r["value"] for r in rows}
-    assert get["accuracy", 1, "mean"] == 0.5 and get["n", 1, "mean"] == 8  # pooled over the prompts that ran
+    # each query's accuracy averaged over the prompts that ran; n counts the 4 distinct queries, not 8
+    assert get["accuracy", 1, "mean"] == 0.5 and get["n", 1, "mean"] == 4 and get["prompts", 1, "mean"] == 2
     assert get["accuracy_norm", 1, "mean"] == pytest.approx(5 / 8)
     assert not any(r["slice_value"] == "best" for r in rows)
     lo, hi = get["accuracy_lo", 1, "space-ordered"], get["accuracy_hi", 1, "space-ordered"]
@@ -182,8 +205,19 @@ def test_rows_report_every_prompt_and_their_mean_never_a_best_of():
     assert get["top_label_share", 1, "newline-shuffled"] == 1.0 and get["top_label=a", 1, "newline-shuffled"] == 4
     assert any(r["metric"] == "skipped" and "too long" in r["slice_value"] for r in rows)
     df = pd.DataFrame(rows)
-    table = icl.write_report(df, Path(pytest.importorskip("tempfile").mkdtemp()))[0].read_text()
-    assert "0.50 [0.22, 0.78] n=8" in table and "a (1.00) | yes" in table
+    table = icl.ICL().report(df, Path(pytest.importorskip("tempfile").mkdtemp()))[0].read_text()
+    assert "0.50 [0.15, 0.85] n=4" in table and "a (1.00) | yes" in table
+
+
+def test_a_small_test_subset_is_stratified_over_all_classes():
+    """A subset smaller than the class count takes one query from each of a seeded random set of
+    classes (issue 30: round-robin took classes 0-11 of Banking77's 77)."""
+    task = data.synthetic_task(seed=0, n_classes=8)
+    picks = [[ex.label for ex in data.test_subset(task, 3, seed)] for seed in range(6)]
+    assert all(len(set(p)) == 3 for p in picks)  # one per class
+    assert any(set(p) != {0, 1, 2} for p in picks) and len(set().union(*map(set, picks))) == 8
+    full = data.test_subset(task, 16, 0)
+    assert sorted(Counter(ex.label for ex in full).values()) == [2] * 8  # still balanced when it covers all
 
 
 def test_prompt_length_accounting_skips_what_does_not_fit():
@@ -246,7 +280,7 @@ def test_real_banking77_one_shot_prompt():
 
 
 def test_command_end_to_end_on_a_checkpoint(tmp_path):
-    from repro.cli import user_errors
+    from repro.cli import app
     from repro.data.tokenizer import byte_tokenizer
     from repro.models.registry import build_model
 
@@ -254,9 +288,9 @@ def test_command_end_to_end_on_a_checkpoint(tmp_path):
     ckpt = tmp_path / "gpt2-tiny"
     build_model("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=200, vocab_size=320).save(ckpt)
     byte_tokenizer().save(ckpt)
-    app = typer.Typer()
-    app.command()(user_errors(icl.command))
     args = [
+        "eval",
+        "icl",
         "--model",
         str(ckpt),
         "--dataset",
@@ -289,5 +323,5 @@ def test_command_end_to_end_on_a_checkpoint(tmp_path):
     assert "not tested" in (report / "table.md").read_text()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "already done" in again.output
-    bad = CliRunner().invoke(app, [*args[:3], "imdb", *args[4:]])
+    bad = CliRunner().invoke(app, [*args[:5], "imdb", *args[6:]])
     assert bad.exit_code == 2 and "unknown" in bad.output

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.errors import UserError
+from repro.kernels import dispatch
 from repro.models.mosaic import leaky_average
 
 # relative RMS error allowed, per input dtype (fla uses 5e-3 for fp32-ish, up to 2e-2 for half precision)
@@ -197,7 +198,7 @@ def test_dropout_is_served_where_it_exists(monkeypatch):
     changes nothing."""
     q, k, v, _ = _retrieval_case(1, 2, 30, 8, 8, torch.float32)
     monkeypatch.delenv("REPRO_KERNELS", raising=False)
-    monkeypatch.setattr(kernels, "_triton_usable", lambda: True)
+    monkeypatch.setattr(dispatch, "_triton_usable", lambda: True)
     before = kernels.CALLS["memory_retrieval", "torch"]
     torch.manual_seed(0)
     dropped = kernels.memory_retrieval(q, k, v, dropout_p=0.5)

@@ -1,6 +1,6 @@
 """The contract every registered language-model family keeps, and the model registry itself.
 
-Parametrised over `registry.families()`: a family registered tomorrow is tested here without editing
+Parametrised over `registry.language_models()`: a family registered tomorrow is tested here without editing
 this file. Each test builds the family's `debug` variant (small enough that a 60-token input crosses
 every path: v2's window, skip and query chunks). Family-specific behaviour (a mosaic's strictly causal
 memory, v2's cache pruning, inits, parameter formulas) stays in the per-family test files."""
@@ -16,8 +16,9 @@ import torch
 from repro.errors import UserError
 from repro.models import registry
 from repro.models.lm import LanguageModel, next_token_loss
+from repro.models.registry import load as load_checkpoint
 
-FAMILIES = registry.families()
+FAMILIES = registry.language_models()
 V = 61  # a small vocabulary, not a multiple of anything
 # The papers' parameter counts of the named sizes, at the precision they are published (reference
 # memory-mosaics.md 1.2 and §4.2). A paper variant without a published count is only built.
@@ -120,6 +121,30 @@ def test_cached_decoding_equals_full_forward(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_forked_cache_leaves_its_prefix_and_its_siblings_alone(family):
+    """A prefix read once, its cache forked (shared tensors, batch-expanded, as the evaluations'
+    PrefixScorer does) into two continuations run one after the other, with decoding steps long
+    enough to fill the caches' spare room: each equals the full forward of its own sequence, and the
+    prefix cache still continues correctly afterwards."""
+    from repro.eval.scoring import _fork
+
+    model = _tiny(family)
+    idx = _tokens(T=64)  # GPT-2's block_size here
+    prefix, tails = idx[:1, :20], [idx[:, 20:], (idx[:, 20:] + 3) % V]
+    with torch.no_grad():
+        cache = model.new_cache(1)
+        model(prefix[:, :19], cache)
+        model(prefix[:, 19:], cache)  # a step: the prefix's buffers now have spare room
+        for tail in tails:
+            fork = _fork(cache, 2)
+            steps = [model(tail[:, t : t + 1], fork) for t in range(tail.shape[1])]
+            full = model(torch.cat([prefix.expand(2, -1), tail], dim=1))[:, 20:]
+            assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
+        again = model(idx[:1, 20:30], cache)
+        assert torch.allclose(again, model(idx[:1, :30])[:, 20:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_generate_prefills_once_then_feeds_one_token(family):
     model = _tiny(family)
     prompt = _tokens(T=9)
@@ -193,7 +218,7 @@ def test_checkpoint_round_trip_from_a_fresh_directory(family, tmp_path):
     shutil.copytree(tmp_path / "run" / "model", fresh)
     shutil.rmtree(tmp_path / "run")
     assert json.loads((fresh / "config.json").read_text())["family"] == family
-    loaded = LanguageModel.from_checkpoint(fresh)
+    loaded = load_checkpoint(fresh)
     assert type(loaded) is registry.family(family).model_class and loaded.config == model.config
     # tied weights stay tied: the same number of distinct parameter tensors
     assert len(list(loaded.parameters())) == len(list(model.parameters()))
@@ -205,10 +230,7 @@ def test_checkpoint_round_trip_from_a_fresh_directory(family, tmp_path):
 def test_checkpoints_of_every_family_load_in_a_bare_interpreter(tmp_path):
     for family in FAMILIES:
         _tiny(family).save(tmp_path / family)
-    code = (
-        "import sys; from repro.models.lm import LanguageModel; "
-        "print(*(type(LanguageModel.from_checkpoint(p)).__name__ for p in sys.argv[1:]))"
-    )
+    code = "import sys; from repro.models.registry import load; print(*(type(load(p)).__name__ for p in sys.argv[1:]))"
     done = subprocess.run(
         [sys.executable, "-c", code, *(str(tmp_path / f) for f in FAMILIES)], capture_output=True, text=True
     )
@@ -216,18 +238,18 @@ def test_checkpoints_of_every_family_load_in_a_bare_interpreter(tmp_path):
     assert done.stdout.split() == [registry.family(f).model_class.__name__ for f in FAMILIES]
 
 
-def test_from_checkpoint_errors_are_one_sentence(tmp_path):
+def test_checkpoint_loading_errors_are_one_sentence(tmp_path):
     with pytest.raises(UserError, match="not a model checkpoint"):
-        LanguageModel.from_checkpoint(tmp_path)
+        load_checkpoint(tmp_path)
     gpt, mosaic = (registry.family(f).model_class for f in ("gpt2", "mosaic"))
     _tiny("gpt2").save(tmp_path)
-    assert type(gpt.from_checkpoint(tmp_path)) is gpt
+    assert type(load_checkpoint(tmp_path, expect=gpt)) is gpt
     with pytest.raises(UserError, match=f"not a {mosaic.__name__}"):
-        mosaic.from_checkpoint(tmp_path)
+        load_checkpoint(tmp_path, expect=mosaic)
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "family": "rnn"}))
     with pytest.raises(UserError, match="family 'rnn'"):
-        LanguageModel.from_checkpoint(tmp_path)
+        load_checkpoint(tmp_path)
 
 
 # ---- the kernel dispatch ---------------------------------------------------------------------------

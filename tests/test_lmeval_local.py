@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import launch
 
 from repro.errors import UserError
-from repro.eval import harness, lmeval_local
+from repro.eval import lm_eval_model, lmeval_local, lmeval_tasks
 from repro.eval.code_eval import CodeEval, CodeExecutionRefused, pass_at_k
 from repro.eval.lmeval_local import LOCAL_DATA, allocate, plan_samples, spread_subset
+from repro.evaluations import harness
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -92,7 +94,7 @@ def data_dir(tmp_path_factory) -> Path:
     for task, splits in files.items():
         for split in splits:
             _write(root / task / f"{split}.jsonl", [_row(task, i) for i in range(12)])
-    tm = harness.load_task_manager(["bbh", "mmlu"], None)
+    tm = lmeval_tasks.load_task_manager(["bbh", "mmlu"], None)
     for leaf in lmeval_local.leaf_tasks(tm, "bbh"):
         sub = leaf.removeprefix("bbh_cot_fewshot_")
         _write(root / "bbh" / "jsonl" / sub / "test.jsonl", [_row("bbh", i) for i in range(2)])
@@ -103,7 +105,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def test_every_table_row_builds_lm_evals_own_task_from_its_layout(data_dir, monkeypatch):
-    tm = harness.load_task_manager(list(LOCAL_DATA), None, str(data_dir))
+    tm = lmeval_tasks.load_task_manager(list(LOCAL_DATA), None, str(data_dir))
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     for name in LOCAL_DATA:
         assert lmeval_local.has_local(name, data_dir)
@@ -132,7 +134,7 @@ def test_every_table_row_builds_lm_evals_own_task_from_its_layout(data_dir, monk
         )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(harness, "hub_reachable", lambda: False)
-    loaded = harness.load_tasks(["humaneval", "humaneval_plus", "arc_easy"], None, str(data_dir))
+    loaded = lmeval_tasks.load_tasks(["humaneval", "humaneval_plus", "arc_easy"], None, str(data_dir))
     assert "allow-code-execution" in loaded.skipped["humaneval"] and "arc_easy" in loaded.sizes
     assert loaded.skipped["humaneval_plus"] == "no offline data"  # no copy, whatever its metric needs
 
@@ -150,7 +152,7 @@ def _score_response(task, doc, response: str) -> dict:
 
 def test_humaneval_and_mbpp_score_by_running_the_code_without_the_hub(data_dir, monkeypatch):
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
-    tm = harness.load_task_manager(["humaneval", "mbpp"], None, str(data_dir))
+    tm = lmeval_tasks.load_task_manager(["humaneval", "mbpp"], None, str(data_dir))
     cases = (("humaneval", "    return 1\n", "    return 2\n"), ("mbpp", "def f(): return 1", "def f(): return"))
     for name, right, wrong in cases:
         task = lmeval_local.build_local(tm, name, data_dir)
@@ -176,7 +178,7 @@ def test_code_eval_runs_each_program_isolated_with_a_time_limit(monkeypatch):
 
 
 def test_mmlu_leaves_read_only_their_subject(data_dir):
-    tm = harness.load_task_manager(["mmlu"], None, str(data_dir))
+    tm = lmeval_tasks.load_task_manager(["mmlu"], None, str(data_dir))
     tasks = tm.load([lmeval_local.build_local(tm, "mmlu", data_dir)])["tasks"]
     for subject in MMLU_SUBJECTS:
         docs = list(tasks[f"mmlu_{subject}"].eval_docs)
@@ -186,7 +188,7 @@ def test_mmlu_leaves_read_only_their_subject(data_dir):
 
 def test_a_missing_evaluation_file_is_one_sentence(tmp_path):
     _write(tmp_path / "lmeval" / "piqa" / "train.jsonl", [_row("piqa", 0)])
-    tm = harness.load_task_manager(["piqa"], None, str(tmp_path))
+    tm = lmeval_tasks.load_task_manager(["piqa"], None, str(tmp_path))
     with pytest.raises(UserError, match="piqa.*validation.jsonl"):
         lmeval_local.build_local(tm, "piqa", tmp_path)
 
@@ -225,7 +227,7 @@ def test_harness_runs_local_tasks_skips_the_rest_and_reports_n(data_dir, tmp_pat
     kw |= dict(limit_generate=3)  # generation benchmarks (gsm8k) get fewer documents
     kw |= dict(num_fewshot=None, no_long_term=False, include_path=None, batch_size=4, device="cpu")
     kw |= dict(out=tmp_path / "runs", reports=tmp_path / "rep", template="base", preset="cpu", force=False)
-    run_dir = harness.command(**kw, data_dir=data_dir, allow_code_execution=False)
+    run_dir = run_harness(**kw, data_dir=data_dir, allow_code_execution=False)
     assert "local-data" in run_dir.parent.name
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     got = {(r["split"], r["metric"]): r for r in rows}
@@ -242,7 +244,7 @@ def test_harness_runs_local_tasks_skips_the_rest_and_reports_n(data_dir, tmp_pat
     assert "| copa |" in table  # a non-paper task in the other-tasks table
     # a second model on the same seeded documents: per-document differences, paired
     other = _tiny_checkpoint(tmp_path / "other", seed=1)
-    harness.command(**{**kw, "model": str(other)}, data_dir=data_dir, allow_code_execution=False)
+    run_harness(**{**kw, "model": str(other)}, data_dir=data_dir, allow_code_execution=False)
     table = (tmp_path / "rep" / "harness" / "table.md").read_text()
     assert "## Paired differences on the same documents" in table
     line = next(x for x in table.split("## Paired")[1].splitlines() if x.startswith("| arc-easy |"))
@@ -252,7 +254,7 @@ def test_harness_runs_local_tasks_skips_the_rest_and_reports_n(data_dir, tmp_pat
 def test_without_a_data_dir_an_offline_hub_task_is_still_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="hub is unreachable.*--data-dir"):
-        harness.load_tasks(["hellaswag"], None)
+        lmeval_tasks.load_tasks(["hellaswag"], None)
 
 
 def _tiny_hf_model(path: Path) -> Path:
@@ -313,7 +315,11 @@ def test_transformers_models_generate_through_their_kv_cache_as_without_it(tmp_p
     assert model.hf_module is not None
     prompts = [model.tokenizer.encode(t) for t in ("Question: which", "Answer: the", "piqa goal")]
     prompts.append(prompts[0][::-1])  # two prompts of one length decode as one batch
-    cached = harness.generate_texts(model, prompts, 20, [], batch_size=4)
-    reread = harness.generate_texts(dataclasses.replace(model, hf_module=None), prompts, 20, [], batch_size=4)
+    cached = lm_eval_model.generate_texts(model, prompts, 20, [], batch_size=4)
+    reread = lm_eval_model.generate_texts(dataclasses.replace(model, hf_module=None), prompts, 20, [], batch_size=4)
     assert cached == reread == [model.generate(p, 20) for p in prompts]
     assert any(cached)
+
+
+def run_harness(**kw):
+    return launch("harness", "evaluation", **kw)

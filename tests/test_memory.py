@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from repro import kernels
+from repro.kernels import dispatch
 from repro.models.memory import associative_recall, recall_all
 
 
@@ -102,8 +103,8 @@ def test_torch_backend_matches_reference_with_gradients(window, skip, T, D, Dv):
 
 def test_backend_choice_explicit_env_auto(monkeypatch):
     monkeypatch.delenv("REPRO_KERNELS", raising=False)
-    has_triton = "triton" in kernels._IMPLS["memory_retrieval"]
-    expected = "triton" if has_triton and kernels._triton_usable() else "torch"
+    has_triton = "triton" in dispatch._IMPLS["memory_retrieval"]
+    expected = "triton" if has_triton and dispatch._triton_usable() else "torch"
     assert kernels.backend(op="memory_retrieval") == expected
     monkeypatch.setenv("REPRO_KERNELS", "reference")
     assert kernels.backend(op="memory_retrieval") == "reference"

@@ -14,6 +14,7 @@ from repro.errors import UserError
 from repro.models import registry
 from repro.models.lm import LanguageModel
 from repro.models.mosaic_v2 import gated_leaky_scan, visible_pairs
+from repro.models.registry import load as load_checkpoint
 
 V = 61
 
@@ -224,7 +225,7 @@ def test_smoke_run_report_and_checkpoints(tmp_path):
     assert {"train_tok_per_s", "decode_tok_per_s"} <= set(df[df.split == "bench"].metric)
     assert (df[df.metric == "peak_mb"].value >= 0).all()
     for name in ("llama-finetune", "mosaic_v2-pretrain"):
-        model = LanguageModel.from_checkpoint(run_dir / "checkpoints" / name)
+        model = load_checkpoint(run_dir / "checkpoints" / name)
         assert (run_dir / "checkpoints" / name / "tokenizer_meta.json").exists()  # the evaluations need it
         assert model.config.block_size == (64 if name.endswith("finetune") else 32)
     paths = exp.report(df, tmp_path / "report")

@@ -76,7 +76,7 @@ def test_cifar10_to_cifar100_task_through_the_hub(fake_hub, tmp_path):
 @pytest.mark.parametrize("name", ["wd-transfer", "rich-ensemble"])
 def test_transfer_experiments_run_on_hub_cifar100(name, fake_hub, tmp_path):
     overrides = ["tasks=cifar10:0-1>cifar100:0-4", f"data.cache_dir={tmp_path / 'cache'}"]
-    run_dir = runtime.launch(registry.get(name), preset="smoke", overrides=overrides, out=tmp_path, use_wandb=False)
+    run_dir = runtime.launch(registry.get(name), preset="smoke", overrides=overrides, out=tmp_path, wandb=False)
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     assert any(r["split"] == "target" and r["metric"] == "probe_acc" for r in rows)
 
@@ -128,7 +128,7 @@ def test_very_large_dropout_on_a_domainbed_target(tmp_path, monkeypatch):
         f"domainbed_path={root}",
     ]
     exp = registry.get("very-large-dropout")
-    run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", use_wandb=False)
+    run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", wandb=False)
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     test_rows = [r for r in rows if r["split"] == "ood_test" and r["metric"] == "acc"]
     assert test_rows and all(r["slice_value"].startswith("sketch|") for r in test_rows)

@@ -145,7 +145,7 @@ def test_plan_says_when_nothing_fits_and_what_would():
 
 def test_plan_command(tmp_path):
     out = tmp_path / "plan.md"
-    args = ["plan", "mmv2-pretrain", "--preset", "smoke", "--gpus", "2", "--gpu", "A100", "--out", str(out)]
+    args = ["plan", "mmv2-pretrain", "--preset", "smoke", "--gpus", "2", "--gpu", "A100", "--write", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     text = out.read_text()

@@ -1,4 +1,4 @@
-"""The four rich-features experiments end to end at their smoke presets, on images the test writes:
+"""The four rich-features experiments end to end at their smoke presets (generated images, offline):
 run directory through `repro.runtime.launch`, rows, the report with the paper's numbers beside ours,
 resume after a finished run, and the one-sentence error when the data cannot be found."""
 
@@ -32,11 +32,14 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_smoke_preset_end_to_end(name, data, tmp_path, monkeypatch):
+def test_smoke_preset_end_to_end(name, tmp_path, monkeypatch):
+    """The smoke preset as `repro run NAME --preset smoke` runs it: offline, on generated images."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no hub cache to fall back on either
     kind, artifacts, paper_number = EXPERIMENTS[name]
     exp = registry.get(name)
-    overrides = [f"data.path={data[kind]}", f"data.cache_dir={tmp_path / 'cache'}"]
-    run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", use_wandb=False)
+    overrides = [f"data.cache_dir={tmp_path / 'cache'}"]
+    run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", wandb=False)
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     assert rows and all(set(results.ROW_FIELDS) <= set(r) for r in rows)
     assert any(r["metric"] == "wall_s" for r in rows)
@@ -46,7 +49,7 @@ def test_smoke_preset_end_to_end(name, data, tmp_path, monkeypatch):
     table = (tmp_path / "report" / "table.md").read_text()
     assert paper_number in table and "smoke" in table and "verdict" in table.lower()
     # a finished run is a no-op (no retraining)
-    again = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", use_wandb=False)
+    again = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", wandb=False)
     assert again == run_dir
 
 
@@ -57,7 +60,7 @@ def test_accuracies_are_fractions(data, tmp_path, monkeypatch):
         preset="smoke",
         overrides=[f"data.path={data['cifar']}", "data.cache_dir=none"],
         out=tmp_path,
-        use_wandb=False,
+        wandb=False,
     )
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     accs = [r["value"] for r in rows if r["metric"] in ("test_acc", "probe_acc")]
@@ -73,6 +76,7 @@ def test_missing_data_is_one_sentence_exit_2(name, dataset, tmp_path, monkeypatc
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
     out = tmp_path / "runs"
     args = ["run", name, "--preset", "smoke", "--out", str(out), "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    args += ["--set", "data.path=none"]  # not the generated images of the smoke preset
     result = CliRunner().invoke(app, args)
     text = " ".join(result.output.split())
     assert result.exit_code == 2, result.output

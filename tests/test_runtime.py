@@ -1,13 +1,13 @@
 """Run life cycle: resume after a kill gives the same loss curve; W&B only when asked."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from repro import runtime
-from repro.registry import Experiment, get, names
+from repro import registry, runtime
 from repro.track import Tracker, wandb_mode
 from repro.train.loop import LoopConfig, train
 from repro.train.optim import OptimConfig, lr_at
@@ -65,6 +65,7 @@ def test_wandb_only_when_asked_and_offline_without_a_key(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_PROJECT", "p")
     assert wandb_mode(None) == "offline" and wandb_mode(False) is None
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr("repro.track._reachable", lambda url, timeout: True)  # tests never touch the network
     assert wandb_mode(None) == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode(True) == "disabled"
@@ -82,16 +83,27 @@ def test_offline_wandb_run_never_blocks_and_jsonl_stays_the_record(monkeypatch, 
 
 
 def test_variant_names_are_stable_and_readable():
-    a = runtime.variant_name(["steps=10", "eval.sequences=4"])
-    assert a == runtime.variant_name(["eval.sequences=4", "steps=10"])
-    assert a.startswith("eval.sequences=4+steps=10-") and runtime.variant_name(None) == "default"
+    a = registry.variant_name(["steps=10", "eval.sequences=4"])
+    assert a == registry.variant_name(["eval.sequences=4", "steps=10"])
+    assert a.startswith("eval.sequences=4+steps=10-") and registry.variant_name(None) == "default"
 
 
-def test_every_experiment_has_the_three_presets():
-    for name in names():
-        exp = get(name)
-        assert isinstance(exp, Experiment) and set(exp.presets()) == {"smoke", "cpu", "paper"}
-        assert exp.paper_ref and exp.claim and set(exp.preset_costs) == {"smoke", "cpu", "paper"}
+def test_every_runnable_has_the_three_presets_and_its_declared_metadata():
+    """Every runnable has smoke/cpu/paper presets and costs, and what the CLI reads from its source
+    without importing it (`registry.scan`) is what the imported class says."""
+    for name in registry.names():
+        runnable = registry.get(name)
+        assert set(runnable.presets()) == {"smoke", "cpu", "paper"}, name
+        assert runnable.paper_ref and set(runnable.preset_costs) == {"smoke", "cpu", "paper"}, name
+        if runnable.kind != "benchmark":
+            assert runnable.claim, name
+        entry = registry.scan()[name]
+        assert (entry.kind, entry.paper_ref, entry.claim) == (runnable.kind, runnable.paper_ref, runnable.claim)
+        assert dict(entry.preset_costs) == runnable.preset_costs, name
+        assert entry.options == tuple((o.flag, o.key, o.help, o.is_flag) for o in runnable.options), name
+        cfg = runnable.config("cpu")
+        for option in runnable.options:  # every promoted option names a real config key
+            assert option.key.split(".")[0] in {f.name for f in dataclasses.fields(cfg)}, (name, option.key)
 
 
 def test_progress_writes_plain_lines_when_stderr_is_a_log_file(monkeypatch, capsys):
@@ -109,12 +121,12 @@ def test_progress_writes_plain_lines_when_stderr_is_a_log_file(monkeypatch, caps
 def test_an_evaluation_with_a_scratch_out_never_rewrites_the_committed_reports(tmp_path, monkeypatch):
     import types
 
-    from repro.results import eval_report
+    from repro.results import write_report
 
     monkeypatch.chdir(tmp_path)
     written = []
     exp = types.SimpleNamespace(name="harness", report=lambda df, out: written.append(out) or [])
-    eval_report(exp, Path("runs"), None, "cpu")
-    eval_report(exp, tmp_path / "scratch", None, "cpu")
-    eval_report(exp, tmp_path / "scratch", tmp_path / "mine", "cpu")
+    write_report(exp, Path("runs"), None, "cpu")
+    write_report(exp, tmp_path / "scratch", None, "cpu")
+    write_report(exp, tmp_path / "scratch", tmp_path / "mine", "cpu")
     assert written == [Path("reports/harness"), tmp_path / "scratch/reports/harness", tmp_path / "mine/harness"]

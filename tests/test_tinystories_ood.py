@@ -106,10 +106,10 @@ def test_paired_verdicts_and_sweep_split():
 
     d, h, n = paired([-0.10, -0.12, -0.11])
     assert n == 3 and d == pytest.approx(-0.11) and h == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
-    assert verdict(d, h, n, "lower").startswith("reproduced, beyond seed noise")
-    assert verdict(d, h, n, "higher").startswith("differs: opposite, beyond seed noise")
-    assert verdict(*paired([0.2, -0.1, 0.05]), "lower").startswith("opposite direction, within seed noise")
-    assert verdict(*paired([0.2, -0.1, 0.05]), "not higher").startswith("not contradicted")
+    assert verdict(d, h, n, "lower").startswith("reproduced: same direction, beyond noise")
+    assert verdict(d, h, n, "higher").startswith("not reproduced: opposite direction, beyond noise")
+    assert verdict(*paired([0.2, -0.1, 0.05]), "lower").startswith("opposite direction, within noise")
+    assert verdict(*paired([-0.2, 0.1, -0.05]), "not higher").startswith("same direction, within noise")
     variants = [
         "default",
         "depths=4-0a1b2c",

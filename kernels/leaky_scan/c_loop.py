@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from repro.kernels import native, register
-from repro.kernels.leaky_scan import torch_chunk
+import repro.kernels.native as native
+from repro.kernels.dispatch import register
 from repro.kernels.leaky_scan.reference import check_args
+from repro.kernels.leaky_scan.torch_chunk import leaky_scan as torch_leaky_scan
 
 SOURCE = Path(__file__).with_name("scan.c")
 
@@ -127,7 +128,7 @@ def leaky_scan(
     if x.device.type != "cpu":
         raise ValueError(f"leaky_scan[c] runs on the CPU, got a tensor on {x.device}")
     if x.dtype == torch.float64:
-        return torch_chunk.leaky_scan(x, g, lam, state)
+        return torch_leaky_scan(x, g, lam, state)
     B, H, T, _ = x.shape
     if not isinstance(lam, torch.Tensor):
         lam = torch.tensor(float(lam))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from repro.kernels import register
+from repro.kernels.dispatch import register
 
 
 def expand_gates(

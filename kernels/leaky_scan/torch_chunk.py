@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from repro.kernels import register
+from repro.kernels.dispatch import register
 from repro.kernels.leaky_scan.reference import check_args, expand_gates
 
 CHUNK = 64

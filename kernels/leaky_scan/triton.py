@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from repro.kernels import register
+from repro.kernels.dispatch import register
 from repro.kernels.leaky_scan.reference import check_args, expand_gates
 
 LAUNCHES: collections.Counter = collections.Counter()  # kernel launches per kind, for the tests

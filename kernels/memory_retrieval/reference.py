@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from repro.kernels import register
+from repro.kernels.dispatch import register
 from repro.kernels.memory_retrieval.mask import visible_mask
 
 

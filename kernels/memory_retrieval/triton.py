@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from repro.kernels import register
+from repro.kernels.dispatch import register
 from repro.kernels.memory_retrieval.reference import check_args, softmax_scale
 
 LAUNCHES: collections.Counter = collections.Counter()  # kernel launches per kind, for the tests

@@ -8,6 +8,7 @@ alike; the ratio of a round is the mosaic's tokens/s over the baseline's.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,18 @@ import torch
 
 from repro import results
 from repro.bench.ops import decode_profile
-from repro.bench.pairs import PairShape, build_pair, check_pairs, machine, report_notes, shape_text, speed_rows
+from repro.bench.pairs import (
+    TINY,
+    PairShape,
+    build_pair,
+    check_pairs,
+    report_notes,
+    shape_text,
+    speed_rows,
+    split_table,
+)
 from repro.models.lm import LanguageModel
+from repro.registry import Benchmark, Option, register
 from repro.runtime import pick_device
 from repro.track import console, progress
 
@@ -57,14 +68,15 @@ def decode_speed(model: LanguageModel, prompt: torch.Tensor, new_tokens: int) ->
 
 
 def decode_throughput(cfg: DecodeConfig) -> list[dict[str, Any]]:
-    """One row per (pair, model): decoding and prefill tokens/s, the mosaic's ratios to the baseline."""
+    """One row per (pair, model): decoding and prefill tokens/s, the mosaic's ratios to the baseline;
+    then, with cfg.profile, one row per model with the operator counts of one decoding step."""
     check_pairs(cfg.pairs)
     device = pick_device(cfg.device)
     prompt = torch.randint(cfg.shape.vocab_size, (1, cfg.prompt), generator=torch.Generator().manual_seed(0))
     rows = []
     for pair in cfg.pairs:
         models = {f: m.to(device) for f, m in build_pair(pair, cfg.shape, cfg.prompt + cfg.new_tokens).items()}
-        before = machine()
+        load = os.getloadavg()[0]
         speeds: dict[str, dict[str, list[float]]] = {f: {"prefill": [], "decode": []} for f in models}
         timed = [False] * cfg.warmup + [True] * cfg.rounds
         with progress(len(timed) * len(models), f"decode {pair}") as bar:
@@ -75,20 +87,20 @@ def decode_throughput(cfg: DecodeConfig) -> list[dict[str, Any]]:
                         speeds[f]["prefill"].append(prefill)
                         speeds[f]["decode"].append(decode)
                     bar.advance()
-        decode_rows = speed_rows(pair, cfg.prompt, models, {f: s["decode"] for f, s in speeds.items()}, before)
-        prefill_rows = speed_rows(pair, cfg.prompt, models, {f: s["prefill"] for f, s in speeds.items()}, before)
+        decode_rows = speed_rows(pair, cfg.prompt, models, {f: s["decode"] for f, s in speeds.items()}, load)
+        prefill_rows = speed_rows(pair, cfg.prompt, models, {f: s["prefill"] for f, s in speeds.items()}, load)
         for d, p in zip(decode_rows, prefill_rows, strict=True):
             d["prefill tok/s"], d["prefill ratio"] = p["tok/s median"], p["ratio"]
         rows += decode_rows
         del models
-    return rows
+    return rows + (decoding_profile(cfg) if cfg.profile else [])
 
 
 def decoding_profile(cfg: DecodeConfig) -> list[dict[str, Any]]:
     """Operator counts of one decoding step of each model after the prompt (bench/ops.py)."""
     prompt = torch.randint(cfg.shape.vocab_size, (1, cfg.prompt), generator=torch.Generator().manual_seed(0))
     rows = []
-    for pair in cfg.pairs if cfg.profile else ():
+    for pair in cfg.pairs:
         for family, model in build_pair(pair, cfg.shape, cfg.prompt + cfg.new_tokens).items():
             step = f"one token after {cfg.prompt}"
             rows.append({"pair": pair, "model": family, "step": step, **decode_profile(model, prompt)})
@@ -96,17 +108,56 @@ def decoding_profile(cfg: DecodeConfig) -> list[dict[str, Any]]:
 
 
 def write_decode_report(
-    rows: list[dict[str, Any]], cfg: DecodeConfig, out_dir: Path, profile: list[dict[str, Any]] | None = None
+    table: list[dict[str, Any]], cfg: DecodeConfig, machine: dict[str, Any], out_dir: Path
 ) -> list[Path]:
+    speeds, profile = split_table(table)
     timing = f"a {cfg.prompt}-token prompt read once through the cache (`prefill` columns), then {cfg.new_tokens} "
     timing += f"greedy one-token steps (the other columns), batch 1, after {cfg.warmup} warm-up round(s)"
     shapes = [shape_text(pair, build_pair(pair, cfg.shape, cfg.prompt + cfg.new_tokens)) for pair in cfg.pairs]
-    notes = report_notes("Decoding", cfg.rounds, timing, shapes)
-    name = "decode_throughput" + ("_gpu" if torch.cuda.is_available() and cfg.device != "cpu" else "_cpu")
-    title = "Decoding throughput, mosaics vs baselines, same run"
+    notes = report_notes(machine, "Decoding", cfg.rounds, timing, shapes)
     extra = {"Operators per decoding step (torch.profiler; top-level aten ops)": profile} if profile else None
-    table = [{k: v for k, v in r.items() if k != "T"} for r in rows]
-    paths = results.write_table(table, out_dir / name, title, notes, extra)
-    for r in rows:
-        console.print(f"{r['pair']} {r['model']:10s} {r['tok/s median']:8.1f} tok/s  ratio {r['ratio']}")
-    return paths
+    table = [{k: v for k, v in r.items() if k != "T"} for r in speeds]
+    return results.write_table(table, out_dir, "Decoding throughput, mosaics vs baselines, same run", notes, extra)
+
+
+def _pairs(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@register
+class BenchDecode(Benchmark):
+    """`repro bench decode`: greedy decoding tokens/s of each mosaic against its baseline at equal
+    parameters, batch 1, through the cache, in one process."""
+
+    name = "bench-decode"
+    paper_ref = "Memory Mosaics v2 decoding speed (reports/mmv2-pretrain): mosaics vs GPT-2 / Llama tokens/s"
+    preset_costs = {
+        "smoke": "seconds (1 block, width 32, a 24-token prompt, 4 new tokens)",
+        "cpu": "~1 min on 2 idle cores (4 blocks, width 256, 1k prompt, 256 new tokens, 5 rounds, both pairs)",
+        "paper": "GPU: 12 blocks, width 768, 4k prompt, 256 new tokens",
+    }
+    options = (
+        Option("--pairs", "pairs", "v1: GPT-2 vs MM v1; v2: the Llama vs MM v2 (comma list).", parse=_pairs),
+        Option("--prompt", "prompt", "Prompt tokens read before decoding."),
+        Option("--new-tokens", "new_tokens", "Tokens generated one at a time (timed)."),
+        Option("--rounds", "rounds", "Interleaved measurement rounds."),
+    )
+
+    def presets(self) -> dict[str, DecodeConfig]:
+        return {
+            "smoke": DecodeConfig(prompt=24, new_tokens=4, shape=TINY, warmup=0, rounds=1),
+            "cpu": DecodeConfig(),
+            "paper": DecodeConfig(prompt=4096, shape=PairShape(n_layer=12, n_head=12, n_embd=768, vocab_size=32768)),
+        }
+
+    def check(self, cfg: DecodeConfig) -> None:
+        check_pairs(cfg.pairs)
+
+    def measure(self, cfg: DecodeConfig) -> list[dict[str, Any]]:
+        table = decode_throughput(cfg)
+        for r in split_table(table)[0]:
+            console.print(f"{r['pair']} {r['model']:10s} {r['tok/s median']:8.1f} tok/s  ratio {r['ratio']}")
+        return table
+
+    def write(self, table: list[dict], cfg: DecodeConfig, machine: dict, out_dir: Path) -> list[Path]:
+        return write_decode_report(table, cfg, machine, out_dir)

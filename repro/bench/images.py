@@ -1,6 +1,6 @@
 """Training throughput of the rich-features image models (issue 17): images/s of the ResNet training
 step the transfer experiments run, against the forward+backward floor of the same batch, per model
-and memory format, interleaved in rounds (`repro bench train --families resnet8,resnet16,towers4x8`)."""
+and memory format, interleaved in rounds (`repro bench images --models resnet8,resnet16,towers4x8`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from repro import results
-from repro.runtime import environment, pick_device
+from repro.registry import Benchmark, Option, register
+from repro.runtime import pick_device
 from repro.track import console, progress
 
 
@@ -34,13 +35,14 @@ def _image_model(name: str, n_class: int) -> torch.nn.Module:
     import re
 
     from repro.errors import UserError
-    from repro.models.resnet import ResNet, ResNetConfig, Towers
+    from repro.models.registry import build_model
+    from repro.models.resnet import ResNetConfig, Towers
 
     m = re.fullmatch(r"resnet(\d+)|towers(\d+)x(\d+)", name)
     if not m:
         raise UserError(f"image model '{name}': write resnet<width> (e.g. resnet8) or towers<n>x<width>.")
     if m.group(1):
-        return ResNet(ResNetConfig(width=int(m.group(1)), n_class=n_class))
+        return build_model("resnet", width=int(m.group(1)), n_class=n_class)
     return Towers.build(int(m.group(2)), ResNetConfig(width=int(m.group(3)), n_class=n_class))
 
 
@@ -130,30 +132,52 @@ def resnet_throughput(cfg: ResNetBenchConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_resnet_report(df: pd.DataFrame, cfg: ResNetBenchConfig, out_dir: Path) -> list[Path]:
-    env = environment()
-    hw = env.get("gpu") or f"CPU, {env['cpu_threads']} torch threads"
+def write_resnet_report(table: list[dict], cfg: ResNetBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
     notes = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {hw}, torch {env['torch']}; batch {cfg.batch_size} of 32x32 RGB, "
-        f"{cfg.n_class} classes; {cfg.rounds} interleaved rounds of {cfg.steps} steps after {cfg.warmup} warm-up.",
+        f"{results.machine_note(machine)} Batch {cfg.batch_size} of 32x32 RGB, {cfg.n_class} classes; "
+        f"{cfg.rounds} interleaved rounds of {cfg.steps} steps after {cfg.warmup} warm-up.",
         "train step = uint8 NHWC batch -> normalise -> pad-4 crop + flip on tensors -> forward, backward, SGD "
         "(momentum, wd); floor = forward + backward of one prepared batch. On a shared machine the absolute "
         "numbers depend on the load; the ratios measured in one run are the comparable part.",
     ]
-    name = "resnet_throughput" + ("_gpu" if env.get("gpu") else "_cpu")
-    paths = results.write_table(df.to_dict("records"), out_dir / name, "ResNet training throughput, same run", notes)
-    console.print(df.to_string(index=False))
-    return paths
+    return results.write_table(table, out_dir, "ResNet training throughput, same run", notes)
 
 
-def resnet_bench_command(models: str, batch_size: int, rounds: int, steps: int, out_dir: Path) -> list[Path]:
-    """What `repro bench train --families resnet8,...` runs."""
-    cfg = ResNetBenchConfig(
-        models=tuple(m.strip() for m in models.split(",") if m.strip()),
-        batch_size=batch_size,
-        rounds=rounds,
-        steps=steps,
+@register
+class BenchImages(Benchmark):
+    """`repro bench images`: images/s of the rich-features training step against its floor."""
+
+    name = "bench-images"
+    paper_ref = "Rich-features experiments' ResNet training step (issue 17): images/s against the fwd+bwd floor"
+    preset_costs = {
+        "smoke": "seconds (width 4, batch 8)",
+        "cpu": "about a minute on 2 cores (resnet8, resnet16, batch 128)",
+        "paper": "GPU: the same models at batch 512",
+    }
+    options = (
+        Option("--models", "models", "resnet<W> or towers<N>x<W>, comma-separated; the first is the baseline."),
+        Option("--batch-size", "batch_size", "Images per step."),
+        Option("--rounds", "rounds", "Interleaved measurement rounds."),
+        Option("--steps", "steps", "Timed steps per round."),
     )
-    for name in cfg.models:
-        _image_model(name, cfg.n_class)  # a bad name fails before anything is measured
-    return write_resnet_report(resnet_throughput(cfg), cfg, out_dir)
+
+    def presets(self) -> dict[str, ResNetBenchConfig]:
+        return {
+            "smoke": ResNetBenchConfig(
+                models=("resnet4",), batch_size=8, formats=("contiguous",), steps=1, warmup=0, rounds=1
+            ),  # fmt: skip
+            "cpu": ResNetBenchConfig(),
+            "paper": ResNetBenchConfig(batch_size=512),
+        }
+
+    def check(self, cfg: ResNetBenchConfig) -> None:
+        for name in cfg.models:
+            _image_model(name, cfg.n_class)  # a bad name fails before anything is measured
+
+    def measure(self, cfg: ResNetBenchConfig) -> list[dict[str, Any]]:
+        table = resnet_throughput(cfg)
+        console.print(table.to_string(index=False))
+        return table.to_dict("records")
+
+    def write(self, table: list[dict], cfg: ResNetBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
+        return write_resnet_report(table, cfg, machine, out_dir)

@@ -26,21 +26,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from repro import kernels
+from repro import hardware, kernels, results
+from repro.errors import RunFailed, UserError
 from repro.kernels.memory_retrieval import torch_sdpa
+from repro.registry import Benchmark, Option, register
 
-# Dense bf16 tensor-core FLOP/s and memory bandwidth (bytes/s), from the vendors' data sheets.
-PEAKS = {
-    "H100 PCIe": (756e12, 2.0e12),
-    "H100 NVL": (835e12, 3.9e12),
-    "H100": (989e12, 3.35e12),  # SXM
-    "H200": (989e12, 4.8e12),
-    "A100": (312e12, 2.0e12),  # 80 GB SXM
-    "L40S": (362e12, 0.864e12),
-}
 IMPLS = ("triton", "torch", "reference", "sdpa-flash")
 RETRIEVAL_MASKS = {"causal": (None, 1), "window": (256, 1), "skip": (None, 64)}  # (window, skip)
 
@@ -121,10 +115,8 @@ def _scan_step(x, gate, lam, dy, backend, device, dtype):
 
 
 def _gpu_peaks(name: str) -> tuple[float, float] | None:
-    for key, peaks in PEAKS.items():  # most specific names first
-        if key in name:
-            return peaks
-    return None
+    spec = hardware.detect(name)
+    return None if spec is None else (spec.flops, spec.bandwidth)
 
 
 def _cuda_measure(fn: Callable[[], object], reps: int) -> tuple[float, float]:
@@ -331,7 +323,7 @@ def run_benchmark(
         if failures := verify(("torch",), "cpu", torch.float32):
             echo("\n".join(failures))
             raise RuntimeError("memory_retrieval/leaky_scan: the torch backend disagrees with the reference")
-        rows = cpu_rows()
+        rows = cpu_rows(lengths)
         header = "CPU (no CUDA): reference and torch backends, forward + backward, B=1 H=2 D=32 fp32"
         _emit(rows, header, echo, out_dir)
         return rows
@@ -363,3 +355,70 @@ def _emit(rows: list[Row], header: str, echo: Callable[[str], None], out_dir: st
 
 def rows_as_dicts(rows: list[Row]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+@dataclass
+class KernelBenchConfig:
+    lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768)  # sequence lengths (GPU)
+    batch: int = 4
+    heads: int = 16
+    dim: int = 64
+    dtype: str = "bfloat16"  # bfloat16 | float16 | float32
+    reps: int = 100  # timed repetitions per point
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    from repro.evaluations.ruler import parse_ctx
+
+    return tuple(parse_ctx(text))
+
+
+@register
+class BenchKernels(Benchmark):
+    """`repro bench kernels`: correctness against the reference first, then time and fraction of peak."""
+
+    name = "bench-kernels"
+    paper_ref = "Kernels (issue 9): memory retrieval and the leaky scan vs the reference and SDPA flash"
+    preset_costs = {
+        "smoke": "seconds (CPU backends at small lengths)",
+        "cpu": "a few minutes on 2 cores (no CUDA: reference vs torch backends, 2k-32k)",
+        "paper": "GPU: 1k-32k, bf16, 100 repetitions per point (part of `make gpu-check`, < 8 min)",
+    }
+    options = (
+        Option("--lengths", "lengths", "Sequence lengths (1k = 1024), comma-separated.", parse=_lengths),
+        Option("--batch", "batch", "Batch size."),
+        Option("--heads", "heads", "Heads."),
+        Option("--dim", "dim", "Head dimension."),
+        Option("--dtype", "dtype", "bfloat16 | float16 | float32."),
+        Option("--reps", "reps", "Timed repetitions per point."),
+    )
+
+    def presets(self) -> dict[str, KernelBenchConfig]:
+        return {
+            "smoke": KernelBenchConfig(lengths=(256,), batch=1, heads=2, dim=16, dtype="float32", reps=2),
+            "cpu": KernelBenchConfig(lengths=(2048, 8192, 32768)),  # without CUDA: the torch vs reference backends
+            "paper": KernelBenchConfig(),
+        }
+
+    def check(self, cfg: KernelBenchConfig) -> None:
+        if cfg.dtype not in ("bfloat16", "float16", "float32"):
+            raise UserError(f"--dtype {cfg.dtype}: choose bfloat16, float16 or float32.")
+
+    def measure(self, cfg: KernelBenchConfig) -> list[dict[str, Any]]:
+        from repro.track import console
+
+        try:
+            dtype = getattr(torch, cfg.dtype)
+            rows = run_benchmark(cfg.lengths, cfg.batch, cfg.heads, cfg.dim, dtype, cfg.reps, echo=console.print)
+        except RuntimeError as e:  # the correctness gate failed: the numbers would mean nothing
+            raise RunFailed(f"benchmark refused: {e}") from None
+        return rows_as_dicts(rows)
+
+    def write(self, table: list[dict], cfg: KernelBenchConfig, machine: dict, out_dir: Path) -> list[Path]:
+        notes = [
+            results.machine_note(machine),
+            f"B={cfg.batch} H={cfg.heads} D={cfg.dim} {cfg.dtype}; without CUDA only the "
+            "reference and torch backends are compared (fp32), peak memory as the resident-set growth of a fresh "
+            "process per point. Every backend timed here first matched the reference (outputs and gradients).",
+        ]
+        return results.write_table(table, out_dir, "Kernels: time, memory and fraction of peak", notes)

@@ -1,6 +1,6 @@
 """What the mosaic-vs-baseline benchmarks (`train.py`, `decode.py`) share: the pairs at equal
-parameters, their shapes and parameter counts, the machine's state (threads, load average) that every
-timing is reported beside, and the one row format and notes of their tables.
+parameters, their shapes and parameter counts, and the one row format (with the threads and load
+average every timing is reported beside) and notes of their tables.
 
 A pair is built through `repro.models.pairing`, the pairing the experiments use: "v1" is GPT-2 and
 Memory Mosaics v1, "v2" the Llama and Memory Mosaics v2. The baseline comes first.
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from repro import kernels, results
 from repro.errors import UserError
 from repro.models.lm import LanguageModel
 from repro.models.pairing import PAIR, PAIR_V1, ShapeV1, ShapeV2, build_pair_model, build_v1_pair_model
-from repro.runtime import environment
 
 PAIRS = {"v1": PAIR_V1, "v2": PAIR}
 
@@ -37,6 +36,9 @@ class PairShape:
     short_window: int = 32
     long_skip_min: int = 8
     long_skip_max: int = 32
+
+
+TINY = PairShape(n_layer=1, n_head=2, n_embd=32, vocab_size=64, short_window=8, long_skip_min=2, long_skip_max=8)
 
 
 def check_pairs(pairs: tuple[str, ...]) -> None:
@@ -88,23 +90,13 @@ def shape_text(pair: str, models: dict[str, LanguageModel]) -> str:
     return "; ".join(parts)
 
 
-def machine() -> dict[str, Any]:
-    """Threads torch uses and the 1-minute load average now (timings only count on an idle machine)."""
-    return {"threads": torch.get_num_threads(), "load": round(os.getloadavg()[0], 2)}
-
-
 def speed_rows(
-    pair: str,
-    T: int,
-    models: dict[str, LanguageModel],
-    speeds: dict[str, list[float]],
-    before: dict[str, Any],
-    **extra: Any,
+    pair: str, T: int, models: dict[str, LanguageModel], speeds: dict[str, list[float]], load: float, **extra: Any
 ) -> list[dict[str, Any]]:
-    """Rows for one timed pair: tokens/s median and range per model, and the mosaic's paired ratio
-    (median over rounds of its speed over the baseline's in the same round)."""
+    """Rows for one timed pair: tokens/s median and range per model, and the paired ratio (median
+    over rounds of the model's speed over the baseline's in the same round); `load`: the 1-min load
+    average before the pair was timed (the one after is read here)."""
     base = list(models)[0]
-    after = machine()
     rows = []
     for family, model in models.items():
         ratios = [m / b for m, b in zip(speeds[family], speeds[base], strict=True)]
@@ -119,25 +111,31 @@ def speed_rows(
                 "tok/s min-max": f"{min(speeds[family]):.0f}-{max(speeds[family]):.0f}",
                 "ratio": round(statistics.median(ratios), 3),
                 "ratio min-max": f"{min(ratios):.2f}-{max(ratios):.2f}",
-                "threads": after["threads"],
-                "load before/after": f"{before['load']}/{after['load']}",
+                "threads": torch.get_num_threads(),
+                "load before/after": f"{load:.2f}/{os.getloadavg()[0]:.2f}",
             }
         )
     return rows
 
 
-def report_notes(kind: str, rounds: int, timing: str, shapes: list[str]) -> list[str]:
-    """The notes under a benchmark table: machine, versions, backends, method, shapes, the target."""
-    env = environment()
-    hw = env.get("gpu") or f"CPU, {env['cpu_threads']} threads"
+def split_table(table: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A benchmark's stored table -> (speed rows, operator-count rows), with whole numbers as ints
+    again (the run directory keeps every number as a float)."""
+    whole = [{k: int(v) if isinstance(v, float) and v.is_integer() and k != "ratio" else v for k, v in r.items()}
+             for r in table]  # fmt: skip
+    return [r for r in whole if "ops" not in r], [r for r in whole if "ops" in r]
+
+
+def report_notes(machine: dict[str, Any], kind: str, rounds: int, timing: str, shapes: list[str]) -> list[str]:
+    """The notes under a benchmark table: machine, backends, method, shapes, pairing, the target."""
     return [
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {hw}, torch {env['torch']}, kernels {env['kernels']}.",
+        f"{results.machine_note(machine)} Kernels: {kernels.choices()}.",
         f"{kind}: {rounds} interleaved rounds in one process ({timing}); `ratio` is the median over rounds of the "
         "mosaic's tokens/s over its baseline's in the same round (baseline rows: 1).",
         "Shapes: " + " | ".join(shapes) + ".",
         "Pairs at equal parameters (repro.models.pairing): v1 = GPT-2 vs Memory Mosaics v1 (equal block weights, "
         "12 d^2; GPT-2 also has its position table), v2 = the Llama vs Memory Mosaics v2 (the mosaic's SwiGLU "
         "narrowed to equal parameters).",
-        "Timings only count on an idle machine: the load average (1 min) is given before and after each pair. "
+        "Timings only count on an idle machine: the 1-min load average is given before and after each pair. "
         "Issue 27's target: each mosaic >= 0.9x its baseline for training at T = 256-2048 and for decoding.",
     ]

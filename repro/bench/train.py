@@ -10,6 +10,7 @@ rounds and its range, with the load average before and after.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,8 +22,18 @@ import torch
 from repro import results
 from repro.bench.decode import decode_speed
 from repro.bench.ops import step_profile
-from repro.bench.pairs import PairShape, build_pair, check_pairs, machine, report_notes, shape_text, speed_rows
+from repro.bench.pairs import (
+    TINY,
+    PairShape,
+    build_pair,
+    check_pairs,
+    report_notes,
+    shape_text,
+    speed_rows,
+    split_table,
+)
 from repro.models.lm import LanguageModel, next_token_loss
+from repro.registry import Benchmark, Option, register
 from repro.runtime import pick_device
 from repro.track import console, progress
 
@@ -98,12 +109,13 @@ class ThroughputConfig:
     rounds: int = 5
     compile: bool = False
     device: str = "auto"
-    profile_length: int = 256  # the length whose operator counts the report shows (0: none)
+    profile: bool = True  # add the operator counts of one step at the first length
 
 
 def training_throughput(cfg: ThroughputConfig) -> list[dict[str, Any]]:
     """Training tokens/s of each pair's two models at every length, interleaved in one process; one
-    row per (pair, length, model), the mosaic's with its ratio to the baseline."""
+    row per (pair, length, model) with the paired ratio to the baseline; then, with cfg.profile, one
+    row per model with the operator counts of a step at the first length."""
     check_pairs(cfg.pairs)
     device = pick_device(cfg.device)
     g = torch.Generator().manual_seed(0)
@@ -113,20 +125,19 @@ def training_throughput(cfg: ThroughputConfig) -> list[dict[str, Any]]:
         for T in cfg.lengths:
             models = {f: m.to(device) for f, m in build_pair(pair, cfg.shape, T).items()}
             batch = torch.randint(cfg.shape.vocab_size, (max(1, cfg.tokens // T), T + 1), generator=g).to(device)
-            before = machine()
+            load = os.getloadavg()[0]
             speeds = {f: s["train"] for f, s in model_speeds(models, batch, speed_cfg, f"train {pair} T={T}").items()}
-            rows += speed_rows(pair, T, models, speeds, before, batch=batch.shape[0])
+            rows += speed_rows(pair, T, models, speeds, load, batch=batch.shape[0])
             del models
-    return rows
+    return rows + (training_profile(cfg) if cfg.profile else [])
 
 
 def training_profile(cfg: ThroughputConfig) -> list[dict[str, Any]]:
-    """Operator counts of one training step of each model at `cfg.profile_length` (bench/ops.py)."""
-    rows, T = [], cfg.profile_length
-    if not T:
-        return rows
+    """Operator counts of one training step of each model at the first length (bench/ops.py)."""
+    T = cfg.lengths[0]
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(cfg.shape.vocab_size, (max(1, cfg.tokens // T), T + 1), generator=g)
+    rows = []
     for pair in cfg.pairs:
         for family, model in build_pair(pair, cfg.shape, T).items():
             step = f"training, T={T}, batch {batch.shape[0]}"
@@ -135,16 +146,73 @@ def training_profile(cfg: ThroughputConfig) -> list[dict[str, Any]]:
 
 
 def write_throughput_report(
-    rows: list[dict[str, Any]], cfg: ThroughputConfig, out_dir: Path, profile: list[dict[str, Any]] | None = None
+    table: list[dict[str, Any]], cfg: ThroughputConfig, machine: dict[str, Any], out_dir: Path
 ) -> list[Path]:
+    speeds, profile = split_table(table)
     timing = f"{cfg.steps} training steps (forward, backward, AdamW) of {cfg.tokens} tokens per model per round"
     timing += f", after {cfg.warmup} warm-up round(s), {'compiled' if cfg.compile else 'eager'}"
     shapes = [shape_text(pair, build_pair(pair, cfg.shape, max(cfg.lengths))) for pair in cfg.pairs]
-    notes = report_notes("Training", cfg.rounds, timing, shapes)
-    name = "train_throughput" + ("_gpu" if torch.cuda.is_available() and cfg.device != "cpu" else "_cpu")
+    notes = report_notes(machine, "Training", cfg.rounds, timing, shapes)
     extra = {"Operators per training step (torch.profiler; top-level aten ops)": profile} if profile else None
-    title = "Training throughput, mosaics vs baselines, same run"
-    paths = results.write_table(rows, out_dir / name, title, notes, extra)
-    for r in rows:
-        console.print(f"{r['pair']} T={r['T']:5d} {r['model']:10s} {r['tok/s median']:9.0f} tok/s  ratio {r['ratio']}")
-    return paths
+    return results.write_table(speeds, out_dir, "Training throughput, mosaics vs baselines, same run", notes, extra)
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    """ "256,1k,4k" -> (256, 1024, 4096)."""
+    from repro.errors import UserError
+
+    try:
+        return tuple(int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--lengths {text}: expected numbers such as 256,1k,4096.") from None
+
+
+def _pairs(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@register
+class BenchTrain(Benchmark):
+    """`repro bench train`: training tokens/s of each mosaic against its baseline at equal parameters,
+    at every length, in one process."""
+
+    name = "bench-train"
+    paper_ref = "Memory Mosaics speed (reference memory-mosaics.md §7): mosaics vs GPT-2 / Llama tokens/s"
+    preset_costs = {
+        "smoke": "seconds (1 block, width 32, T = 16 and 32)",
+        "cpu": "~6 min on 2 idle cores (4 blocks, width 256, T = 256..4096, 5 rounds, both pairs)",
+        "paper": "GPU: 12 blocks, width 768, T = 1k..4k, compiled",
+    }
+    options = (
+        Option("--pairs", "pairs", "v1: GPT-2 vs MM v1; v2: the Llama vs MM v2 (comma list).", parse=_pairs),
+        Option("--lengths", "lengths", "Context lengths, all in this run (e.g. 256,1k,2k,4k).", parse=_lengths),
+        Option("--tokens", "tokens", "Tokens per training step (batch = tokens / length)."),
+        Option("--rounds", "rounds", "Interleaved measurement rounds."),
+        Option("--steps", "steps", "Timed steps per round."),
+        Option("--compile", "compile", "torch.compile every model.", is_flag=True),
+    )
+
+    def presets(self) -> dict[str, ThroughputConfig]:
+        return {
+            "smoke": ThroughputConfig(lengths=(16, 32), tokens=64, shape=TINY, steps=1, warmup=0, rounds=1),
+            "cpu": ThroughputConfig(),
+            "paper": ThroughputConfig(
+                lengths=(1024, 2048, 4096),
+                tokens=16384,
+                compile=True,
+                shape=PairShape(n_layer=12, n_head=12, n_embd=768, vocab_size=32768),
+            ),  # fmt: skip
+        }
+
+    def check(self, cfg: ThroughputConfig) -> None:
+        check_pairs(cfg.pairs)  # an unknown pair is one sentence, before anything is measured
+
+    def measure(self, cfg: ThroughputConfig) -> list[dict[str, Any]]:
+        table = training_throughput(cfg)
+        for r in split_table(table)[0]:
+            speed = f"{r['tok/s median']:9.0f} tok/s  ratio {r['ratio']}"
+            console.print(f"{r['pair']} T={r['T']:5d} {r['model']:10s} {speed}")
+        return table
+
+    def write(self, table: list[dict], cfg: ThroughputConfig, machine: dict, out_dir: Path) -> list[Path]:
+        return write_throughput_report(table, cfg, machine, out_dir)

@@ -31,13 +31,14 @@ def request_parity(
     `task` from ReproLM and from lm-eval's HFLM."""
     from lm_eval.models.huggingface import HFLM
 
-    from repro.eval import harness
+    from repro.eval.lm_eval_model import lm_class
+    from repro.eval.lmeval_tasks import load_tasks
     from repro.eval.models import get_model
 
     em = get_model(model_spec, "cpu")
     if em.hf_module is None:
         raise UserError(f"{model_spec}: the parity check needs a transformers model (hf:NAME or gguf:FILE).")
-    loaded = harness.load_tasks([task], include_path, data_dir)
+    loaded = load_tasks([task], include_path, data_dir)
     tasks = loaded.tm.load(loaded.specs)["tasks"]
     requests, kinds = [], set()
     for name, t in tasks.items():
@@ -49,7 +50,7 @@ def request_parity(
     if len(kinds) != 1:
         raise UserError(f"{task} mixes generation and log-likelihood subtasks; check one subtask at a time.")
     generate = kinds == {"generate_until"}
-    ours_lm = harness.lm_class()(model=em, batch_size=1 if generate else 8)
+    ours_lm = lm_class()(model=em, batch_size=1 if generate else 8)
     theirs_lm = HFLM(pretrained=em.hf_module, tokenizer=em.tokenizer.tok, batch_size=1 if generate else 8, device="cpu")
     method = "generate_until" if generate else "loglikelihood"
     t0 = time.time()

@@ -136,19 +136,23 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     return (x.float() * cos + rotated * sin).to(x.dtype)
 
 
+@dataclasses.dataclass
 class TimeBuffer:
     """Rows along time of a decoding cache, (B, H, t, D) or (B, H, t), grown by appends.
 
     An append writes its new rows into spare capacity (the buffer doubles when full), so a decoding
     step copies only its own rows, where torch.cat would copy the whole cache every step. Rows can be
     dropped from the front (v2's short-term window); the live rows are compacted to the front when the
-    buffer runs out of room. With gradients flowing into the new rows, appends concatenate instead
-    (no in-place writes into tensors autograd may have saved)."""
+    buffer runs out of room. Only the TimeBuffer that allocated `data` writes into it: a copy (a cache
+    forked for several continuations, `copy.copy` or `dataclasses.replace`) moves its rows to a buffer
+    of its own at its first append, so forks never see each other's rows. With gradients flowing into
+    the new rows, appends concatenate instead (no in-place writes into tensors autograd may have saved).
+    """
 
-    def __init__(self) -> None:
-        self.data: torch.Tensor | None = None
-        self.start = 0  # first live row
-        self.end = 0  # one past the last live row
+    data: torch.Tensor | None = None
+    start: int = 0  # first live row
+    end: int = 0  # one past the last live row
+    owner: int = 0  # id() of the TimeBuffer that allocated data
 
     @property
     def length(self) -> int:
@@ -163,12 +167,12 @@ class TimeBuffer:
         n, T = self.length, x.shape[2]
         if self.data is None or (torch.is_grad_enabled() and x.requires_grad):
             self.data = x if self.data is None else torch.cat([self.view(), x], dim=2)
-            self.start, self.end = 0, n + T
+            self.start, self.end, self.owner = 0, n + T, 0  # nothing spare to write into
             return self.data
-        if self.end + T > self.data.shape[2]:  # full: compact the live rows into a larger buffer
-            grown = self.data.new_empty(*self.data.shape[:2], max(64, 2 * (n + T)), *self.data.shape[3:])
+        if self.owner != id(self) or self.end + T > self.data.shape[2]:  # a buffer of our own, with room
+            grown = x.new_empty(*x.shape[:2], max(64, 2 * (n + T)), *x.shape[3:])
             grown[:, :, :n] = self.view()
-            self.data, self.start, self.end = grown, 0, n
+            self.data, self.start, self.end, self.owner = grown, 0, n, id(self)
         self.data[:, :, self.end : self.end + T] = x
         self.end += T
         return self.view()

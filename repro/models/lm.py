@@ -2,12 +2,11 @@
 
 Evaluations (per-position loss, RULER, ICL, lm-eval) only call what is defined here, so they work for
 every family: `forward(idx, cache=None) -> logits`, `loss`, `new_cache` + `generate` (incremental
-decoding: the prompt is read once, then one token per step through the cache), `save` and
-`LanguageModel.from_checkpoint`.
+decoding: the prompt is read once, then one token per step through the cache) and `save`.
 
 A checkpoint is a directory holding `config.json` (the config dataclass plus a "family" key) and
-`model.safetensors`. Loading needs only this package: the family names the class through the model
-registry (`repro.models.registry`), which the model files fill when `repro.models` is imported.
+`model.safetensors`, written by `save`; the model registry loads it (`repro.models.registry.load`:
+the family names the class), so this module never needs the registry.
 
 `next_token_loss(model, batch)` is the one training loss of every language model.
 """
@@ -26,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repro.config import from_dict, to_dict
+from repro.config import to_dict
 from repro.errors import UserError
 from repro.files import atomic_write, write_json
 
@@ -177,49 +176,6 @@ class LanguageModel(nn.Module):
         )
         write_json(path / CONFIG_FILE, meta)
         return path
-
-    @classmethod
-    def from_checkpoint(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> LanguageModel:
-        """Rebuild the model saved in `directory`, whatever its family, in eval mode."""
-        path = Path(directory)
-        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise UserError(
-                f"{path} is not a model checkpoint (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
-                "pass the directory a run saved its model into."
-            )
-        try:
-            data = json.loads(config_path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UserError(
-                f"{config_path} is not valid JSON ({e}); the checkpoint is damaged, save it again."
-            ) from None
-        if not isinstance(data, dict):
-            raise UserError(f"{config_path} does not hold a model config (a JSON object); save the checkpoint again.")
-        family = data.pop("family", None)
-        from repro.models import registry  # the registry names the class; it never imports this module
-
-        if family not in registry.families():
-            raise UserError(
-                f"checkpoint {path} has model family {family!r}, which is not one of "
-                f"{', '.join(registry.families())}; it was written by another version of repro."
-            )
-        model_cls = registry.family(family).model_class
-        if cls is not LanguageModel and not issubclass(model_cls, cls):
-            raise UserError(f"checkpoint {path} holds a {family} model, not a {cls.__name__}.")
-        check_safetensors(weights_path)
-        try:
-            model = model_cls(from_dict(model_cls.config_class, data))
-        except (TypeError, ValueError, ZeroDivisionError) as e:
-            raise UserError(f"{config_path} is not a valid {family} config ({e}); save the checkpoint again.") from None
-        try:
-            safetensors.torch.load_model(model, str(weights_path), device=str(device))
-        except (RuntimeError, OSError, ValueError) as e:  # shapes or names that do not match config.json
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(
-                f"{weights_path} does not match {config_path} ({first}); the checkpoint is damaged or mixed up."
-            ) from None
-        return model.to(device).eval()
 
 
 def check_safetensors(path: Path) -> None:

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from repro.models.layers import merge_heads, split_heads
 from repro.models.memory import associative_recall, recall_all
+from repro.models.registry import register_model
 
 
 class ComplexLinear(nn.Module):
@@ -105,3 +106,6 @@ class MoonMemory(nn.Module):
             k = torch.cat([k, self._heads(self.w_phi(x_next))], dim=-2)
             v = torch.cat([v, self._heads(self.w_psi(x_next))], dim=-2)
         return torch.cat(outs, dim=1)
+
+
+register_model("moon_memory", MoonMemoryConfig, MoonMemory, variants={"debug": {}}, label="three-moons memory")

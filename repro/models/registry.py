@@ -21,13 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from repro.config import from_dict
 from repro.errors import UserError
-
-if TYPE_CHECKING:
-    from repro.models.lm import LanguageModel
+from repro.models.lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel, check_safetensors
 
 DEFAULT_VARIANT = "debug"
 
@@ -38,7 +44,7 @@ class ModelFamily:
 
     name: str
     config_class: type
-    model_class: type[LanguageModel]
+    model_class: type[nn.Module]  # a LanguageModel for the language-model families
     variants: dict[str, dict[str, Any]]
     label: str  # how reports and figures name the family
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -50,14 +56,14 @@ _FAMILIES: dict[str, ModelFamily] = {}
 def register_model(
     name: str,
     config_class: type,
-    model_class: type[LanguageModel],
+    model_class: type[nn.Module],
     variants: dict[str, dict[str, Any]],
     *,
     label: str | None = None,
     aliases: dict[str, tuple[str, ...]] | None = None,
 ) -> ModelFamily:
-    """Register a family: its config dataclass, its LanguageModel subclass, its named variants
-    (which must include `debug`), a display label, and optional override aliases.
+    """Register a family: its config dataclass, its model class (a LanguageModel for a language model),
+    its named variants (which must include `debug`), a display label, and optional override aliases.
 
     The model class learns its family name (written into every checkpoint's config.json) and its
     config class from here."""
@@ -80,6 +86,11 @@ def register_model(
 def families() -> list[str]:
     """The registered family names, sorted."""
     return sorted(_FAMILIES)
+
+
+def language_models() -> list[str]:
+    """The families that are language models (the LanguageModel interface: checkpoints, decoding)."""
+    return sorted(n for n, f in _FAMILIES.items() if issubclass(f.model_class, LanguageModel))
 
 
 def family(name: str) -> ModelFamily:
@@ -119,9 +130,49 @@ def model_config(name: str, variant: str = DEFAULT_VARIANT, **overrides: Any) ->
     return entry.config_class(**values)
 
 
-def build_model(name: str, variant: str = DEFAULT_VARIANT, **overrides: Any) -> LanguageModel:
+def build_model(name: str, variant: str = DEFAULT_VARIANT, **overrides: Any) -> nn.Module:
     """A freshly initialised model of family `name` at `variant`, with config `overrides`.
 
     Initialisation draws from torch's global generator: seed before calling for a reproducible
     model. Build under `torch.device("meta")` to count the parameters of a paper size for free."""
     return family(name).model_class(model_config(name, variant, **overrides))
+
+
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu", expect: type | None = None) -> LanguageModel:
+    """Rebuild the language model saved in `directory` (`LanguageModel.save`), whatever its family, in
+    eval mode; `expect`: refuse a checkpoint of another class. Damage is one sentence (UserError)."""
+    path = Path(directory)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise UserError(
+            f"{path} is not a model checkpoint (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            "pass the directory a run saved its model into."
+        )
+    try:
+        data = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); the checkpoint is damaged, save it again.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{config_path} does not hold a model config (a JSON object); save the checkpoint again.")
+    family = data.pop("family", None)
+    if family not in language_models():
+        raise UserError(
+            f"checkpoint {path} has model family {family!r}, which is not one of "
+            f"{', '.join(language_models())}; it was written by another version of repro."
+        )
+    model_cls = _FAMILIES[family].model_class
+    if expect is not None and not issubclass(model_cls, expect):
+        raise UserError(f"checkpoint {path} holds a {family} model, not a {expect.__name__}.")
+    check_safetensors(weights_path)
+    try:
+        model = model_cls(from_dict(model_cls.config_class, data))
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise UserError(f"{config_path} is not a valid {family} config ({e}); save the checkpoint again.") from None
+    try:
+        safetensors.torch.load_model(model, str(weights_path), device=str(device))
+    except (RuntimeError, OSError, ValueError) as e:  # shapes or names that do not match config.json
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{weights_path} does not match {config_path} ({first}); the checkpoint is damaged or mixed up."
+        ) from None
+    return model.to(device).eval()

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repro.models.registry import register_model
+
 
 @dataclass
 class ResNetConfig:
@@ -191,3 +193,10 @@ class LinearProbe(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(self.bn(feats))
+
+
+# The image backbone of the rich-features experiments (the paper's ResNet18 at width 64; our cpu presets
+# use narrower ones), registered like the language models: build_model("resnet", width=8, n_class=5).
+register_model(
+    "resnet", ResNetConfig, ResNet, variants={"debug": {"width": 8}, "paper": {"width": 64}}, label="ResNet-18"
+)

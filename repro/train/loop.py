@@ -19,8 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,19 +30,7 @@ from repro.errors import Interrupted, RunFailed
 from repro.runtime import RunContext
 from repro.track import progress
 from repro.train import distributed
-from repro.train.optim import OptimConfig, build_optimizer, lr_at
-
-
-@dataclass
-class LoopConfig:
-    accum: int = 1  # micro-batches per optimizer step
-    log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only at the end (when an eval_fn is given)
-    checkpoint_every: int = 100
-    compile: bool = False  # torch.compile the model (CPU inductor works; the first compile is slow)
-    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2)
-    activation_checkpointing: bool = False  # recompute each block's activations in the backward
+from repro.train.optim import LoopConfig, OptimConfig, build_optimizer, lr_at
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -52,13 +39,6 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(b, device) for b in batch)
     return batch
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size): (0, 1) unless running under torchrun with an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def train(
@@ -80,7 +60,7 @@ def train(
     at the end. `tokens_per_batch` (per micro-batch) turns on the `tok_per_s` metric.
     """
     loop = loop or LoopConfig()
-    rank, world_size = world()
+    rank, world_size = distributed.world()
     use_bf16 = loop.amp == "bf16" or (loop.amp == "auto" and ctx.device.type == "cuda")
     runner = distributed.wrap(model, loop, ctx.device, use_bf16)  # the model, or its DDP/FSDP/compiled form
     opt = build_optimizer(model, cfg)

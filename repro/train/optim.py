@@ -1,4 +1,5 @@
-"""AdamW (or SGD with momentum) with decay groups, and learning-rate schedules."""
+"""Training recipes: AdamW (or SGD with momentum) with decay groups, learning-rate schedules, and the
+one training loop's settings (`LoopConfig`: accumulation, logging, checkpoints, precision, strategy)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,18 @@ class OptimConfig:
     milestones: tuple[float, ...] = ()  # multistep: fractions of the run where lr is multiplied by gamma
     gamma: float = 0.1
     decay_all: bool = False  # weight decay on gains and biases too (RRL's pretraining decays BN)
+
+
+@dataclass
+class LoopConfig:
+    accum: int = 1  # micro-batches per optimizer step
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end (when an eval_fn is given)
+    checkpoint_every: int = 100
+    compile: bool = False  # torch.compile the model (CPU inductor works; the first compile is slow)
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward
 
 
 @dataclass

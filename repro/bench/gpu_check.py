@@ -1,23 +1,25 @@
-"""`make gpu-check`: everything GPU-specific, measured in one short command on a machine with one GPU.
+"""`repro bench gpu-check` (`make gpu-check`): everything GPU-specific, measured in one short command on a
+machine with one GPU, into a run directory like every runnable (`repro report bench-gpu-check`).
 
-Four parts, each written under `reports/gpu/` and summarised in one table (`summary.md`, printed):
+Four parts, each writing its details into the run directory, summarised in one table
+(`reports/bench-gpu-check/table.md`):
 
 1. the GPU test tier (`pytest -m gpu`): the Triton kernels against the reference at real sizes;
 2. the kernel benchmark (`repro.bench.kernels.run_benchmark`, the same code as `repro bench kernels`):
    memory retrieval and the leaky scan against SDPA's flash kernel at T = 4k..32k, bf16, forward and
    forward + backward, TFLOP/s or GB/s and the fraction of the GPU's peak;
-3. training tokens/s of MM v2 and the Llama at equal parameters in one run (`repro.bench.train.model_speeds`):
+3. training tokens/s of MM v2 and the Llama at equal parameters in one run (`repro.bench.train`):
    bf16 autocast, `torch.compile`, the Triton kernels on;
 4. a few FSDP2 steps of the one training loop on the one GPU (a one-rank NCCL group): bf16 mixed
    precision, per-block activation checkpointing and compilation, a sharded (DCP) checkpoint, and the
    measured peak memory beside `repro plan`'s estimate for the same configuration.
 
-Without CUDA it says so in one sentence and exits 2. Budget: under 8 minutes on one H100-class GPU.
+Without CUDA it says so in one sentence and exits 2, before anything is written. Budget: under 8
+minutes on one H100-class GPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,10 +28,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from repro.errors import UserError
+from repro.registry import Benchmark, Option, register
 
 NO_GPU = (
     "No CUDA GPU is visible on this machine, so there is nothing for `make gpu-check` to measure; run it where one is."
@@ -94,6 +100,7 @@ def _training(
     `timing` = (timed steps per round, warm-up rounds, rounds)."""
     from repro.bench.pairs import PairShape
     from repro.bench.train import ThroughputConfig, training_throughput, write_throughput_report
+    from repro.results import machine
 
     shape = shape or dict(n_layer=8, n_head=16, n_embd=1024, block_size=2048, batch_size=8, vocab_size=32768)
     steps, warmup, rounds = timing
@@ -101,10 +108,10 @@ def _training(
     dims = {k: shape[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
     cfg = ThroughputConfig(
         pairs=("v2",), lengths=(T,), tokens=shape["batch_size"] * T, shape=PairShape(**dims, ffn_mult=3.5),
-        steps=steps, warmup=warmup, rounds=rounds, compile=compile, device=device, profile_length=0,
+        steps=steps, warmup=warmup, rounds=rounds, compile=compile, device=device, profile=False,
     )  # fmt: skip
     rows = {r["model"]: r for r in training_throughput(cfg)}
-    write_throughput_report(list(rows.values()), cfg, out)
+    write_throughput_report(list(rows.values()), cfg, machine(), out / "train_throughput")
     speed = {f: r["tok/s median"] for f, r in rows.items()}
     params = {f: r["params (M)"] for f, r in rows.items()}
     ratio = rows["mosaic_v2"]["ratio"]
@@ -206,53 +213,67 @@ def _fsdp(
         dist.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("reports/gpu"))
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: tests,kernels,training,fsdp")
-    args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print(NO_GPU, file=sys.stderr)
-        return 2
-    from repro.runtime import environment
+PARTS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "tests": _tests,
+    "kernels": _kernels,
+    "training": _training,
+    "fsdp": _fsdp,
+}
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "env.json").write_text(json.dumps(environment(), indent=2))
-    parts: dict[str, Callable[[Path], dict[str, Any]]] = {
-        "tests": _tests,
-        "kernels": _kernels,
-        "training": _training,
-        "fsdp": _fsdp,
+
+@dataclass
+class GpuCheckConfig:
+    skip: list[str] = field(default_factory=list)  # parts to skip: tests, kernels, training, fsdp
+
+
+@register
+class BenchGpuCheck(Benchmark):
+    """`repro bench gpu-check`: the GPU test tier, kernels, MM v2 vs Llama speed and FSDP steps."""
+
+    name = "bench-gpu-check"
+    paper_ref = "Scale-out (issue 18): Triton kernels, training speed and FSDP2 on one GPU"
+    preset_costs = {
+        "smoke": "needs a CUDA GPU (the same parts as cpu)",
+        "cpu": "needs a CUDA GPU: < 8 min on one H100-class GPU",
+        "paper": "needs a CUDA GPU: < 8 min on one H100-class GPU",
     }
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    rows, start = [], time.perf_counter()
-    for name, fn in parts.items():
-        if name in skip:
-            continue
-        tick = time.perf_counter()
-        try:
-            row = fn(args.out)
-        except Exception as e:  # a failed part is reported in the table; the other parts still run
-            (args.out / f"{name}.error.txt").write_text(traceback.format_exc())
-            row = {"part": name, "result": f"FAILED: {type(e).__name__}: {str(e)[:200]}", "ok": False}
-        row["seconds"] = round(time.perf_counter() - tick)
-        rows.append(row)
-        print(f"[gpu-check] {row['part']}: {row['result']} ({row['seconds']} s)", flush=True)
-    gpu = torch.cuda.get_device_name(0)
-    lines = [
-        f"# GPU check: {gpu}",
-        "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s in all.",
-        "",
-        "| part | result | ok | seconds |",
-        "| --- | --- | --- | --- |",
-        *(f"| {r['part']} | {r['result']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']} |" for r in rows),
-        "",
-    ]
-    (args.out / "summary.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0 if all(r["ok"] for r in rows) else 1
+    options = (Option("--skip", "skip", "Parts to skip, comma-separated: tests, kernels, training, fsdp."),)
 
+    def presets(self) -> dict[str, GpuCheckConfig]:
+        return {p: GpuCheckConfig() for p in ("smoke", "cpu", "paper")}
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def check(self, cfg: GpuCheckConfig) -> None:
+        if not torch.cuda.is_available():
+            raise UserError(NO_GPU)
+        unknown = sorted(set(cfg.skip) - set(PARTS))
+        if unknown:
+            raise UserError(f"--skip {','.join(unknown)}: choose from {', '.join(PARTS)}.")
+
+    def run(self, cfg: GpuCheckConfig, ctx: Any) -> list[dict[str, Any]]:
+        from repro.results import table_rows
+        from repro.track import console
+
+        table = []
+        for name, fn in PARTS.items():
+            if name in cfg.skip:
+                continue
+            tick = time.perf_counter()
+            try:
+                row = fn(ctx.run_dir)
+            except Exception as e:  # a failed part is reported in the table; the other parts still run
+                (ctx.run_dir / f"{name}.error.txt").write_text(traceback.format_exc())
+                row = {"part": name, "result": f"FAILED: {type(e).__name__}: {str(e)[:200]}", "ok": False}
+            row["ok"] = "yes" if row["ok"] else "NO"
+            row["seconds"] = round(time.perf_counter() - tick)
+            table.append(row)
+            console.print(f"[gpu-check] {row['part']}: {row['result']} ({row['seconds']} s)", highlight=False)
+        return table_rows(ctx, table, cfg)
+
+    def report(self, df: Any, out_dir: Path) -> list[Path]:
+        from repro.results import machine_note, table_from_rows, write_table
+
+        table, machine, _ = table_from_rows(df)
+        failed = [r["part"] for r in table if r.get("ok") != "yes"]
+        verdict = f"parts failed: {', '.join(failed)}" if failed else f"all {len(table)} parts passed"
+        notes = [machine_note(machine), f"{verdict}; details in the run directory (kernels/, tests.txt, fsdp.json)."]
+        return write_table(table, out_dir, "GPU check", notes)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from repro.eval.harness import PAPER19, TABLE1_AVG, TABLE2
-
 # SmolLM2-135M-Instruct's model card (lighteval prompts, zero-shot unless stated; ../shared/data/lmeval/
 # README.md): published levels beside ours, to compare levels, not equality (other prompts and metrics).
 PUBLISHED_SMOLLM2 = {
@@ -57,15 +55,33 @@ def _cell(sc: Any, model: str, removed: bool, task: str, metric: str, why: str |
     return _with_ci(hit.value.iloc[0], int(hit.docs.iloc[0])), 100 * hit.value.iloc[0]
 
 
+def _also_reported(sc: Any, models: list[str], b: Any, primary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for the task's other metrics, as lm-eval's own table lists them (acc beside acc_norm): the
+    paper reports one metric per benchmark, so these rows carry ours only and stay out of the average."""
+    if sc.empty:
+        return []
+    name, _, filt = b.metric.partition(",")
+    have = sc[(sc.split == b.task) & ~sc.removed & ~((sc.metric == name) & ((sc.slice_value == filt) | (not filt)))]
+    rows = []
+    for metric, flt in sorted({(r.metric, r.slice_value) for r in have.itertuples()}):
+        key = f"{metric},{flt}" if flt and flt != "none" else metric
+        entry = {k: "" for k in primary} | {"benchmark": b.name, "lm-eval task": b.task, "metric": key}
+        entry |= {"chance": primary["chance"], "docs in split": primary["docs in split"]}
+        for m in models:
+            entry[f"ours: {m}"] = _cell(sc, m, False, b.task, f"{metric},{flt}", None)[0]
+        rows.append(entry)
+    return rows
+
+
 def _with_ci(value: float, n: int) -> str:
     """`41.2 [31.0, 52.1] n=80`: percent with a 95% Wilson interval over the n documents."""
-    from repro import results
+    from repro import stats
 
     if n <= 0 or not 0 <= value <= 1:
         return _pct(value)
     hits = round(value * n)
-    lo, hi = results.interval95([1.0] * hits + [0.0] * (n - hits))
-    return results.fmt_ci(value, lo, hi, n, scale=100, digits=1)
+    lo, hi = stats.interval95([1.0] * hits + [0.0] * (n - hits))
+    return stats.fmt_ci(value, lo, hi, n, scale=100, digits=1)
 
 
 def _mean(values: list[float | None], n: int) -> str:
@@ -96,13 +112,11 @@ def _doc_scores(df: Any) -> dict[tuple[str, bool], dict[str, Any]]:
     return out
 
 
-def _paired_table(df: Any) -> list[dict[str, Any]]:
+def _paired_table(df: Any, paper19: list[Any]) -> list[dict[str, Any]]:
     """Per benchmark, (A - B) averaged over the documents both scored, with a 95% t-interval over those
     documents: every model with and without its long-term memory, and every two models. Group rows:
     the mean of the per-benchmark differences (Table 2's grouping), its interval from their standard errors."""
-    import math
-
-    from repro import results
+    from repro import stats
 
     scores = _doc_scores(df)
     if len(scores) < 2:
@@ -117,7 +131,7 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
 
     table = []
     groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for b in PAPER19:
+    for b in paper19:
         entry = {"benchmark": b.name, "Table 2 group": "13 tasks" if b.in_13 else "other 6"}
         for a, c in pairs:
             col = f"{name(a)} - {name(c)}"
@@ -125,11 +139,10 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
             if x is None or y is None:
                 entry[col] = "-"
                 continue
-            p = results.paired_diff(x, y)
-            entry[col] = f"{results.fmt_paired(p)} n={p['n']}"
+            p = stats.paired_diff(x, y)
+            entry[col] = f"{stats.fmt_paired(p)} n={p['n']}"
             if p["n"] > 1:
-                se = (p["hi"] - p["mean"]) / results.t975(p["n"] - 1)
-                groups.setdefault(col, {}).setdefault(entry["Table 2 group"], []).append((p["mean"], se))
+                groups.setdefault(col, {}).setdefault(entry["Table 2 group"], []).append((p["mean"], p["se"]))
         table.append(entry)
     for group in ("13 tasks", "other 6"):
         entry = {"benchmark": f"mean over the {group} run", "Table 2 group": group}
@@ -139,31 +152,32 @@ def _paired_table(df: Any) -> list[dict[str, Any]]:
             if not got:
                 entry[col] = "-"
                 continue
-            k = len(got)
-            mean = sum(m for m, _ in got) / k
-            half = 1.96 * math.sqrt(sum(se * se for _, se in got)) / k
-            entry[col] = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] ({k} tasks)"
+            mean, half = stats.mean_of(got)
+            entry[col] = (
+                f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] ({len(got)} tasks)"
+            )
         table.append(entry)
     return table
 
 
-def write_report(df: Any, out_dir: Path) -> list[Path]:
+def write_report(df: Any, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
     """reports/harness/table.md|csv: Table 1 (paper19, paper beside ours), Table 2 when a run
     removed long-term memory, and every other task run, with its chance level and 95% interval."""
+    paper19, table1_avg, table2 = targets["paper19"], targets["table1_avg"], targets["table2"]
     from repro import results
 
     sc = _scores(df) if not df.empty else df
     skips = _skips(df) if not df.empty else {}
-    hub = df[df.metric == "hub_reachable"] if not df.empty else df
     models = sorted(set(sc.model) | {m for m, _, _ in skips}) if not df.empty else []
-    offline = {m: not hub[hub.model == m].value.any() for m in models}
 
     def why(m: str, removed: bool, task: str) -> str | None:
-        return skips.get((m, removed, task)) or ("not run (offline)" if offline[m] else None)
+        # A requested task that could not run leaves a `skipped` row with its reason ("no offline data");
+        # a task with neither scores nor a skip was simply not asked for in that model's runs.
+        return skips.get((m, removed, task)) or "not requested"
 
     ours: dict[str, dict[str, float | None]] = {m: {} for m in models}
     table1 = []
-    for b in PAPER19:
+    for b in paper19:
         chance = _first(df, b.task, "chance") if not df.empty else None
         total = _first(df, b.task, "docs_total") if not df.empty else None
         entry = {
@@ -178,10 +192,11 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
         if not models:
             entry["ours"] = "not run"
         table1.append(entry)
+        table1 += _also_reported(sc, models, b, entry)
     avg = {"benchmark": "average (19)", "lm-eval task": "", "metric": ""}
     avg |= {
-        "paper: transformer (large)": f"{TABLE1_AVG['transformer']:.1f}",
-        "paper: MMv2 (large)": f"{TABLE1_AVG['mmv2']:.1f}",
+        "paper: transformer (large)": f"{table1_avg['transformer']:.1f}",
+        "paper: MMv2 (large)": f"{table1_avg['mmv2']:.1f}",
         "published: SmolLM2-135M-Instruct": "", "chance": "", "docs in split": "",
     }  # fmt: skip
     avg |= {f"ours: {m}": _mean(list(ours[m].values()), 19) for m in models}
@@ -190,9 +205,9 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
     extra: dict[str, list[dict[str, Any]]] = {}
     removed_models = sorted(set(sc[sc.removed].model)) if not df.empty else []
     if removed_models:
-        table2 = []
-        for group, (t, mm, mm_removed) in TABLE2.items():
-            benches = [b for b in PAPER19 if b.in_13 == (group == "13 tasks")]
+        rows2 = []
+        for group, (t, mm, mm_removed) in table2.items():
+            benches = [b for b in paper19 if b.in_13 == (group == "13 tasks")]
             entry = {"tasks": group, "paper: transformer": f"{t:.1f}", "paper: MMv2": f"{mm:.1f}"}
             entry["paper: MMv2 without LTM"] = f"{mm_removed:.1f}"
             for m in removed_models:
@@ -202,14 +217,14 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
                 for removed, tag in ((False, "with LTM"), (True, "without LTM")):
                     vals = [cells[removed][k] if k in both else None for k in range(len(benches))]
                     entry[f"ours: {m} {tag}"] = _mean(vals, len(benches))
-            table2.append(entry)
-        extra["Table 2: long-term memory removed after training"] = table2
+            rows2.append(entry)
+        extra["Table 2: long-term memory removed after training"] = rows2
 
-    paired = _paired_table(df) if not df.empty else []
+    paired = _paired_table(df, paper19) if not df.empty else []
     if paired:
         extra["Paired differences on the same documents (points, 95% interval)"] = paired
 
-    paper_tasks = {b.task for b in PAPER19}
+    paper_tasks = {b.task for b in paper19}
     local = []
     if not df.empty:
         for _, r in sc[~sc.split.isin(paper_tasks) & (sc.split != "_env")].iterrows():
@@ -236,12 +251,13 @@ def write_report(df: Any, out_dir: Path) -> list[Path]:
         "scale the absolute numbers are not comparable, only the MMv2-vs-transformer and with/without-LTM "
         "differences are.",
         "- The thesis does not publish its lm-eval variants, shot counts or metrics; the `lm-eval task` and "
-        "`metric` columns are our choice (acc_norm where lm-eval reports it for the paper's MC tasks), with "
+        "`metric` columns are our choice (acc_norm where lm-eval reports it for the paper's MC tasks; the "
+        "task's other metrics follow in rows of their own, as in lm-eval's table, outside the average), with "
         "each task's own lm-eval few-shot setting (gsm8k 5-shot, bbh 3-shot chain of thought, others 0). "
         "`mmlu-alt` is run as `mmlu`; `race_middle` is lm-eval's race task on the dataset's middle subset.",
         "- Data: with `--data-dir DIR`, tasks with a `DIR/lmeval/<task>/` copy run from it through lm-eval's "
         "own task definitions (`repro/eval/lmeval_local.py`: LOCAL_DATA); 'no offline data' marks benchmarks "
-        "with no copy while the hub was unreachable, 'not run (offline)' ones not attempted offline. "
+        "asked for with no copy while the hub was unreachable, 'not requested' ones no run asked for. "
         "humaneval+ needs humaneval_plus's extra tests, which have no copy; `humaneval` (the original tests) "
         "is in the other-tasks table. Offline, humaneval and mbpp are scored by `repro/eval/code_eval.py` "
         "(evaluate's pass@k re-implemented: each program in its own Python process, 3 s limit).",

@@ -1,4 +1,4 @@
-"""`repro eval icl`: many-shot in-context classification with semantic vs anonymous labels.
+"""`repro eval icl --model M`: many-shot in-context classification with semantic vs anonymous labels.
 
 Claim (Memory Mosaics v2, §4.3 and its ICL figures; reference memory-mosaics.md §4.3): on Banking77,
 TACRED and GoEmotions, with n-shot prompts holding one example of every class per shot, MMv2 keeps
@@ -29,20 +29,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import pandas as pd
-import typer
 
-from repro import results
+from repro import stats
 from repro.data import icl as data
 from repro.errors import UserError
 from repro.eval.models import model_label
-from repro.registry import Experiment, register
+from repro.files import resolved_path
+from repro.registry import Evaluation, Option, register
 from repro.track import console, progress
 
-EXPERIMENT = "icl"
-# The paper's ICL figures, read off the plots (large models; reference memory-mosaics.md §4.3).
 PAPER = {
     ("banking77", "semantic"): "0.725-0.90 (1-16 shots)",
     ("banking77", "anonymous"): "0.60-0.90 (1-16 shots)",
@@ -51,13 +49,17 @@ PAPER = {
     ("tacred", "semantic"): "0.50-0.62; MMv2 +10.2 large, +16.7 small",
     ("tacred", "anonymous"): "0.15-0.45; MMv2 +15.5 large, +12.7 small",
 }
+
 PAPER_BANDS = {
     "banking77": {"semantic": (0.725, 0.90), "anonymous": (0.60, 0.90)},
     "goemotions": {"semantic": (0.26, 0.31), "anonymous": (0.06, 0.11)},
     "tacred": {"semantic": (0.50, 0.62), "anonymous": (0.15, 0.45)},
 }
+
 QUERY_CHUNK = 16  # test queries scored per call (packed into few forward passes for HF models)
+
 COLLAPSED = 0.9  # a model answering one label for at least this share of queries has collapsed
+
 CLAIM = "MMv2 beats the transformer by a margin that grows with shots, most on anonymous labels"
 
 
@@ -85,9 +87,6 @@ class Scorer(Protocol):
     def greedy(self, query: list[int], max_new: int) -> str: ...
 
 
-# ---- the evaluation -----------------------------------------------------------------------------
-
-
 @dataclass
 class PromptResult:
     labels: str
@@ -100,6 +99,8 @@ class PromptResult:
     accuracy_norm: float | None = None  # labels ranked by mean log-probability per token
     n: int = 0
     predicted: dict[str, int] = field(default_factory=dict)  # label -> how often it was answered
+    hits: list[float] = field(default_factory=list)  # per test query (same order under every prompt): 1 if right
+    hits_norm: list[float] = field(default_factory=list)
 
     @property
     def top_share(self) -> float:
@@ -175,6 +176,8 @@ def evaluate(
                         target = gold if cfg.scoring == "likelihood" else data.normalise(gold)
                         correct += pred == target
                         correct_norm += pred_norm == target
+                        res.hits.append(float(pred == target))
+                        res.hits_norm.append(float(pred_norm == target))
                         res.predicted[pred] = res.predicted.get(pred, 0) + 1
                         preds.append(
                             dict(labels=kind, shots=n, prompt=prompt, i=i, text=tests[i].text[:100], gold=gold,
@@ -218,7 +221,7 @@ def to_rows(res: list[PromptResult], cfg: ICLConfig, ctx: Any, n_classes: int) -
             continue
         by_shot.setdefault((r.labels, r.shots), []).append(r)
         for metric, acc in (("accuracy", r.accuracy), ("accuracy_norm", r.accuracy_norm)):
-            lo, hi = results.interval95([1.0] * round(acc * r.n) + [0.0] * (r.n - round(acc * r.n)))
+            lo, hi = stats.interval95([1.0] * round(acc * r.n) + [0.0] * (r.n - round(acc * r.n)))
             rows += [
                 row(r.labels, metric, acc, r.shots, r.prompt),
                 row(r.labels, f"{metric}_lo", lo, r.shots, r.prompt),
@@ -232,14 +235,15 @@ def to_rows(res: list[PromptResult], cfg: ICLConfig, ctx: Any, n_classes: int) -
             row(r.labels, "top_label_share", r.top_share, r.shots, r.prompt),
             row(r.labels, f"top_label={top}", r.predicted[top], r.shots, r.prompt),
         ]
-    for (kind, n), rs in by_shot.items():  # the headline: the mean of the prompts that ran
-        total = sum(r.n for r in rs)
-        for metric in ("accuracy", "accuracy_norm"):
-            hits = sum(round(getattr(r, metric) * r.n) for r in rs)
-            lo, hi = results.interval95([1.0] * hits + [0.0] * (total - hits))
-            rows += [row(kind, metric, hits / total, n, "mean"), row(kind, f"{metric}_lo", lo, n, "mean")]
+    for (kind, n), rs in by_shot.items():  # the headline: each query's accuracy averaged over the prompts
+        items = len(rs[0].hits)  # the same test queries under every prompt: n counts distinct queries
+        for metric, field_ in (("accuracy", "hits"), ("accuracy_norm", "hits_norm")):
+            per_item = [sum(getattr(r, field_)[i] for r in rs) / len(rs) for i in range(items)]
+            lo, hi = stats.interval95(per_item)  # over items, each the mean of its prompts
+            mean = sum(per_item) / items if items else math.nan
+            rows += [row(kind, metric, mean, n, "mean"), row(kind, f"{metric}_lo", lo, n, "mean")]
             rows.append(row(kind, f"{metric}_hi", hi, n, "mean"))
-        rows += [row(kind, "n", total, n, "mean"), row(kind, "prompts", len(rs), n, "mean")]
+        rows += [row(kind, "n", items, n, "mean"), row(kind, "prompts", len(rs), n, "mean")]
     return rows
 
 
@@ -249,21 +253,32 @@ def model_name(cfg: ICLConfig) -> str:
     return f"{model_label(cfg.model)} [{', '.join(extra)}]"
 
 
-# ---- the registered evaluation ------------------------------------------------------------------
-
-
 @register
-class ICL(Experiment):
+class ICL(Evaluation):
     """In-context classification as a registered evaluation (`repro eval icl`)."""
 
-    name = EXPERIMENT
+    name = "icl"
     paper_ref = "MM v2 §4.3, ICL figures (Banking77, GoEmotions, TACRED)"
-    claim = CLAIM
+    claim = "MMv2 beats the transformer by a margin that grows with shots, most on anonymous labels"
     preset_costs = {
         "smoke": "seconds (synthetic task, 8 queries)",
         "cpu": "~30 min on 2 idle cores for a 135M model: 60 queries x 4 prompts x 2 label kinds x 1-2 shots",
         "paper": "1-16 shots, 500 queries (GPU)",
     }
+    targets = {"paper": PAPER, "paper_bands": PAPER_BANDS, "claim": CLAIM, "collapsed": COLLAPSED}
+    options = (
+        Option("--dataset", "dataset", "banking77 | goemotions | tacred (local path only) | synthetic (default: "
+               "the preset's)."),
+        Option("--labels", "labels", "Label kinds: semantic, anonymous (class_00, ...)."),
+        Option("--shots", "shots", "Shot counts (default: the preset's); one shot = one example per class."),
+        Option("--test-size", "test_size", "Test examples, a seeded class-balanced subset (default: the preset's)."),
+        Option("--template", "template", "base | chat (the model's own chat template)."),
+        Option("--scoring", "scoring", "likelihood (rank the label set) | generate (greedy, exact match)."),
+        Option("--max-new-tokens", "max_new_tokens", "Generated tokens per answer when --scoring generate."),
+        Option("--max-context", "max_context", "Skip prompts longer than this many tokens (default: the model's "
+               "context)."),
+        Option("--data-path", "data_path", "Folder holding this dataset's files.", parse=resolved_path),
+    )  # fmt: skip
 
     def presets(self) -> dict[str, ICLConfig]:
         return {
@@ -333,241 +348,6 @@ class ICL(Experiment):
         return to_rows(res, cfg, ctx, task.n_classes)
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        return write_report(df, out_dir)
+        from repro.evaluations._icl_report import write_report
 
-
-# ---- report -------------------------------------------------------------------------------------
-
-
-def _family(model: str) -> str | None:
-    """Model family from a run's model name (checkpoint folder names such as `mosaic_v2-finetune`)."""
-    low = model.lower()
-    for prefix, family in (("mosaic_v2", "mmv2"), ("mmv2", "mmv2"), ("mm-v2", "mmv2"), ("mosaic", "mmv1")):
-        if low.startswith(prefix):
-            return family
-    if low.startswith("llama"):
-        return "llama"
-    return "gpt2" if low.startswith(("gpt", "transformer")) else None
-
-
-# (mosaic, transformer) pairs compared, the paper's own pair first
-PAIRS = (("mmv2", "llama", "MMv2 vs Llama"), ("mmv1", "gpt2", "MMv1-vs-GPT-2 proxy"))
-
-
-def _verdict(mean: pd.DataFrame, chance: float) -> str:
-    """Compare Memory Mosaics with transformers where both ran; else say what the runs do show."""
-    fam = mean.assign(family=mean.model.map(_family)).dropna(subset=["family"])
-    for mosaic, transformer, label in PAIRS:
-        if {mosaic, transformer} <= set(fam.family):
-            by = fam.groupby(["step", "family"]).value.max().unstack()[[mosaic, transformer]].dropna()
-            if len(by):
-                gap = (by[mosaic] - by[transformer]).round(3)
-                trend = "grows" if len(gap) > 1 and gap.iloc[-1] > gap.iloc[0] else "does not grow"
-                where = ", ".join(f"{s}-shot {g:+.3f}" for s, g in gap.items())
-                return f"{label} (tiny models, this repo's cpu presets): margin {where}; {trend}"
-    parts = []
-    for model, sub in mean.groupby("model"):
-        top = sub.loc[sub.value.idxmax()]
-        parts.append(f"{model} at most {top.value:.3f} ({int(top.step)} shots; chance {chance:.3f})")
-    return "not tested (no MMv2/transformer pair): " + "; ".join(parts)
-
-
-def _cells(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, labels, model, shots, prompt) with every metric as a column."""
-    keys = ["dataset", "labels", "model", "step", "slice_value"]
-    wide = df.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reset_index()
-    return wide.rename(columns={"step": "shots", "slice_value": "prompt"})
-
-
-def _ci(r: Any, metric: str) -> str:
-    if pd.isna(r.get(metric)):
-        return "n/a"
-    return results.fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], int(r["n"]))
-
-
-def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """reports/icl/: the mean of the 4 prompts per shot count beside the paper's claim, every prompt
-    with n, 95% intervals, length-normalised accuracy and the predicted-label distribution; figures."""
-    if df.empty:
-        raise UserError("no finished icl runs; run `repro eval icl` first.")
-    df = df.copy()
-    df[["dataset", "labels"]] = df.split.str.split("/", expand=True)
-    chance = df[df.metric == "chance"].groupby(["dataset", "labels"]).value.first()
-    top_names = df[df.metric.str.startswith("top_label=")].copy()
-    top_names["top_label"] = top_names.metric.str.removeprefix("top_label=")
-    top_of = {(r.dataset, r.labels, r.model, r.step, r.slice_value): r.top_label for r in top_names.itertuples()}
-    wide = _cells(df[~df.metric.str.startswith("top_label=")])
-    mean = wide[wide.prompt == "mean"]
-    entries = []
-    for (dataset, kind), sub in mean.groupby(["dataset", "labels"], sort=False):
-        ours = "; ".join(
-            f"{m}: "
-            + ", ".join(f"{int(r.shots)}-shot {_ci(r, 'accuracy')}" for _, r in g.sort_values("shots").iterrows())
-            for m, g in sub.groupby("model")
-        )
-        verdict_df = sub.rename(columns={"shots": "step", "accuracy": "value"})
-        entries.append(
-            dict(
-                dataset=dataset,
-                labels=kind,
-                paper=PAPER.get((dataset, kind), "no paper number"),
-                claim=CLAIM,
-                ours_mean_of_prompts=ours,
-                chance=round(chance[(dataset, kind)], 3),
-                verdict=_verdict(verdict_df, chance[(dataset, kind)]),
-            )
-        )
-    detail = []
-    for _, r in wide.sort_values(["dataset", "labels", "model", "shots", "prompt"]).iterrows():
-        skipped = df[(df.metric == "skipped") & (df.dataset == r.dataset) & (df.labels == r["labels"])
-                     & (df.model == r.model) & (df.step == r.shots)]  # fmt: skip
-        if r.prompt == "mean" or not pd.isna(r.get("accuracy")):
-            share = r.get("top_label_share")
-            top = top_of.get((r.dataset, r["labels"], r.model, r.shots, r.prompt), "")
-            detail.append({
-                "dataset": r.dataset, "labels": r["labels"], "model": r.model, "shots": int(r.shots),
-                "prompt": r.prompt if r.prompt != "mean" else f"mean of {int(r.get('prompts', 0))} prompts",
-                "tokens": fmt_int(r.get("prompt_tokens")),
-                "accuracy [95% CI] n": _ci(r, "accuracy"),
-                "length-normalised": _ci(r, "accuracy_norm"),
-                "distinct predicted": fmt_int(r.get("distinct_predictions")),
-                "most predicted (share)": f"{top} ({share:.2f})" if top and not pd.isna(share) else "",
-                "collapsed": ("yes" if share >= COLLAPSED else "no") if not pd.isna(share) else "",
-                "seconds": round(float(r["seconds"]), 1) if not pd.isna(r.get("seconds")) else "",
-            })  # fmt: skip
-        elif r.prompt != "-" and len(skipped):
-            reason = next((s.split(":", 1)[1].strip() for s in skipped.slice_value if s.startswith(r.prompt)), "")
-            detail.append({"dataset": r.dataset, "labels": r["labels"], "model": r.model, "shots": int(r.shots),
-                           "prompt": r.prompt, "tokens": fmt_int(r.get("prompt_tokens")),
-                           "accuracy [95% CI] n": f"skipped: {reason}"})  # fmt: skip
-    seeds = sorted(int(s) for s in df.seed.unique())
-    notes = [
-        f"Ours: seeds {seeds}. Each cell: accuracy [95% Wilson interval] n=test examples. The headline is the mean",
-        "of the 4 prompts (newline/space x shuffled/class-ordered) that ran, pooled over their predictions (the",
-        "same test examples under each prompt, so its interval is optimistic); no prompt is picked on test data.",
-        "`length-normalised`: labels ranked by mean log-probability per label token instead of the sum.",
-        f"`most predicted (share)`: the label answered most often; `collapsed`: one label for >= {COLLAPSED:.0%} of",
-        "the queries. A prompt over the model's context is skipped, never truncated. `[chat]`: the model's chat",
-        "template (instruction, demonstrations and query as the user's turn, the label as the answer).",
-        "Paper: ranges read off MMv2's ICL figures (large models, reference memory-mosaics.md §4.3).",
-        "Timing (`seconds`, per prompt) on a shared 2-core machine (not idle).",
-    ]
-    paths = results.write_table(
-        entries,
-        out_dir,
-        "In-context classification: paper vs ours",
-        notes,
-        {"Every prompt, shot count and model": detail},
-    )
-    for dataset in mean.dataset.unique():
-        paths.append(_plot(mean[mean.dataset == dataset], chance, dataset, out_dir / f"fig_{dataset}.png"))
-    return paths
-
-
-def fmt_int(x: Any) -> str:
-    return "" if x is None or pd.isna(x) else str(int(x))
-
-
-def _plot(mean: pd.DataFrame, chance: pd.Series, dataset: str, path: Path) -> Path:
-    results.figure_style()
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    for ax, kind in zip(axes, data.LABEL_KINDS, strict=True):
-        sub = mean[mean["labels"] == kind]
-        for model, g in sub.sort_values("shots").groupby("model"):
-            err = [g.accuracy - g.accuracy_lo, g.accuracy_hi - g.accuracy]
-            ax.errorbar(g.shots, g.accuracy, yerr=err, marker="o", capsize=3, label=model)
-        if (dataset, kind) in chance:
-            ax.axhline(chance[(dataset, kind)], ls=":", c="grey", label="chance")
-        band = PAPER_BANDS.get(dataset, {}).get(kind)
-        if band:
-            ax.axhspan(*band, color="C7", alpha=0.15, label="paper's range (large)")
-        ax.set_xscale("log", base=2)
-        ticks = sorted(mean.shots.unique())
-        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{dataset}, {kind} labels")
-        ax.set_xlabel("shots (examples per class)")
-    axes[0].set_ylabel("accuracy (mean of 4 prompts, 95% CI)")
-    axes[1].legend(loc="best")
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-# ---- CLI ----------------------------------------------------------------------------------------
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"{what} {text!r}: expected comma-separated integers such as 1,2,4.") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{what} {text!r}: expected positive integers such as 1,2,4.")
-    return values
-
-
-def command(
-    model: list[str] = typer.Option(
-        ..., "--model", help="A checkpoint dir, hf:NAME or gguf:FILE; repeat or comma-separate for several."
-    ),
-    dataset: Optional[str] = typer.Option(  # noqa: UP045
-        None, help="banking77 | goemotions | tacred (local path only) | synthetic (default: the preset's)."
-    ),
-    labels: str = typer.Option("semantic,anonymous", help="Label kinds: semantic, anonymous (class_00, ...)."),
-    shots: Optional[str] = typer.Option(  # noqa: UP045
-        None, help="Shot counts (default: the preset's); one shot = one example per class."
-    ),
-    test_size: Optional[int] = typer.Option(  # noqa: UP045
-        None, help="Test examples, a seeded class-balanced subset (default: the preset's)."
-    ),
-    template: str = typer.Option("base", help="base | chat (the model's own chat template)."),
-    preset: str = typer.Option("cpu", help="smoke | cpu (~30 min on 2 cores) | paper."),
-    seed: int = typer.Option(0, help="Seed of demonstrations, test subset and the anonymous mapping."),
-    scoring: str = typer.Option("likelihood", help="likelihood (rank the label set) | generate (greedy, exact match)."),
-    max_new_tokens: int = typer.Option(16, help="Generated tokens per answer when --scoring generate."),
-    max_context: Optional[int] = typer.Option(  # noqa: UP045
-        None, help="Skip prompts longer than this many tokens (default: the model's context)."
-    ),
-    data_path: Optional[Path] = typer.Option(None, "--data-path", help="Folder holding this dataset's files."),  # noqa: UP045
-    data_dir: Optional[Path] = typer.Option(  # noqa: UP045
-        None, "--data-dir", help="Folder of local dataset copies (DIR/<dataset>/)."
-    ),
-    out: Path = typer.Option(Path("runs"), help="Root of the run directories."),
-    reports: Optional[Path] = typer.Option(  # noqa: UP045
-        None, help="REPORTS/icl/ is written from every icl run (default: reports/, or OUT/reports/)."
-    ),
-    force: bool = typer.Option(False, help="Evaluate again even if a finished run directory exists."),
-    device: str = typer.Option("cpu", help="torch device for the model."),
-) -> None:
-    """In-context classification, semantic vs anonymous labels (MMv2 §4.3): run dirs, table, figure."""
-    from repro import registry, runtime
-
-    if data_dir is not None and not data_dir.is_dir():
-        raise UserError(f"--data-dir {data_dir} is not a directory.")
-    if dataset is not None and dataset not in data.DATASETS:
-        raise UserError(f"dataset {dataset!r} is unknown; choose one of {', '.join(data.DATASETS)}.")
-    kinds = [k.strip() for k in labels.split(",") if k.strip()]
-    if not kinds or any(k not in data.LABEL_KINDS for k in kinds):
-        raise UserError(f"--labels {labels!r}: choose from {', '.join(data.LABEL_KINDS)}.")
-    if test_size is not None and test_size < 1:
-        raise UserError(f"--test-size {test_size}: expected a positive number of examples.")
-    overrides = [f"labels={','.join(kinds)}", f"template={template}", f"scoring={scoring}"]
-    overrides += [f"dataset={dataset}"] if dataset is not None else []
-    overrides += [f"max_new_tokens={max_new_tokens}", f"device={device}"]
-    if shots is not None:
-        overrides.append(f"shots={','.join(map(str, _ints(shots, '--shots')))}")
-    if test_size is not None:
-        overrides.append(f"test_size={test_size}")
-    if max_context is not None:
-        overrides.append(f"max_context={max_context}")
-    if data_path is not None:
-        overrides.append(f"data_path={data_path.resolve()}")
-    exp = registry.get(EXPERIMENT)
-    for spec in [s.strip() for m in model for s in m.split(",") if s.strip()]:
-        overrides_one = [f"model={spec}", *overrides]
-        runtime.launch(exp, preset=preset, overrides=overrides_one, seed=seed, out=out, force=force, data_dir=data_dir)
-    paths = results.eval_report(exp, out, reports, preset)
-    console.print("[green]report[/] " + ", ".join(str(p) for p in paths))
+        return write_report(df, out_dir, self.targets)
