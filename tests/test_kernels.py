@@ -40,19 +40,6 @@ needs_cc = pytest.mark.skipif(not kernels.native.usable(), reason="the c backend
 
 
 @pytest.fixture
-def nan_poison(monkeypatch):
-    """torch.empty / empty_like / new_empty return NaN-filled float tensors (fla's conftest trick)."""
-    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-    def poison(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: poison(new_empty(self, *a, **k)))
-
-
-@pytest.fixture
 def triton_ops():
     """The Triton modules of both ops, or a skip when triton is not installed (CI without `gpu`)."""
     pytest.importorskip("triton")
@@ -420,23 +407,6 @@ def test_scan_c_steps_without_gradients(v1, state, nan_poison):
         for name, a, b in zip(("y", "final"), ref, got, strict=True):
             assert_close(f"c no-grad T={T} {name}", a, b, RATIO[torch.float32])
         assert got[0].data_ptr() != x.data_ptr()
-
-
-@needs_cc
-def test_c_is_the_cpu_default_for_the_scan_only(monkeypatch):
-    """Auto picks the C loop for leaky_scan on a CPU-only machine with a compiler; memory_retrieval has
-    no C loop, so it stays on torch, also when REPRO_KERNELS=c asks for C everywhere."""
-    monkeypatch.delenv("REPRO_KERNELS", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert kernels.choices() == {"leaky_scan": "c", "memory_retrieval": "torch"}
-    monkeypatch.setenv("REPRO_KERNELS", "c")
-    before = kernels.CALLS["memory_retrieval", "torch"]
-    q, k, v, _ = _retrieval_case(1, 1, 10, 4, 4, torch.float32)
-    kernels.memory_retrieval(q, k, v)
-    assert kernels.CALLS["memory_retrieval", "torch"] == before + 1
-    monkeypatch.setattr(kernels.native, "usable", lambda: False)
-    monkeypatch.delenv("REPRO_KERNELS")
-    assert kernels.choices()["leaky_scan"] == "torch"
 
 
 def test_every_op_is_dispatched():

@@ -1,5 +1,5 @@
 """`leaky_scan` as a C loop on the CPU (`scan.c`, built by `repro.kernels.native`): the CPU default
-when a C compiler is present.
+when a C compiler is present; without one, or when the build fails, the torch backend serves the call.
 
 One pass over the sequence per (batch, head) with the state in a register-sized buffer, forward and
 backward, so a scan costs a few memory passes instead of the torch backend's chunked matmuls, decay
@@ -127,7 +127,7 @@ def leaky_scan(
     check_args(x, state)
     if x.device.type != "cpu":
         raise ValueError(f"leaky_scan[c] runs on the CPU, got a tensor on {x.device}")
-    if x.dtype == torch.float64:
+    if x.dtype == torch.float64 or native.library(SOURCE) is None:  # the C loop is float32 and needs a build
         return torch_leaky_scan(x, g, lam, state)
     B, H, T, _ = x.shape
     if not isinstance(lam, torch.Tensor):
