@@ -113,6 +113,23 @@ def test_retrieval_torch_backend_stays_banded(monkeypatch):
     assert_close("banded", ref, out, 1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("c", marks=needs_cc)])
+@pytest.mark.parametrize(("window", "skip"), [(None, 1), (None, 3), (8, 1), (20, 3)])
+def test_retrieval_shifted_by_the_caller(backend, window, skip, nan_poison):
+    """The mosaics pass queries skip.. and keys ..T-1-skip (q_start - k_start = skip, equal lengths),
+    so the retrieval is causal once shifted: forward and gradients equal the reference's."""
+    q, k, v, do = _retrieval_case(2, 3, 70, 6, 6, torch.float32)
+    q, k, v, do = q[:, :, skip:], k[:, :, :-skip], v[:, :, :-skip], do[:, :, skip:]
+    grads = {}
+    for name in ("reference", backend):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = kernels.memory_retrieval(*leaves, window=window, skip=skip, q_start=skip, backend=name)
+        (out * do).sum().backward()
+        grads[name] = [out, *(x.grad for x in leaves)]
+    for part, ref, got in zip(("out", "dq", "dk", "dv"), grads["reference"], grads[backend], strict=True):
+        assert_close(f"{backend} shifted {part}", ref, got, RATIO[torch.float32])
+
+
 # Queries and keys at their absolute positions (decoding after a cache, a truncated short-term cache,
 # a table read without a mask): (window, skip, first query, first key, query_chunk, scale).
 OFFSETS = [
