@@ -82,8 +82,8 @@ def test_retrieval_c_custom_op_contract():
 
 @needs_cc
 def test_retrieval_c_hands_other_calls_to_torch(monkeypatch):
-    """Large heads, bf16, attention dropout and single-query decoding steps never reach the C loop,
-    and still give the torch backend's answer."""
+    """Large heads, bf16, attention dropout, single-query decoding steps and empty memories never
+    reach the C loop, and still give the torch backend's answer."""
     from repro.kernels.memory_retrieval import c_small
 
     def refuse(*args):
@@ -100,6 +100,8 @@ def test_retrieval_c_hands_other_calls_to_torch(monkeypatch):
     q, k, v, _ = _retrieval_case(1, 2, 40, 2, 2, torch.float32)
     dropped = kernels.memory_retrieval(q, k, v, dropout_p=0.5, backend="c")
     assert torch.isfinite(dropped).all()
+    empty = kernels.memory_retrieval(q, k[:, :, :0], v[:, :, :0], skip=None, backend="c")  # an empty memory: 0
+    assert empty.shape == q.shape and not empty.any()
 
 
 @needs_cc

@@ -5,9 +5,10 @@ SDPA's fused CPU kernel is tuned for attention heads of 64 and more; at the thre
 passes per query that `small.c` makes. So the `c` backend serves float32 CPU calls with head
 dimensions up to SMALL_D and more than one query itself (any mask of mask.py, any offsets, forward
 and backward, without attention dropout) and hands every other call to the torch backend: larger
-heads, other dtypes, dropout, one-query decoding steps (one SDPA call, where the C path would copy
-the cache), and any call when no C compiler is found or the build failed. The batch x heads rows are
-split across torch's thread count: each slice is one ctypes call, which releases the GIL.
+heads, other dtypes, dropout, empty memories, one-query decoding steps (one SDPA call, where the C
+path copies the cache: three-moons' evaluation ran 2x slower on it), and any call when no C compiler
+is found or the build failed. The batch x heads rows are split across torch's thread count: each
+slice is one ctypes call, which releases the GIL.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def memory_retrieval(
     query_chunk: int | None = None,  # memory is O(Tq x D) here whatever the chunk
 ) -> torch.Tensor:
     small = max(q.shape[-1], v.shape[-1]) <= SMALL_D and q.shape[-2] > 1 and q.device.type == "cpu"
-    ours = small and q.dtype == k.dtype == v.dtype == torch.float32 and dropout_p == 0
+    ours = small and k.shape[-2] > 0 and q.dtype == k.dtype == v.dtype == torch.float32 and dropout_p == 0
     if not ours or native.library(SOURCE) is None:
         return torch_retrieval(q, k, v, window=window, skip=skip, q_start=q_start, k_start=k_start, scale=scale,
                                dropout_p=dropout_p, query_chunk=query_chunk)  # fmt: skip
