@@ -84,7 +84,7 @@ class ThreeMoons(Experiment):
     claim = "3 small memories predict well after each moon's period; 1 big memory only after the full period"
     preset_costs = {
         "smoke": "~15 s",
-        "cpu": "~4 min on 2 cores",
+        "cpu": "~75 s on one core of a busy 2-core machine (load 4-5); training steps ~4x slower without a C compiler",
         "paper": "~1 h on 2 cores, minutes on a GPU",
     }
 

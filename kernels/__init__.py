@@ -5,7 +5,11 @@ every mask materialised), further files are fast paths registered under a backen
 only the public functions below. Backends:
 
 - `reference`: the specification itself (slow, for tests and debugging);
-- `torch`: exact PyTorch compositions built on fused torch ops (SDPA), the CPU default;
+- `torch`: exact PyTorch compositions built on fused torch ops (SDPA), the CPU default where an op
+  has no `c` backend or no C compiler is found;
+- `c`: small C loops for the CPU, compiled at first use with the system compiler (`native.py`) into
+  a cache outside the source tree, the CPU default when a compiler is on PATH; calls a loop does not
+  cover, and every call when no compiler is found or the build fails, run on `torch`;
 - `triton`: GPU kernels (used automatically on CUDA when triton imports; the `gpu` extra). On CPU
   they run only under `TRITON_INTERPRET=1`, for the tests.
 

@@ -1,8 +1,9 @@
 """The one kernel dispatch: which implementation serves each call of an op (see `repro.kernels`).
 
 Backends register here (`register(op, backend)`); `implementation(op, explicit)` picks one per call:
-the explicit argument, then `REPRO_KERNELS`, then auto (Triton on CUDA when it imports, torch
-otherwise), and counts the call in `CALLS`.
+the explicit argument, then `REPRO_KERNELS`, then auto (Triton on CUDA when it imports; on a CPU-only
+machine the C loops where an op has one and a C compiler is found; torch otherwise), and counts the
+call in `CALLS`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Callable
 
 import torch
 
+import repro.kernels.native as native
 from repro.errors import UserError
 
-BACKENDS = ("reference", "torch", "triton")
+BACKENDS = ("reference", "torch", "triton", "c")
 _IMPLS: dict[str, dict[str, Callable]] = {}
 _NO_DROPOUT: set[tuple[str, str]] = set()  # (op, backend) pairs without attention dropout
 CALLS: collections.Counter = collections.Counter()  # (op, backend) -> calls served, for tests and checks
@@ -45,8 +47,12 @@ def backend(explicit: str | None = None, op: str | None = None) -> str:
     """The backend a call will use (explicit > REPRO_KERNELS > auto)."""
     choice = explicit or os.environ.get("REPRO_KERNELS") or "auto"
     if choice == "auto":
-        has_triton = op is None or "triton" in _IMPLS.get(op, {})
-        return "triton" if has_triton and _triton_usable() and op is not None else "torch"
+        impls = _IMPLS.get(op, {}) if op is not None else {}
+        if "triton" in impls and _triton_usable():
+            return "triton"
+        if "c" in impls and not torch.cuda.is_available() and native.usable():
+            return "c"
+        return "torch"
     if choice not in BACKENDS:
         raise UserError(f"REPRO_KERNELS={choice} is not a kernel backend; choose one of {', '.join(BACKENDS)}.")
     return choice
@@ -56,6 +62,8 @@ def implementation(op: str, explicit: str | None = None, *, dropout: bool = Fals
     """The function that serves this call of `op` (counted in CALLS)."""
     name = backend(explicit, op)
     impls = _IMPLS[op]
+    if name == "c" and "c" not in impls:  # the C loops cover some ops; the rest run on torch beside them
+        name = "torch"
     if name not in impls:
         raise UserError(
             f"kernel '{op}' has no '{name}' implementation (it has {', '.join(sorted(impls))}); "

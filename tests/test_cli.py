@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -125,24 +126,38 @@ def test_report_without_runs_says_what_to_do(tmp_path):
     assert result.exit_code == 2 and "repro run three-moons" in result.output
 
 
-def test_bench_train_writes_a_ratio_table(tmp_path):
-    args = ["bench", "train", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16"]
-    args += ["--batch-size", "2", "--vocab-size", "64", "--rounds", "1", "--steps", "1", "--out", str(tmp_path)]
+def test_bench_train_writes_ratios_for_both_pairs_at_every_length(tmp_path):
+    result = runner.invoke(app, ["bench", "train", "--preset", "smoke", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert list(tmp_path.glob("bench-train/smoke/*/s0/rows.jsonl"))  # a run directory like every runnable
+    table = tmp_path / "reports" / "bench-train" / "table.csv"
+    df = pd.read_csv(table)
+    assert list(df.model) == ["gpt2", "mosaic", "gpt2", "mosaic", "llama", "mosaic_v2", "llama", "mosaic_v2"]
+    assert list(df["T"]) == [16, 16, 32, 32] * 2 and list(df.batch) == [4, 4, 2, 2] * 2
+    assert (df[df.model.isin(["gpt2", "llama"])].ratio == 1).all() and (df.ratio > 0).all()
+    v2 = df[df.pair == "v2"]  # equal parameters through the pairing
+    assert abs(v2["params (M)"].iloc[0] - v2["params (M)"].iloc[1]) <= 0.01 * v2["params (M)"].iloc[0]
+    v1 = df[df.pair == "v1"]  # equal block weights; GPT-2's position table is the difference
+    assert abs(v1["non-embedding (M)"].iloc[0] - v1["non-embedding (M)"].iloc[1]) < 0.001
+    assert {"load before/after", "threads"} <= set(df.columns)
+    md = table.with_name("table.md").read_text()
+    assert "Operators per training step" in md and "1-min load" in md and "p-mem 112 pairs/head" in md
+
+
+def test_bench_decode_writes_decoding_and_prefill_ratios(tmp_path):
+    args = ["bench", "decode", "--preset", "smoke", "--pairs", "v2,v1", "--out", str(tmp_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    table = (tmp_path / "reports" / "bench-train" / "table.csv").read_text()
-    assert "ratio vs gpt2" in table and "mosaic" in table
-    assert "1-min load" in (tmp_path / "reports" / "bench-train" / "table.md").read_text()
-    assert list(tmp_path.glob("bench-train/cpu/*/s0/rows.jsonl"))  # a run directory like every runnable
+    df = pd.read_csv(tmp_path / "reports" / "bench-decode" / "table.csv")
+    assert list(df.model) == ["llama", "mosaic_v2", "gpt2", "mosaic"]
+    assert {"tok/s median", "ratio", "prefill tok/s", "prefill ratio"} <= set(df.columns)
+    assert "Operators per decoding step" in (tmp_path / "reports" / "bench-decode" / "table.md").read_text()
 
 
-def test_bench_train_writes_a_table_for_every_family(tmp_path):
-    args = ["bench", "train", "--families", "mosaic,gpt2", "--n-layer", "1", "--n-embd", "16", "--n-head", "2"]
-    args += ["--block-size", "16", "--batch-size", "2", "--vocab-size", "64", "--rounds", "1", "--steps", "1"]
-    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    rows = (tmp_path / "reports" / "bench-train" / "table.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[1].startswith("mosaic,") and "ratio vs mosaic" in rows[0]
+def test_bench_refuses_an_unknown_pair(tmp_path):
+    result = runner.invoke(app, ["bench", "train", "--pairs", "v3", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "choose from v1, v2" in result.output
+    assert not list(tmp_path.glob("bench-train/*"))  # nothing half-written
 
 
 def test_bench_kernels_and_eval_smoke_write_run_directories_and_reports(tmp_path):

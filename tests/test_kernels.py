@@ -9,8 +9,6 @@ repeat the comparison at real sizes on CUDA.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,17 +36,7 @@ def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, ratio: float, 
     assert rel < ratio, f"{name}: relative RMS error {rel:.2e} >= {ratio:.0e} (max abs error {err:.2e})"
 
 
-@pytest.fixture
-def nan_poison(monkeypatch):
-    """torch.empty / empty_like / new_empty return NaN-filled float tensors (fla's conftest trick)."""
-    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-    def poison(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: poison(new_empty(self, *a, **k)))
+needs_cc = pytest.mark.skipif(not kernels.native.usable(), reason="the c backend needs a C compiler")
 
 
 @pytest.fixture
@@ -104,24 +92,42 @@ def test_retrieval_torch_backend(T, D, H, window, skip, dtype, nan_poison):
 
 
 def test_retrieval_torch_backend_stays_banded(monkeypatch):
-    """The windowed path never builds a T x T mask: each SDPA call sees one (block, block + window) band."""
+    """The windowed path never builds a T x T mask: one SDPA call over blocks of b queries, each
+    against the 2b keys of its own and the previous block."""
     calls = []
     sdpa = F.scaled_dot_product_attention
 
     def spy(q, k, v, attn_mask=None, **kw):
-        calls.append((q.shape[-2], k.shape[-2]))
+        calls.append((q.shape[-2], k.shape[-2], None if attn_mask is None else tuple(attn_mask.shape[-2:])))
         return sdpa(q, k, v, attn_mask=attn_mask, **kw)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     from repro.kernels.memory_retrieval import torch_sdpa
 
-    T, window, block = 1000, 16, 128
+    T, window = 1000, 16
     q, k, v, _ = _retrieval_case(1, 1, T, 8, 8, torch.float32)
-    out = torch_sdpa.memory_retrieval(q, k, v, window=window, skip=1, block=block)
-    assert len(calls) == math.ceil((T - 1) / block)
-    assert all(nq <= block and nk <= block + window for nq, nk in calls)
+    out = torch_sdpa.memory_retrieval(q, k, v, window=window, skip=1)
+    b = max(window - 1, torch_sdpa.MIN_BAND_BLOCK)
+    assert calls == [(b, 2 * b, (b, 2 * b))]
     ref = kernels.memory_retrieval(q, k, v, window=window, skip=1, backend="reference")
     assert_close("banded", ref, out, 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("c", marks=needs_cc)])
+@pytest.mark.parametrize(("window", "skip"), [(None, 1), (None, 3), (8, 1), (20, 3)])
+def test_retrieval_shifted_by_the_caller(backend, window, skip, nan_poison):
+    """The mosaics pass queries skip.. and keys ..T-1-skip (q_start - k_start = skip, equal lengths),
+    so the retrieval is causal once shifted: forward and gradients equal the reference's."""
+    q, k, v, do = _retrieval_case(2, 3, 70, 6, 6, torch.float32)
+    q, k, v, do = q[:, :, skip:], k[:, :, :-skip], v[:, :, :-skip], do[:, :, skip:]
+    grads = {}
+    for name in ("reference", backend):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = kernels.memory_retrieval(*leaves, window=window, skip=skip, q_start=skip, backend=name)
+        (out * do).sum().backward()
+        grads[name] = [out, *(x.grad for x in leaves)]
+    for part, ref, got in zip(("out", "dq", "dk", "dv"), grads["reference"], grads[backend], strict=True):
+        assert_close(f"{backend} shifted {part}", ref, got, RATIO[torch.float32])
 
 
 # Queries and keys at their absolute positions (decoding after a cache, a truncated short-term cache,
@@ -309,11 +315,40 @@ TORCH_SCAN = [(T, D, name, dtype) for T, D in [(63, 60), (200, 64)] for name in 
 ]
 
 
+CPU_SCAN_BACKENDS = ["torch", pytest.param("c", marks=needs_cc)]
+
+
+@pytest.mark.parametrize("backend", CPU_SCAN_BACKENDS)
 @pytest.mark.parametrize(("T", "D", "variant", "dtype"), TORCH_SCAN)
-def test_scan_torch_backend(T, D, variant, dtype, nan_poison):
+def test_scan_cpu_backends(backend, T, D, variant, dtype, nan_poison):
     v1, state = VARIANTS[variant]
     dtype = RATIO_IDS[dtype]
-    _check_scan("torch", 1, 2, T, D, dtype, v1=v1, state=state)
+    _check_scan(backend, 1, 2, T, D, dtype, v1=v1, state=state)
+
+
+@needs_cc
+@pytest.mark.parametrize("v1", [False, True], ids=["v2", "v1"])
+def test_scan_c_reads_split_heads_in_place(v1, nan_poison):
+    """The models hand the scan a (B, T, H, D) buffer seen as (B, H, T, D) and v1's decay as a (H,)
+    vector: the C loop reads both in place (no copy), lays y out like x, and matches the reference
+    in value and gradient, including T = 1 and an unused final state."""
+    from repro.kernels.leaky_scan import c_loop
+
+    for T in (1, 45):
+        x, gate, lam, s0, dy, _ = _scan_case(3, 4, T, 12, torch.float32, v1=v1)
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)  # (B, T, H, D) memory, (B, H, T, D) view
+        grads = {}
+        for backend in ("reference", "c"):
+            leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, gate, lam, s0)]
+            y, _ = kernels.leaky_scan(*leaves, backend=backend)
+            (y * dy).sum().backward()
+            grads[backend] = [y] + [t.grad for t in leaves if t is not None]
+            if backend == "c":
+                assert y.stride() == x.stride()
+        for ref, got in zip(grads["reference"], grads["c"], strict=True):
+            assert_close("c strided", ref, got, RATIO[torch.float32])
+    torch.library.opcheck(c_loop._fwd, (x.requires_grad_(), None if v1 else gate, lam.view(1, -1, 1).expand(3, 4, 45)
+                                        if v1 else lam, s0))  # fmt: skip
 
 
 TRITON_SCAN = [
@@ -354,7 +389,7 @@ def test_scan_custom_op_contract(triton_ops):
     torch.library.opcheck(scan._fwd, (x.requires_grad_(), gate, lam.requires_grad_(), s0))
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("c", marks=needs_cc)])
 def test_scan_v1_is_the_leaky_average(backend):
     """v1: g = 1 and lam_h = exp(-decay_h) constant in time give mosaic.leaky_average exactly."""
     x = torch.randn(2, 3, 50, 8, dtype=torch.float64)
@@ -373,6 +408,22 @@ def test_scan_state_carries_across_calls():
     y2, s2 = kernels.leaky_scan(x[:, :, 25:], gate[:, :, 25:], lam[:, :, 25:], s1, backend="torch")
     torch.testing.assert_close(torch.cat([y1, y2], dim=2), y)
     torch.testing.assert_close(s2, final)
+
+
+@needs_cc
+@pytest.mark.parametrize("v1", [False, True], ids=["v2", "v1"])
+@pytest.mark.parametrize("state", [False, True], ids=["nostate", "state"])
+def test_scan_c_steps_without_gradients(v1, state, nan_poison):
+    """Without gradients the c backend takes shortcuts (no custom-op dispatch; one decoding step in
+    torch ops): the same values as the reference, and never the input tensor itself."""
+    for T in (1, 7):
+        x, gate, lam, s0, _, _ = _scan_case(2, 3, T, 5, torch.float32, v1=v1, state=state)
+        with torch.no_grad():
+            ref = kernels.leaky_scan(x, gate, lam, s0, backend="reference")
+            got = kernels.leaky_scan(x, gate, lam, s0, backend="c")
+        for name, a, b in zip(("y", "final"), ref, got, strict=True):
+            assert_close(f"c no-grad T={T} {name}", a, b, RATIO[torch.float32])
+        assert got[0].data_ptr() != x.data_ptr()
 
 
 def test_every_op_is_dispatched():

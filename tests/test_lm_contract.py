@@ -121,6 +121,30 @@ def test_cached_decoding_equals_full_forward(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_forked_cache_leaves_its_prefix_and_its_siblings_alone(family):
+    """A prefix read once, its cache forked (shared tensors, batch-expanded, as the evaluations'
+    PrefixScorer does) into two continuations run one after the other, with decoding steps long
+    enough to fill the caches' spare room: each equals the full forward of its own sequence, and the
+    prefix cache still continues correctly afterwards."""
+    from repro.eval.scoring import _fork
+
+    model = _tiny(family)
+    idx = _tokens(T=64)  # GPT-2's block_size here
+    prefix, tails = idx[:1, :20], [idx[:, 20:], (idx[:, 20:] + 3) % V]
+    with torch.no_grad():
+        cache = model.new_cache(1)
+        model(prefix[:, :19], cache)
+        model(prefix[:, 19:], cache)  # a step: the prefix's buffers now have spare room
+        for tail in tails:
+            fork = _fork(cache, 2)
+            steps = [model(tail[:, t : t + 1], fork) for t in range(tail.shape[1])]
+            full = model(torch.cat([prefix.expand(2, -1), tail], dim=1))[:, 20:]
+            assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
+        again = model(idx[:1, 20:30], cache)
+        assert torch.allclose(again, model(idx[:1, :30])[:, 20:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_generate_prefills_once_then_feeds_one_token(family):
     model = _tiny(family)
     prompt = _tokens(T=9)

@@ -104,7 +104,8 @@ def test_torch_backend_matches_reference_with_gradients(window, skip, T, D, Dv):
 def test_backend_choice_explicit_env_auto(monkeypatch):
     monkeypatch.delenv("REPRO_KERNELS", raising=False)
     has_triton = "triton" in dispatch._IMPLS["memory_retrieval"]
-    expected = "triton" if has_triton and dispatch._triton_usable() else "torch"
+    on_cpu_with_cc = not torch.cuda.is_available() and kernels.native.usable()  # the C loops
+    expected = "triton" if has_triton and dispatch._triton_usable() else "c" if on_cpu_with_cc else "torch"
     assert kernels.backend(op="memory_retrieval") == expected
     monkeypatch.setenv("REPRO_KERNELS", "reference")
     assert kernels.backend(op="memory_retrieval") == "reference"

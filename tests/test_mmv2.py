@@ -100,8 +100,9 @@ def test_short_term_cache_holds_only_what_a_future_query_can_see():
         model(idx[:, t : t + 1], cache)
     model(idx[:, 30:], cache)
     short = cache.layers[0].short
-    assert short.keys.shape[2] == 8 - 1 and short.start == 60 - 8 + 1
-    assert cache.layers[0].long.keys.shape[2] == 60
+    assert short.keys.length == 8 - 1 and short.start == 60 - 8 + 1
+    assert short.values.view().shape[2] == 8 - 2  # pair 59 waits for token 60
+    assert cache.layers[0].long.keys.length == 60
 
 
 def test_long_no_grad_input_takes_the_chunked_path_and_agrees_with_the_kernel():

@@ -2,7 +2,7 @@
 
 import importlib.util
 
-from repro.kernels.leaky_scan import reference, torch_chunk  # noqa: F401  (register backends)
+from repro.kernels.leaky_scan import c_loop, reference, torch_chunk  # noqa: F401  (register backends)
 
 if importlib.util.find_spec("triton") is not None:  # the `gpu` extra; absent on CPU-only installs
     from repro.kernels.leaky_scan import triton  # noqa: F401

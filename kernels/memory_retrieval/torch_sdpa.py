@@ -3,11 +3,12 @@
 Three paths, all exact (masks from `mask.py`, the one vocabulary):
 
 - no mask (`skip=None`, a persistent table): one SDPA call;
-- queries and keys at the same positions (a training sequence): shifting queries by `skip` turns
+- a whole training sequence, queries and keys at the same positions or with the queries already
+  shifted by `skip` (q_start - k_start = skip, as the mosaics call it): shifting turns
   "j <= t - skip" into the ordinary causal mask, so SDPA's fused (flash) kernels apply with
-  `is_causal=True` and nothing T x T is materialised. The short-term window needs an explicit band:
-  queries run in blocks of `block` rows, each against only the band of keys it can see, a
-  (block, block + window) mask per call, O(T * window) in all, forward and backward;
+  `is_causal=True` and nothing T x T is materialised. The short-term window needs a band: blocks of
+  b >= window queries, each against the 2b keys of its own and the previous block, all in one SDPA
+  call under one (b, 2b) band mask, O(T * window) in all, forward and backward;
 - queries after a cache, or any call with `query_chunk` (long inputs without gradients): chunks of
   queries, each against only the keys some query of the chunk can see, with an explicit mask, so
   memory is O(chunk x T). A single query that sees every key it is given takes no mask at all.
@@ -22,7 +23,8 @@ from repro.kernels.dispatch import register
 from repro.kernels.memory_retrieval.mask import key_span, visible_mask
 from repro.kernels.memory_retrieval.reference import check_args
 
-BLOCK = 512  # query rows per SDPA call in the windowed and offset cases
+BLOCK = 512  # query rows per SDPA call after a cache
+MIN_BAND_BLOCK = 32  # queries per block of the windowed band (at least the window)
 
 
 @register("memory_retrieval", "torch")
@@ -46,13 +48,20 @@ def memory_retrieval(
         return v.new_zeros(*q.shape[:-1], v.shape[-1])
     if skip is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p)
-    if q_start == k_start and Tq == Tk and (query_chunk is None or query_chunk >= Tq):
-        return _aligned(q, k, v, window, skip, scale, dropout_p, block)
+    whole = query_chunk is None or query_chunk >= Tq
+    if whole and Tq == Tk and q_start == k_start:  # a training sequence: shift the queries by skip
+        if skip >= Tq:  # every row sees nothing
+            return v.new_zeros(*q.shape[:-1], v.shape[-1])
+        n = Tq - skip
+        out = _shifted(q[..., skip:, :], k[..., :n, :], v[..., :n, :], window, skip, scale, dropout_p)
+        return out if skip == 0 else F.pad(out, (0, 0, skip, 0))  # the first `skip` rows see nothing: 0
+    if whole and Tq == Tk and q_start - k_start == skip:  # shifted by the caller
+        return _shifted(q, k, v, window, skip, scale, dropout_p)
     chunk = query_chunk if query_chunk is not None and query_chunk < Tq else block
     return _chunked(q, k, v, window, skip, q_start, k_start, scale, dropout_p, chunk)
 
 
-def _aligned(
+def _shifted(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -60,31 +69,39 @@ def _aligned(
     skip: int,
     scale: float | None,
     dropout_p: float,
-    block: int,
 ) -> torch.Tensor:
-    """Queries and keys at positions 0..T-1 (B, H, T, *)."""
-    B, H, T, _ = q.shape
-    if skip >= T:  # every row sees nothing
-        return v.new_zeros(B, H, T, v.shape[-1])
-    n = T - skip
-    qs, ks, vs = q[..., skip:, :], k[..., :n, :], v[..., :n, :]  # (B, H, n, *): query i is t = i + skip
+    """Query i (B, H, n, D) reads keys i - (window - skip) < j <= i (B, H, n, *): causal, or a band."""
+    n = q.shape[-2]
     if window is None or window - skip >= n:  # the window never bites: plain causal
-        out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, dropout_p=dropout_p)
-        outs = [out]
-    else:
-        outs = []
-        for i0 in range(0, n, block):
-            i1 = min(i0 + block, n)
-            lo = max(0, i0 - window + skip + 1)  # first key any query of the block can see
-            band = visible_mask(
-                i1 - i0, i1 - lo, window=window, skip=skip, q_start=i0 + skip, k_start=lo, device=q.device
-            )
-            qb, kb, vb = qs[..., i0:i1, :], ks[..., lo:i1, :], vs[..., lo:i1, :]
-            outs.append(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=band, scale=scale, dropout_p=dropout_p))
-    if skip == 0:
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
-    empty = v.new_zeros(B, H, skip, v.shape[-1])  # the first `skip` rows see nothing
-    return torch.cat([empty, *outs], dim=-2)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p)
+    return _band(q, k, v, window - skip, scale, dropout_p)
+
+
+def _band(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int, scale: float | None, p: float) -> torch.Tensor:
+    """Query i reads keys i - width < j <= i (B, H, n, *), all blocks in one SDPA call.
+
+    Blocks of b >= width - 1 queries; block m reads the keys of blocks m - 1 and m, (b, 2b) scores
+    under one band mask (the first block also masks the padding before key 0), so the work is
+    O(n * 2b) and no (n, n) matrix exists, forward or backward. Every row sees its own key."""
+    B, H, n, D = q.shape
+    b = max(width, MIN_BAND_BLOCK)
+    nb = -(-n // b)  # blocks
+    # the keys of blocks m - 1 and m for every block m, gathered in one index_select (its backward is one
+    # index_add); positions before 0 and after n - 1 are clamped to real keys that the mask hides
+    pos = torch.arange(-b, nb * b, device=q.device).view(nb + 1, b)  # (nb + 1, b): block 0 is before key 0
+    two = torch.cat([pos[:-1], pos[1:]], dim=1).clamp(0, n - 1).view(-1)  # (nb * 2b,)
+    rows = torch.arange(nb * b, device=q.device).clamp(max=n - 1)  # queries, the last repeated to fill
+    qb = q if nb * b == n else q.index_select(2, rows)
+    r = torch.arange(b, device=q.device)[:, None]  # query row in its block
+    c = torch.arange(2 * b, device=q.device)[None, :]  # key column: block m - 1, then block m
+    band = (c > r + b - width) & (c <= r + b)  # (b, 2b)
+    mask = band.expand(H, nb, b, 2 * b).clone()
+    mask[:, 0] &= c >= b  # block 0: no keys before position 0
+    # 4-D (heads x blocks as one axis): SDPA's fused CPU kernel takes masks only in 2-D or 4-D
+    kb, vb = (x.index_select(2, two).view(B, H * nb, 2 * b, x.shape[-1]) for x in (k, v))
+    qb, mask = qb.reshape(B, H * nb, b, D), mask.view(1, H * nb, b, 2 * b)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, dropout_p=p)
+    return out.reshape(B, H, nb * b, v.shape[-1])[:, :, :n]  # (B, H * nb, b, Dv) -> (B, H, n, Dv)
 
 
 def _chunked(
@@ -112,11 +129,11 @@ def _chunked(
         if b < a:
             outs.append(v.new_zeros(B, H, c, v.shape[-1]))
             continue
-        seen = visible_mask(c, b - a + 1, window=window, skip=skip, q_start=q_start + s, k_start=a, device=q.device)
         kk, vv = k[:, :, a - k_start : b - k_start + 1], v[:, :, a - k_start : b - k_start + 1]
-        if c == 1 and bool(seen.all()):  # one decoding step that reads every key it is given
+        if c == 1:  # one query (a decoding step): its visible keys are exactly [a, b], no mask needed
             outs.append(F.scaled_dot_product_attention(qc, kk, vv, scale=scale, dropout_p=dropout_p))
             continue
+        seen = visible_mask(c, b - a + 1, window=window, skip=skip, q_start=q_start + s, k_start=a, device=q.device)
         empty = ~seen.any(-1, keepdim=True)  # (c, 1)
         out = F.scaled_dot_product_attention(qc, kk, vv, attn_mask=seen | empty, scale=scale, dropout_p=dropout_p)
         outs.append(out.masked_fill(empty, 0.0))

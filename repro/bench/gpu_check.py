@@ -8,7 +8,7 @@ Four parts, each writing its details into the run directory, summarised in one t
 2. the kernel benchmark (`repro.bench.kernels.run_benchmark`, the same code as `repro bench kernels`):
    memory retrieval and the leaky scan against SDPA's flash kernel at T = 4k..32k, bf16, forward and
    forward + backward, TFLOP/s or GB/s and the fraction of the GPU's peak;
-3. training tokens/s of MM v2 and the Llama at equal parameters in one run (`repro.bench.train.model_speeds`):
+3. training tokens/s of MM v2 and the Llama at equal parameters in one run (`repro.bench.train`):
    bf16 autocast, `torch.compile`, the Triton kernels on;
 4. a few FSDP2 steps of the one training loop on the one GPU (a one-rank NCCL group): bf16 mixed
    precision, per-block activation checkpointing and compilation, a sharded (DCP) checkpoint, and the
@@ -98,38 +98,25 @@ def _training(
 ) -> dict[str, Any]:
     """MM v2 vs Llama training tok/s at equal parameters, measured by the one speed benchmark;
     `timing` = (timed steps per round, warm-up rounds, rounds)."""
-    import statistics
-
-    from repro.bench.train import SpeedConfig, ThroughputConfig, model_speeds, write_throughput_report
+    from repro.bench.pairs import PairShape
+    from repro.bench.train import ThroughputConfig, training_throughput, write_throughput_report
     from repro.results import machine
 
     shape = shape or dict(n_layer=8, n_head=16, n_embd=1024, block_size=2048, batch_size=8, vocab_size=32768)
     steps, warmup, rounds = timing
+    T = shape["block_size"]
+    dims = {k: shape[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
     cfg = ThroughputConfig(
-        families=("llama", "mosaic_v2"), **shape, steps=steps, warmup=warmup, rounds=rounds, compile=compile
-    )
-    models = _equal_size_models(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size)
-    models = {f: m.to(device) for f, m in models.items()}
-    g = torch.Generator().manual_seed(0)
-    batch = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=g).to(device)
-    speeds = model_speeds(models, batch, SpeedConfig(steps=steps, warmup=warmup, rounds=rounds, compile=compile))
-    speed = {f: statistics.median(s["train"]) for f, s in speeds.items()}
-    params = {f: m.num_params() / 1e6 for f, m in models.items()}
-    rows = [
-        {
-            "model": f,
-            "params (M)": round(params[f], 3),
-            "tok/s median": round(speed[f]),
-            "tok/s min": round(min(speeds[f]["train"])),
-            "tok/s max": round(max(speeds[f]["train"])),
-            "ratio vs llama": round(speed[f] / speed["llama"], 3),
-        }
-        for f in models
-    ]
-    write_throughput_report(rows, cfg, machine(), out / "train_throughput")
-    ratio = speed["mosaic_v2"] / speed["llama"]
+        pairs=("v2",), lengths=(T,), tokens=shape["batch_size"] * T, shape=PairShape(**dims, ffn_mult=3.5),
+        steps=steps, warmup=warmup, rounds=rounds, compile=compile, device=device, profile=False,
+    )  # fmt: skip
+    rows = {r["model"]: r for r in training_throughput(cfg)}
+    write_throughput_report(list(rows.values()), cfg, machine(), out / "train_throughput")
+    speed = {f: r["tok/s median"] for f, r in rows.items()}
+    params = {f: r["params (M)"] for f, r in rows.items()}
+    ratio = rows["mosaic_v2"]["ratio"]
     result = f"Llama {speed['llama']:,.0f} tok/s, MM v2 {speed['mosaic_v2']:,.0f} tok/s (x{ratio:.2f}), "
-    result += f"{params['llama']:.0f}M vs {params['mosaic_v2']:.0f}M params, T={cfg.block_size}"
+    result += f"{params['llama']:.0f}M vs {params['mosaic_v2']:.0f}M params, T={T}"
     equal = abs(params["mosaic_v2"] / params["llama"] - 1) < 0.01  # the comparison is at equal size
     return {"part": "training tok/s, bf16, compiled, Triton", "result": result, "ok": equal}
 

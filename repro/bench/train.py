@@ -1,26 +1,38 @@
-"""Training and decoding speed of language models, measured in one process: `repro bench train`, and
-the speed rows of the `mmv2-pretrain` experiment.
+"""Training speed of each Memory Mosaic against its baseline at equal parameters (`repro bench train`),
+and the interleaved timing the `mmv2-pretrain` speed rows and the GPU check use (`model_speeds`).
 
-Numbers are ratios against a baseline measured in the same process, interleaved in rounds so that
-machine noise hits every model alike: each round times `steps` training steps (forward, backward,
-AdamW) of every model in turn, then, if asked, greedy decoding through the cache.
+Numbers are ratios against the baseline measured in the same process, interleaved in rounds so that
+machine noise hits both models alike: each round times `steps` training steps (forward, backward,
+AdamW) of every model in turn, then, if asked, greedy decoding through the cache. The ratio of a
+round is the mosaic's tokens/s over the baseline's in that round; the table gives the median over
+rounds and its range, with the load average before and after.
 """
 
 from __future__ import annotations
 
-import statistics
+import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from repro import results
+from repro.bench.decode import decode_speed
+from repro.bench.ops import step_profile
+from repro.bench.pairs import (
+    TINY,
+    PairShape,
+    build_pair,
+    check_pairs,
+    report_notes,
+    shape_text,
+    speed_rows,
+    split_table,
+)
 from repro.models.lm import LanguageModel, next_token_loss
-from repro.models.registry import build_model
 from repro.registry import Benchmark, Option, register
 from repro.runtime import pick_device
 from repro.track import console, progress
@@ -68,25 +80,13 @@ def model_speeds(
         _sync(device)
         return cfg.steps * x.numel() / (time.perf_counter() - tick)
 
-    @torch.no_grad()
-    def decode_speed(f: str) -> float:
-        model = models[f].eval()
-        cache = model.new_cache(1)
-        logits = model(prompt, cache)[:, -1]
-        _sync(device)
-        tick = time.perf_counter()
-        for _ in range(cfg.decode_tokens):
-            logits = model(logits.argmax(-1, keepdim=True), cache)[:, -1]
-        _sync(device)
-        return cfg.decode_tokens / (time.perf_counter() - tick)
-
     speeds: dict[str, dict[str, list[float]]] = {f: {"train": [], "decode": []} for f in models}
     timed = [False] * cfg.warmup + [True] * cfg.rounds
     with progress(len(timed) * len(models), label) if label else nullcontext() as bar:
         for keep in timed:
             for f in models:
                 train_s = train_speed(f)
-                decode_s = decode_speed(f) if cfg.decode_prompt else None
+                decode_s = decode_speed(models[f], prompt, cfg.decode_tokens)[1] if cfg.decode_prompt else None
                 if keep:
                     speeds[f]["train"].append(train_s)
                     if decode_s is not None:
@@ -98,78 +98,95 @@ def model_speeds(
 
 @dataclass
 class ThroughputConfig:
-    families: tuple[str, ...] = ("gpt2", "mosaic")  # the first is the baseline
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    block_size: int = 256
-    batch_size: int = 16
-    vocab_size: int = 8192
-    steps: int = 4  # timed steps per round
+    """`repro bench train`: each pair at every length, `tokens` tokens per step (batch = tokens / T)."""
+
+    pairs: tuple[str, ...] = ("v1", "v2")  # v1: GPT-2 vs MM v1; v2: the Llama vs MM v2 (bench/pairs.py)
+    lengths: tuple[int, ...] = (256, 1024, 2048, 4096)
+    tokens: int = 4096  # per training step: batch 16 at T=256 ... 1 at T=4096
+    shape: PairShape = field(default_factory=PairShape)  # 4 blocks, d 256, 4 heads, vocab 8192
+    steps: int = 2  # timed steps per round
     warmup: int = 1  # untimed rounds
-    rounds: int = 3
+    rounds: int = 5
     compile: bool = False
     device: str = "auto"
+    profile: bool = True  # add the operator counts of one step at the first length
 
 
-def training_throughput(cfg: ThroughputConfig) -> pd.DataFrame:
-    """Training tokens/s (forward + backward + AdamW) of each family at the same shape (dropout 0),
-    built through the model registry; one row per family with the ratio to the first."""
+def training_throughput(cfg: ThroughputConfig) -> list[dict[str, Any]]:
+    """Training tokens/s of each pair's two models at every length, interleaved in one process; one
+    row per (pair, length, model) with the paired ratio to the baseline; then, with cfg.profile, one
+    row per model with the operator counts of a step at the first length."""
+    check_pairs(cfg.pairs)
     device = pick_device(cfg.device)
-    shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size, dropout=0.0)
-    models = {f: build_model(f, vocab_size=cfg.vocab_size, **shape).to(device) for f in cfg.families}
     g = torch.Generator().manual_seed(0)
-    batch = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=g).to(device)
     speed_cfg = SpeedConfig(steps=cfg.steps, warmup=cfg.warmup, rounds=cfg.rounds, compile=cfg.compile)
-    speeds = {f: s["train"] for f, s in model_speeds(models, batch, speed_cfg, "bench train").items()}
-    base = statistics.median(speeds[cfg.families[0]])
     rows = []
-    for family in cfg.families:
-        med = statistics.median(speeds[family])
-        rows.append(
-            {
-                "model": family,
-                "params (M)": round(models[family].num_params() / 1e6, 3),
-                "tok/s median": round(med),
-                "tok/s min": round(min(speeds[family])),
-                "tok/s max": round(max(speeds[family])),
-                f"ratio vs {cfg.families[0]}": round(med / base, 3),
-            }
-        )
-    return pd.DataFrame(rows)
+    for pair in cfg.pairs:
+        for T in cfg.lengths:
+            models = {f: m.to(device) for f, m in build_pair(pair, cfg.shape, T).items()}
+            batch = torch.randint(cfg.shape.vocab_size, (max(1, cfg.tokens // T), T + 1), generator=g).to(device)
+            load = os.getloadavg()[0]
+            speeds = {f: s["train"] for f, s in model_speeds(models, batch, speed_cfg, f"train {pair} T={T}").items()}
+            rows += speed_rows(pair, T, models, speeds, load, batch=batch.shape[0])
+            del models
+    return rows + (training_profile(cfg) if cfg.profile else [])
 
 
-def write_throughput_report(table: list[dict], cfg: ThroughputConfig, machine: dict, out_dir: Path) -> list[Path]:
-    notes = [
-        results.machine_note(machine),
-        f"Shape: {cfg.n_layer} blocks, d {cfg.n_embd}, {cfg.n_head} heads, context {cfg.block_size}, batch "
-        f"{cfg.batch_size}, vocab {cfg.vocab_size}, dropout 0, {'compiled' if cfg.compile else 'eager'}; "
-        f"{cfg.rounds} interleaved rounds of {cfg.steps} steps after {cfg.warmup} warm-up round(s).",
-        "Reference (memory-mosaics.md §7): the official implementation trains at 0.67-0.68x GPT-2's speed at "
-        "T=256 on this kind of CPU; our target for the kernels issue is >= 0.9x up to 2k context.",
-    ]
-    return results.write_table(table, out_dir, "Training throughput, same run", notes)
+def training_profile(cfg: ThroughputConfig) -> list[dict[str, Any]]:
+    """Operator counts of one training step of each model at the first length (bench/ops.py)."""
+    T = cfg.lengths[0]
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(cfg.shape.vocab_size, (max(1, cfg.tokens // T), T + 1), generator=g)
+    rows = []
+    for pair in cfg.pairs:
+        for family, model in build_pair(pair, cfg.shape, T).items():
+            step = f"training, T={T}, batch {batch.shape[0]}"
+            rows.append({"pair": pair, "model": family, "step": step, **step_profile(model, batch)})
+    return rows
+
+
+def write_throughput_report(
+    table: list[dict[str, Any]], cfg: ThroughputConfig, machine: dict[str, Any], out_dir: Path
+) -> list[Path]:
+    speeds, profile = split_table(table)
+    timing = f"{cfg.steps} training steps (forward, backward, AdamW) of {cfg.tokens} tokens per model per round"
+    timing += f", after {cfg.warmup} warm-up round(s), {'compiled' if cfg.compile else 'eager'}"
+    shapes = [shape_text(pair, build_pair(pair, cfg.shape, max(cfg.lengths))) for pair in cfg.pairs]
+    notes = report_notes(machine, "Training", cfg.rounds, timing, shapes)
+    extra = {"Operators per training step (torch.profiler; top-level aten ops)": profile} if profile else None
+    return results.write_table(speeds, out_dir, "Training throughput, mosaics vs baselines, same run", notes, extra)
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    """ "256,1k,4k" -> (256, 1024, 4096)."""
+    from repro.errors import UserError
+
+    try:
+        return tuple(int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--lengths {text}: expected numbers such as 256,1k,4096.") from None
+
+
+def _pairs(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 @register
 class BenchTrain(Benchmark):
-    """`repro bench train`: training tokens/s of each family at one shape, in one process."""
+    """`repro bench train`: training tokens/s of each mosaic against its baseline at equal parameters,
+    at every length, in one process."""
 
     name = "bench-train"
     paper_ref = "Memory Mosaics speed (reference memory-mosaics.md §7): mosaics vs GPT-2 / Llama tokens/s"
     preset_costs = {
-        "smoke": "seconds (1 block, width 32, context 32)",
-        "cpu": "about a minute on 2 cores (4 blocks, width 256, context 256, 3 rounds)",
-        "paper": "GPU: 12 blocks, width 768, context 2048",
+        "smoke": "seconds (1 block, width 32, T = 16 and 32)",
+        "cpu": "~6 min on 2 idle cores (4 blocks, width 256, T = 256..4096, 5 rounds, both pairs)",
+        "paper": "GPU: 12 blocks, width 768, T = 1k..4k, compiled",
     }
     options = (
-        Option("--families", "families", "Model families, comma-separated; the first is the baseline."),
-        Option("--n-layer", "n_layer", "Blocks."),
-        Option("--n-embd", "n_embd", "Width."),
-        Option("--n-head", "n_head", "Heads."),
-        Option("--block-size", "block_size", "Context length."),
-        Option("--batch-size", "batch_size", "Sequences per step."),
-        Option("--vocab-size", "vocab_size", "Vocabulary."),
+        Option("--pairs", "pairs", "v1: GPT-2 vs MM v1; v2: the Llama vs MM v2 (comma list).", parse=_pairs),
+        Option("--lengths", "lengths", "Context lengths, all in this run (e.g. 256,1k,2k,4k).", parse=_lengths),
+        Option("--tokens", "tokens", "Tokens per training step (batch = tokens / length)."),
         Option("--rounds", "rounds", "Interleaved measurement rounds."),
         Option("--steps", "steps", "Timed steps per round."),
         Option("--compile", "compile", "torch.compile every model.", is_flag=True),
@@ -177,25 +194,25 @@ class BenchTrain(Benchmark):
 
     def presets(self) -> dict[str, ThroughputConfig]:
         return {
-            "smoke": ThroughputConfig(
-                n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, vocab_size=256, steps=1, warmup=0, rounds=1
-            ),  # fmt: skip
+            "smoke": ThroughputConfig(lengths=(16, 32), tokens=64, shape=TINY, steps=1, warmup=0, rounds=1),
             "cpu": ThroughputConfig(),
             "paper": ThroughputConfig(
-                n_layer=12, n_head=12, n_embd=768, block_size=2048, batch_size=8, vocab_size=32768, compile=True
+                lengths=(1024, 2048, 4096),
+                tokens=16384,
+                compile=True,
+                shape=PairShape(n_layer=12, n_head=12, n_embd=768, vocab_size=32768),
             ),  # fmt: skip
         }
 
     def check(self, cfg: ThroughputConfig) -> None:
-        from repro.models.registry import family
-
-        for name in cfg.families:
-            family(name)  # an unknown family is one sentence, before anything is measured
+        check_pairs(cfg.pairs)  # an unknown pair is one sentence, before anything is measured
 
     def measure(self, cfg: ThroughputConfig) -> list[dict[str, Any]]:
         table = training_throughput(cfg)
-        console.print(table.to_string(index=False))
-        return table.to_dict("records")
+        for r in split_table(table)[0]:
+            speed = f"{r['tok/s median']:9.0f} tok/s  ratio {r['ratio']}"
+            console.print(f"{r['pair']} T={r['T']:5d} {r['model']:10s} {speed}")
+        return table
 
     def write(self, table: list[dict], cfg: ThroughputConfig, machine: dict, out_dir: Path) -> list[Path]:
         return write_throughput_report(table, cfg, machine, out_dir)

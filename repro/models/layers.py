@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -16,6 +19,8 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.models.lm import DecodeCache
+
+Derived = TypeVar("Derived")
 
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -26,6 +31,50 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     B, H, T, D = y.shape
     return y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C): heads side by side
+
+
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner module -> {name: (key, value)}
+
+
+def derived(owner: nn.Module, name: str, compute: Callable[[], Derived], params: Iterable[torch.Tensor]) -> Derived:
+    """`compute()`, a value made from parameters only (a scaled table, a concatenated weight, per-head
+    constants). Recomputed at every call while gradients flow; without them (decoding runs one small
+    step per token, where these would cost as much as the step) it is kept until one of `params`
+    changes (in place, by the optimizer or a load, or replaced)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return compute()
+    key = tuple((id(p), p._version, p.data_ptr()) for p in params)
+    store = _DERIVED.setdefault(owner, {})
+    hit = store.get(name)
+    if hit is None or hit[0] != key:
+        hit = store[name] = (key, compute())
+    return hit[1]
+
+
+def fused_linear(x: torch.Tensor, groups: Sequence[Sequence[nn.Linear]]) -> tuple[torch.Tensor, ...]:
+    """Linear layers that read the same input as one matmul (one weight built by concatenation, so
+    parameters and checkpoints stay per layer); returns one output per group, the outputs of the
+    group's layers side by side: views into one (..., sum of out_features) buffer."""
+    layers = [m for group in groups for m in group]
+    params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
+    weight, bias = derived(layers[0], f"fused{len(layers)}", lambda: _concat(layers), params)
+    return F.linear(x, weight, bias).split([sum(m.out_features for m in group) for group in groups], dim=-1)
+
+
+def _concat(layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = torch.cat([m.weight for m in layers])
+    return weight, None if layers[0].bias is None else torch.cat([m.bias for m in layers])
+
+
+def unit(
+    x: torch.Tensor, scale: torch.Tensor | None = None, dtype: torch.dtype | None = None, eps: float = 1e-12
+) -> torch.Tensor:
+    """x / max(||x||, eps) along the last dimension (F.normalize's rule), times a per-head scale (H,)
+    when x is (B, H, T, D), in `dtype` (default x's): the norm is a (B, H, T, 1) tensor, so x is read
+    and written once."""
+    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)  # (..., 1)
+    y = x * (inv.reciprocal() if scale is None else scale.view(1, -1, 1, 1) / inv)
+    return y if dtype is None or y.dtype == dtype else y.to(dtype)
 
 
 class RMSNorm(nn.Module):
@@ -88,11 +137,61 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
 
 
 @dataclasses.dataclass
+class TimeBuffer:
+    """Rows along time of a decoding cache, (B, H, t, D) or (B, H, t), grown by appends.
+
+    An append writes its new rows into spare capacity (the buffer doubles when full), so a decoding
+    step copies only its own rows, where torch.cat would copy the whole cache every step. Rows can be
+    dropped from the front (v2's short-term window); the live rows are compacted to the front when the
+    buffer runs out of room. Only the TimeBuffer that allocated `data` writes into it: a copy (a cache
+    forked for several continuations, `copy.copy` or `dataclasses.replace`) moves its rows to a buffer
+    of its own at its first append, so forks never see each other's rows. With gradients flowing into
+    the new rows, appends concatenate instead (no in-place writes into tensors autograd may have saved).
+    """
+
+    data: torch.Tensor | None = None
+    start: int = 0  # first live row
+    end: int = 0  # one past the last live row
+    owner: int = 0  # id() of the TimeBuffer that allocated data
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def view(self) -> torch.Tensor | None:
+        """The live rows (B, H, length, ...), a view into the buffer."""
+        return None if self.data is None else self.data[:, :, self.start : self.end]
+
+    def append(self, x: torch.Tensor) -> torch.Tensor:
+        """Add rows x (B, H, T, ...) after the live ones; returns every live row."""
+        n, T = self.length, x.shape[2]
+        if self.data is None or (torch.is_grad_enabled() and x.requires_grad):
+            self.data = x if self.data is None else torch.cat([self.view(), x], dim=2)
+            self.start, self.end, self.owner = 0, n + T, 0  # nothing spare to write into
+            return self.data
+        if self.owner != id(self) or self.end + T > self.data.shape[2]:  # a buffer of our own, with room
+            grown = x.new_empty(*x.shape[:2], max(64, 2 * (n + T)), *x.shape[3:])
+            grown[:, :, :n] = self.view()
+            self.data, self.start, self.end, self.owner = grown, 0, n, id(self)
+        self.data[:, :, self.end : self.end + T] = x
+        self.end += T
+        return self.view()
+
+    def drop_front(self, n: int) -> None:
+        """Forget the first n live rows."""
+        self.start += min(n, self.length)
+
+
+@dataclasses.dataclass
 class LayerKV:
     """Keys and values (B, H, t, D) of every token read so far by one attention layer."""
 
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
+    k: TimeBuffer = dataclasses.field(default_factory=TimeBuffer)
+    v: TimeBuffer = dataclasses.field(default_factory=TimeBuffer)
+
+    @property
+    def length(self) -> int:
+        return self.k.length
 
 
 @dataclasses.dataclass
@@ -109,8 +208,6 @@ def causal_attention(
     cached token too. Returns (B, H, T, D)."""
     t0 = 0
     if kv is not None:
-        if kv.k is not None:
-            t0 = kv.k.shape[2]  # tokens already in the cache
-            k, v = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)  # (B, H, t0 + T, D)
-        kv.k, kv.v = k, v
+        t0 = kv.length  # tokens already in the cache
+        k, v = kv.k.append(k), kv.v.append(v)  # (B, H, t0 + T, D)
     return kernels.memory_retrieval(q, k, v, skip=0, q_start=t0, scale=None, dropout_p=dropout_p)

@@ -60,7 +60,7 @@ class LlamaAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
         T = x.shape[1]
         q, k, v = (split_heads(w(x), self.n_head) for w in (self.wq, self.wk, self.wv))  # (B, H, T, D)
-        t0 = 0 if kv is None or kv.k is None else kv.k.shape[2]  # tokens already in the cache
+        t0 = 0 if kv is None else kv.length  # tokens already in the cache
         pos = torch.arange(t0, t0 + T, device=x.device)
         q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
         y = causal_attention(q, k, v, kv)  # (B, H, T, D); no attention dropout (the paper gives none)

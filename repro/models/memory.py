@@ -75,8 +75,15 @@ def recall_all(
     q: (B, H, Tq, D); k: (B, H, N, D) or (H, N, D) for a table shared by the batch; v likewise with
     Dv. Returns (B, H, Tq, Dv); zeros when the memory is empty (N = 0).
     """
-    if k.dim() == 3:  # (H, N, D) table -> (B, H, N, D)
-        k, v = k.expand(q.shape[0], *k.shape), v.expand(q.shape[0], *v.shape)
+    if k.dim() == 3:  # a (H, N, D) table shared by the batch: the batch's queries read it as one sequence
+        B, H, T, _ = q.shape
+        if isinstance(beta, torch.Tensor) and beta.dim() == 3:  # per query (B, H, T) -> (1, H, B T)
+            beta = beta.transpose(0, 1).reshape(1, H, B * T)
+        if B > 1:
+            q = q.transpose(0, 1).reshape(1, H, B * T, q.shape[-1])  # (B, H, T, D) -> (1, H, B T, D)
+        y = associative_recall(q, k[None], v[None], beta, normalize=normalize, kernel=kernel, skip=None,
+                               dropout_p=dropout_p)  # fmt: skip
+        return y if B == 1 else y.view(H, B, T, v.shape[-1]).transpose(0, 1)  # (1, H, B T, Dv) -> (B, H, T, Dv)
     return associative_recall(q, k, v, beta, normalize=normalize, kernel=kernel, skip=None, dropout_p=dropout_p)
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro import kernels
-from repro.models.layers import merge_heads, split_heads
+from repro.models.layers import TimeBuffer, derived, fused_linear, merge_heads, split_heads, unit
 from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall, recall_all
 from repro.models.registry import register_model
@@ -81,15 +81,37 @@ class LeakyAverageKeys(nn.Module):
         self.leak = nn.Parameter(torch.linspace(0.5, 5.0, H) / EXP_SCALE)  # theta
         self.bandwidth = nn.Parameter(torch.full((H,), 1.0 / EXP_SCALE))  # kappa: beta = e^2 at init
 
-    def beta(self) -> torch.Tensor:
-        return torch.exp(2 * torch.clamp(EXP_SCALE * self.bandwidth, max=MAX_LOG_SCALE))  # (H,)
+    def sqrt_beta(self) -> torch.Tensor:
+        """exp(min(10 kappa, 5)) (H,): what the c-mem multiplies both queries and keys by."""
+        return derived(self, "sqrt_beta", self._sqrt_beta, [self.bandwidth])
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype (the autocast dtype under
-        AMP), and the new running average (B, H, D) in float32."""
-        k = split_heads(self.proj(x), self.n_head)  # (B, H, T, D)
-        avg, state = leaky_average(k, EXP_SCALE * self.leak.abs(), state)
-        return F.normalize(avg, dim=-1).to(k.dtype), state
+    def _sqrt_beta(self) -> torch.Tensor:
+        return torch.exp(torch.clamp(EXP_SCALE * self.bandwidth, max=MAX_LOG_SCALE))
+
+    def _decay(self) -> torch.Tensor:
+        return torch.exp(-EXP_SCALE * self.leak.abs())
+
+    def beta(self) -> torch.Tensor:
+        return self.sqrt_beta() ** 2  # (H,)
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> unit keys (B, H, T, D), times a per-head `scale` (H,) if given, in the
+        projection's dtype (the autocast dtype under AMP), and the new running average (B, H, D) in
+        float32."""
+        return self.average(self.proj(x), state, scale)
+
+    def average(
+        self, projected: torch.Tensor, state: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` from W_phi x (B, T, C), for callers that compute the projection themselves."""
+        k = split_heads(projected, self.n_head)  # (B, H, T, D)
+        # leaky_average(k, 10 |theta|, state), with the per-head decay exp(-10 |theta|) kept between
+        # decoding steps
+        decay = derived(self, "decay", self._decay, [self.leak])
+        avg, state = kernels.leaky_scan(k, None, decay, state)
+        return unit(avg, scale, k.dtype), state
 
 
 @dataclass
@@ -97,8 +119,8 @@ class MosaicLayerCache:
     """One block's decoding state after reading tokens 0..t-1 (shapes per batch row and head)."""
 
     key_state: torch.Tensor | None = None  # (B, H, D) c-mem leaky average at t-1 (float32)
-    keys: torch.Tensor | None = None  # (B, H, t, D) unit c-mem keys of every token
-    values: torch.Tensor | None = None  # (B, H, t-1, D) values of pairs 0..t-2 (pair j needs x_{j+1})
+    keys: TimeBuffer = field(default_factory=TimeBuffer)  # (B, H, t, D) c-mem keys of every token
+    values: TimeBuffer = field(default_factory=TimeBuffer)  # (B, H, t-1, D) pairs 0..t-2 (pair j needs x_{j+1})
     value_proj: torch.Tensor | None = None  # (B, H, D) W_psi x_{t-1}: half of pair t-1's value
     query_state: torch.Tensor | None = None  # (B, H, D) p-mem leaky average at t-1 (float32)
 
@@ -113,7 +135,8 @@ class ContextMemory(nn.Module):
 
     The key is also the query. The value looks one step ahead, v_j = e^{10 nu_h} normalize(
     (1 - c_h) W_psi x_{j+1} + c_h W_psi x_j), so the memory is strictly causal: query t reads
-    pairs j <= t-1 only, and position 0 outputs 0.
+    pairs j <= t-1 only, and position 0 outputs 0. As in the official code, keys (and so queries)
+    carry sqrt(beta_h) = exp(min(10 kappa_h, 5)): one tensor serves as both, and the cache stores it.
     """
 
     def __init__(self, cfg: MosaicConfig):
@@ -132,38 +155,47 @@ class ContextMemory(nn.Module):
 
     def _values(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
         """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
-        c = self.value_mix.view(1, -1, 1, 1)
-        v = F.normalize((1 - c) * ahead + c * now, dim=-1)
-        return (v * torch.exp(EXP_SCALE * self.value_scale).view(1, -1, 1, 1)).to(now.dtype)
+        mix, scale = derived(self, "mix_scale", self._mix_scale, [self.value_mix, self.value_scale])
+        mixed = torch.lerp(ahead, now, mix if mix.dtype == now.dtype else mix.to(now.dtype))  # c now + (1 - c) ahead
+        return unit(mixed, scale, now.dtype)
+
+    def _mix_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.value_mix.view(1, -1, 1, 1), torch.exp(EXP_SCALE * self.value_scale)
 
     def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
-        k, key_state = self.keys(x, None if cache is None else cache.key_state)  # (B, H, T, D)
-        u = split_heads(self.value_proj(x), self.n_head)  # (B, H, T, D): W_psi x_t
-        beta = self.keys.beta()
-        if cache is None or cache.keys is None:
-            ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 is never read
-            v = self._values(u, ahead)
-            y = self._recall(k, v, beta)
+        state = None if cache is None else cache.key_state
+        phi, psi = fused_linear(x, [[self.keys.proj], [self.value_proj]])  # W_phi x, W_psi x in one matmul
+        k, key_state = self.keys.average(phi, state, self.keys.sqrt_beta())  # (B, H, T, D): sqrt(beta) k_t
+        u = split_heads(psi, self.n_head)  # (B, H, T, D): W_psi x_t
+        if cache is None or cache.keys.length == 0:
+            v = self._values(u[:, :, :-1], u[:, :, 1:])  # (B, H, T-1, D): pairs 0..T-2 (pair T-1 waits for x_T)
+            y = merge_heads(self._recall(k, v))  # (B, T-1, C): queries 1..T-1
+            y = F.pad(y, (0, 0, 1, 0))  # (B, T, C): query 0 has no pair to read
             if cache is not None:
-                cache.keys, cache.values = k, v[:, :, :-1]  # pair T-1 waits for x_T
+                cache.keys.append(k), cache.values.append(v)
         else:
-            t0 = cache.keys.shape[2]
-            before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
-            values = torch.cat([cache.values, self._values(before, u)], dim=2)  # pairs 0..t0+T-2
-            keys = torch.cat([cache.keys, k], dim=2)  # (B, H, t0 + T, D)
+            t0 = cache.keys.length
+            before = cache.value_proj[:, :, None]  # (B, H, 1, D): x_{t-1} of the first new token
+            if u.shape[2] > 1:
+                before = torch.cat([before, u[:, :, :-1]], dim=2)  # (B, H, T, D)
+            values = cache.values.append(self._values(before, u))  # (B, H, t0 + T - 1, D): pairs 0..t0+T-2
+            keys = cache.keys.append(k)  # (B, H, t0 + T, D)
             # new queries at positions t0.. read the cached pairs 0..t0+T-2, strictly causally
-            y = associative_recall(k, keys[:, :, :-1], values, beta, normalize=False, kernel="dot", skip=1, q_start=t0)
-            cache.keys, cache.values = keys, values
+            y = associative_recall(k, keys[:, :, :-1], values, 1.0, normalize=False, kernel="dot", skip=1, q_start=t0)
+            y = merge_heads(y)  # (B, T, C)
         if cache is not None:
             cache.key_state, cache.value_proj = key_state, u[:, :, -1]
-        return self.resid_dropout(self.c_proj(merge_heads(y)))
+        return self.resid_dropout(self.c_proj(y))
 
-    def _recall(self, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """Strictly causal retrieval over one whole sequence, with the official attention dropout in
-        training. Unit keys make the Gaussian kernel a plain dot product, hence kernel="dot" without
-        renormalising."""
+    def _recall(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Strictly causal retrieval over one whole sequence of keys k (B, H, T, D) and values of
+        pairs 0..T-2: queries 1..T-1 read keys 0..T-2, which is causal once shifted (the kernel's
+        fast path), with the official attention dropout in training. Returns (B, H, T-1, D). The keys
+        are unit vectors times sqrt(beta), so the Gaussian kernel is a plain dot product (kernel="dot",
+        no renormalising, bandwidth 1)."""
         p = self.attn_dropout if self.training else 0.0
-        return associative_recall(k, k, v, beta, normalize=False, kernel="dot", skip=1, dropout_p=p)
+        q, keys = k[:, :, 1:], k[:, :, :-1]  # (B, H, T-1, D): query t = i + 1 reads pairs j <= t - 1
+        return associative_recall(q, keys, v, 1.0, normalize=False, kernel="dot", skip=1, q_start=1, dropout_p=p)
 
 
 class PersistentMemory(nn.Module):
@@ -183,14 +215,19 @@ class PersistentMemory(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.hd_dropout)
 
     def forward(self, x: torch.Tensor, cache: MosaicLayerCache | None = None) -> torch.Tensor:
-        q, state = self.queries(x, None if cache is None else cache.query_state)  # (B, H, T, D)
+        q, state = self.queries(x, None if cache is None else cache.query_state)  # (B, H, T, D) unit
         if cache is not None:
             cache.query_state = state
         p = self.attn_dropout if self.training else 0.0  # the official dropout on the attention weights
-        beta = self.queries.beta()
-        y = recall_all(q, self.table_keys, self.table_values, beta, normalize=False, kernel="dot", dropout_p=p)
-        y = y * torch.exp(EXP_SCALE * self.value_scale).view(1, -1, 1, 1)
+        # beta and the value scale go on the (H, N, D) table, not on every (B, H, T, D) query and output
+        params = [self.table_keys, self.table_values, self.queries.bandwidth, self.value_scale]
+        keys, values = derived(self, "table", self._scaled_table, params)
+        y = recall_all(q, keys, values, 1.0, normalize=False, kernel="dot", dropout_p=p)
         return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def _scaled_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = self.table_keys * self.queries.beta().view(-1, 1, 1)  # (H, N, D)
+        return keys, self.table_values * torch.exp(EXP_SCALE * self.value_scale).view(-1, 1, 1)
 
 
 class MosaicBlock(nn.Module):
@@ -259,11 +296,15 @@ class MemoryMosaic(LanguageModel):
     def forward(self, idx: torch.Tensor, cache: MosaicCache | None = None) -> torch.Tensor:
         x = self.wte(idx)  # (B, T, C)
         x = run_blocks(self.blocks, x, cache)
-        x = self.ln_f(x)
         if self.config.head_scale == "inv_sqrt_width":
-            # scaling the (B, T, C) input of the linear head instead of its (B, T, V) output: same logits,
-            # V/C times fewer multiplications (the vocabulary is much larger than the width)
-            x = x * (1.0 / math.sqrt(self.config.n_embd))
+            # the 1/sqrt(d) logit scale folded into the final norm's (C,) affine: same logits, no extra
+            # pass over (B, T, C) and none over the much larger (B, T, V)
+            s = 1.0 / math.sqrt(self.config.n_embd)
+            ln = self.ln_f
+            bias = None if ln.bias is None else ln.bias * s
+            x = F.layer_norm(x, ln.normalized_shape, ln.weight * s, bias, ln.eps)
+        else:
+            x = self.ln_f(x)
         return self.lm_head(x)  # (B, T, V)
 
 

@@ -30,7 +30,17 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.errors import UserError
-from repro.models.layers import RMSNorm, SwiGLU, merge_heads, split_heads, v2_init
+from repro.models.layers import (
+    RMSNorm,
+    SwiGLU,
+    TimeBuffer,
+    derived,
+    fused_linear,
+    merge_heads,
+    split_heads,
+    unit,
+    v2_init,
+)
 from repro.models.lm import DecodeCache, LanguageModel, run_blocks
 from repro.models.memory import associative_recall
 from repro.models.registry import register_model
@@ -102,64 +112,59 @@ class AdaptiveBandwidth(nn.Module):
     def forward(self, n: torch.Tensor) -> torch.Tensor:
         """n (T,) pair counts -> beta (1, H, T). n = 0 (an empty memory, output 0 anyway) is
         raised to 1 so that d(n^alpha)/d(alpha) = n^alpha log n stays finite."""
+        params = [self.theta0, self.theta1, self.theta_alpha]
+        beta0, beta1, alpha = derived(self, "coefficients", self._coefficients, params)  # (H, 1) each
+        return (beta1 * n.clamp(min=1).to(beta0.dtype)[None] ** alpha + beta0)[None]  # (1, H, T)
+
+    def at(self, n: int) -> torch.Tensor:
+        """beta for one query that sees n pairs: (1, H, 1)."""
+        beta0, beta1, alpha = derived(
+            self, "coefficients", self._coefficients, [self.theta0, self.theta1, self.theta_alpha]
+        )
+        return (beta1 * torch.pow(float(max(n, 1)), alpha) + beta0)[None]
+
+    def _coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         beta0 = torch.exp(self.theta0.clamp(max=BETA_LOG_MAX))[:, None]  # (H, 1)
         beta1 = torch.exp(self.theta1.clamp(max=BETA_LOG_MAX))[:, None]
-        alpha = self.theta_alpha.abs().clamp(max=ALPHA_MAX)[:, None]
-        return (beta1 * n.clamp(min=1).to(beta0.dtype)[None] ** alpha + beta0)[None]  # (1, H, T)
+        return beta0, beta1, self.theta_alpha.abs().clamp(max=ALPHA_MAX)[:, None]
 
 
 class GatedKeys(nn.Module):
     """k_T = Norm(k_bar_T), k_bar_T = g_T W_phi x_T + lambda_T k_bar_{T-1}, g_T = exp(W_g x_T),
     lambda_T = exp(-|W_lambda x_T|): one scalar gate pair per head (§4.1.2). Keys are also queries,
-    as in v1."""
+    as in v1. The parameters of one memory's extractor; the block runs its memories' extractors
+    together (`MosaicV2Block.keys_values`)."""
 
     def __init__(self, cfg: MosaicV2Config):
         super().__init__()
-        self.n_head = cfg.n_head
         self.w_phi = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.w_g = nn.Linear(cfg.n_embd, cfg.n_head, bias=cfg.bias)
         self.w_lambda = nn.Linear(cfg.n_embd, cfg.n_head, bias=cfg.bias)
-
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C) -> unit keys (B, H, T, D) in the projection's dtype, new state (B, H, D)."""
-        u = split_heads(self.w_phi(x), self.n_head)  # (B, H, T, D)
-        g = torch.exp(self.w_g(x).float().clamp(max=GATE_LOG_MAX)).transpose(1, 2)  # (B, T, H) -> (B, H, T)
-        lam = torch.exp(-self.w_lambda(x).float().abs()).transpose(1, 2)  # (B, H, T)
-        avg, state = gated_leaky_scan(u, g, lam, state)
-        return F.normalize(avg, dim=-1).to(u.dtype), state
 
 
 class ValueExtractor(nn.Module):
     """v1's value extractor (§4.1.2, "unchanged from v1"; `repro.models.mosaic.ContextMemory`):
     v_T = alpha_psi Norm(gamma W_psi x_T + (1 - gamma) W_psi x_{T+1}), per head, gamma ~ U(0, 1);
-    with Table 6's scale alpha_psi = e^min(|theta|, 15), theta = 0 at init (scale 1)."""
+    with Table 6's scale alpha_psi = e^min(|theta|, 15), theta = 0 at init (scale 1). The parameters
+    of one memory's extractor, run by the block like the keys."""
 
     def __init__(self, cfg: MosaicV2Config):
         super().__init__()
-        self.n_head = cfg.n_head
         self.w_psi = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.mix = nn.Parameter(torch.rand(cfg.n_head))  # gamma
         self.scale = nn.Parameter(torch.zeros(cfg.n_head))  # theta of alpha_psi
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return split_heads(self.w_psi(x), self.n_head)  # (B, H, T, D): W_psi x_t
-
-    def forward(self, now: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
-        """W_psi x_j and W_psi x_{j+1} (B, H, n, D) -> the pairs' values (B, H, n, D)."""
-        gamma = self.mix.view(1, -1, 1, 1)
-        alpha = torch.exp(self.scale.abs().clamp(max=VALUE_LOG_MAX)).view(1, -1, 1, 1)
-        return (alpha * F.normalize(gamma * now + (1 - gamma) * ahead, dim=-1)).to(now.dtype)
+    def alpha(self) -> torch.Tensor:
+        return torch.exp(self.scale.abs().clamp(max=VALUE_LOG_MAX))  # (H,)
 
 
 @dataclass
 class MemoryCacheV2:
-    """One memory's decoding state after tokens 0..t-1. The short-term memory keeps only the pairs
-    a future query can see (the last h-1), so its work per new token is bounded."""
+    """One memory's pairs after tokens 0..t-1. The short-term memory keeps only the pairs a future
+    query can see (the last h-1), so its work per new token is bounded."""
 
-    key_state: torch.Tensor | None = None  # (B, H, D) gated average at t-1 (float32)
-    keys: torch.Tensor | None = None  # (B, H, n, D) unit keys of tokens start..t-1
-    values: torch.Tensor | None = None  # (B, H, n-1, D) values of pairs start..t-2 (pair j needs x_{j+1})
-    value_proj: torch.Tensor | None = None  # (B, H, D) W_psi x_{t-1}
+    keys: TimeBuffer = field(default_factory=TimeBuffer)  # (B, H, n, D) unit keys of tokens start..t-1
+    values: TimeBuffer = field(default_factory=TimeBuffer)  # (B, H, n-1, D) pairs start..t-2 (j needs x_{j+1})
     start: int = 0  # absolute position of keys[:, :, 0]
 
 
@@ -167,6 +172,8 @@ class MemoryCacheV2:
 class MosaicV2LayerCache:
     short: MemoryCacheV2 = field(default_factory=MemoryCacheV2)
     long: MemoryCacheV2 = field(default_factory=MemoryCacheV2)
+    key_state: torch.Tensor | None = None  # (B, M H, D) the memories' gated averages at t-1 (float32)
+    value_proj: torch.Tensor | None = None  # (B, M H, D) their W_psi x_{t-1}
 
 
 @dataclass
@@ -177,7 +184,8 @@ class MosaicV2Cache(DecodeCache):
 class MemoryV2(nn.Module):
     """One contextual associative memory of v2 with its own W_phi, W_psi and beta (§4.1.3):
     short-term (window=h, skip 1: pairs t-h+1..t-1) or long-term (window None, skip m: pairs
-    0..t-m). Output: the heads (B, H, T, D), before W_o."""
+    0..t-m). Its keys and values come from the block (`MosaicV2Block.keys_values`, both memories at
+    once); `forward` retrieves and returns the heads side by side (B, T, C), before W_o."""
 
     def __init__(self, cfg: MosaicV2Config, window: int | None):
         super().__init__()
@@ -186,34 +194,40 @@ class MemoryV2(nn.Module):
         self.values = ValueExtractor(cfg)
         self.bandwidth = AdaptiveBandwidth(cfg.n_head)
 
-    def forward(self, x: torch.Tensor, skip: int, cache: MemoryCacheV2 | None = None) -> torch.Tensor:
-        T = x.shape[1]
-        t0 = 0 if cache is None or cache.keys is None else cache.start + cache.keys.shape[2]
-        k, key_state = self.keys(x, None if cache is None else cache.key_state)  # (B, H, T, D)
-        u = self.values.project(x)  # (B, H, T, D)
-        positions = torch.arange(t0, t0 + T, device=x.device)
-        beta = self.bandwidth(visible_pairs(positions, self.window, skip))  # (1, H, T)
+    def forward(
+        self, k: torch.Tensor, v: torch.Tensor, t0: int, skip: int, cache: MemoryCacheV2 | None = None
+    ) -> torch.Tensor:
+        """Unit keys k (B, H, T, D) of tokens t0.., and the values v of pairs t0-1.. (B, H, T, D)
+        after a cache (pair t0-1 completed by token t0), or of pairs 0..T-2 (B, H, T-1, D) at t0 = 0."""
+        T = k.shape[2]
+        if T == 1:  # a decoding step: its pair count is a number, no position tensor needed
+            lo = 0 if self.window is None else max(0, t0 - self.window + 1)
+            beta = self.bandwidth.at(max(0, t0 - skip - lo + 1))  # (1, H, 1)
+        else:
+            beta = self.bandwidth(visible_pairs(torch.arange(t0, t0 + T, device=k.device), self.window, skip))
         # unit keys: the Gaussian kernel is a dot product (kernel="dot", no renormalising)
         recall = dict(normalize=False, kernel="dot", window=self.window, skip=skip)
         if t0 == 0:
-            ahead = F.pad(u[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D): W_psi x_{t+1}; row T-1 unused
-            v = self.values(u, ahead)
+            m = min(skip, T)  # queries m.. read keys 0..T-1-m, causal once shifted (the kernel's fast path)
             # without gradients (long evaluations), queries in chunks keep memory linear in T
             chunk = None if torch.is_grad_enabled() else self.chunk
-            y = associative_recall(k, k, v, beta, **recall, query_chunk=chunk)
-            keys, values, start = k, v[:, :, :-1], 0  # pair T-1 waits for x_T
+            q, kv = k[:, :, m:], slice(0, T - m)
+            y = associative_recall(q, k[:, :, kv], v[:, :, kv], beta[:, :, m:], **recall, q_start=m, query_chunk=chunk)
+            y = F.pad(merge_heads(y), (0, 0, m, 0))  # (B, T, C): the first m queries see no pair
+            if cache is not None:
+                cache.keys.append(k), cache.values.append(v)
         else:
-            before = torch.cat([cache.value_proj[:, :, None], u[:, :, :-1]], dim=2)  # (B, H, T, D): x_{t-1}
-            values = torch.cat([cache.values, self.values(before, u)], dim=2)  # pairs start..t0+T-2
-            keys, start = torch.cat([cache.keys, k], dim=2), cache.start  # (B, H, n + T, D)
+            values = cache.values.append(v)  # (B, H, n + T - 1, D): pairs start..t0+T-2
+            keys = cache.keys.append(k)  # (B, H, n + T, D)
             # the new queries (positions t0..) read the cached pairs (positions start..)
             y = associative_recall(
-                k, keys[:, :, :-1], values, beta, **recall, q_start=t0, k_start=start, query_chunk=self.chunk
+                k, keys[:, :, :-1], values, beta, **recall, q_start=t0, k_start=cache.start, query_chunk=self.chunk
             )
-        if cache is not None:
-            drop = 0 if self.window is None else max(0, t0 + T - self.window + 1 - start)  # never visible again
-            cache.keys, cache.values, cache.start = keys[:, :, drop:], values[:, :, drop:], start + drop
-            cache.key_state, cache.value_proj = key_state, u[:, :, -1]
+            y = merge_heads(y)  # (B, T, C)
+        if cache is not None and self.window is not None:  # forget the pairs no future query can see
+            drop = max(0, t0 + T - self.window + 1 - cache.start)
+            cache.keys.drop_front(drop), cache.values.drop_front(drop)
+            cache.start += drop
         return y
 
 
@@ -223,6 +237,7 @@ class MosaicV2Block(nn.Module):
 
     def __init__(self, cfg: MosaicV2Config):
         super().__init__()
+        self.n_head = cfg.n_head
         self.mem_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.short = MemoryV2(cfg, window=cfg.short_window)
         self.long = MemoryV2(cfg, window=None) if cfg.long_term else None
@@ -234,15 +249,58 @@ class MosaicV2Block(nn.Module):
     def forward(
         self, x: torch.Tensor, skip: int, use_long: bool, cache: MosaicV2LayerCache | None = None
     ) -> torch.Tensor:
-        h = self.mem_norm(x)
-        heads = [merge_heads(self.short(h, 1, None if cache is None else cache.short))]  # (B, T, C)
-        if self.long is not None:
-            if use_long:
-                heads.append(merge_heads(self.long(h, skip, None if cache is None else cache.long)))
-            else:  # Table 2 ablation: W_o sees zeros where the long-term heads were
-                heads.append(torch.zeros_like(heads[0]))
-        x = x + self.resid_dropout(self.wo(torch.cat(heads, dim=-1)))  # (B, T, 2C) -> (B, T, C)
+        mems = [self.short] + ([self.long] if self.long is not None and use_long else [])
+        t0 = 0 if cache is None else cache.short.start + cache.short.keys.length
+        k, v = self.keys_values(self.mem_norm(x), mems, t0, cache)  # (B, M H, T, D), (B, M H, T or T-1, D)
+        H = self.n_head
+        caches = [None, None] if cache is None else [cache.short, cache.long]
+        heads = [
+            mem(k[:, i * H : (i + 1) * H], v[:, i * H : (i + 1) * H], t0, s, c)
+            for i, (mem, s, c) in enumerate(zip(mems, (1, skip), caches, strict=False))
+        ]  # (B, T, C) each
+        if len(heads) == 2:
+            out = self.wo(torch.cat(heads, dim=-1))  # (B, T, 2C) -> (B, T, C)
+        else:  # no long-term memory, or the Table 2 ablation: W_o's long-term half would read zeros
+            out = F.linear(heads[0], self.wo.weight[:, : heads[0].shape[-1]], self.wo.bias)
+        x = x + self.resid_dropout(out)
         return x + self.pmem(self.ffn_norm(x))
+
+    def keys_values(
+        self, h: torch.Tensor, mems: list[MemoryV2], t0: int, cache: MosaicV2LayerCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of every memory in `mems` from the normalised input h (B, T, C), as
+        one set of M H heads: the extractors' arithmetic is the same per head, so both memories share
+        one matmul, one gated scan and one normalisation (half the tensor ops of running them apart).
+
+        Returns unit keys (B, M H, T, D) and values (B, M H, T-1, D) of pairs 0..T-2 at t0 = 0, or
+        (B, M H, T, D) of pairs t0-1.. after a cache (whose state it advances)."""
+        groups = [[getattr(m.keys, w) for m in mems] for w in ("w_phi", "w_g", "w_lambda")]
+        phi, zg, zl, psi = fused_linear(h, [*groups, [m.values.w_psi for m in mems]])  # (B, T, MC|MH|MH|MC)
+        MH = zg.shape[-1]
+        u = split_heads(phi, MH)  # (B, M H, T, D)
+        g = torch.exp(zg.float().clamp(max=GATE_LOG_MAX)).transpose(1, 2)  # (B, T, M H) -> (B, M H, T)
+        lam = torch.exp(-zl.float().abs()).transpose(1, 2)  # (B, M H, T)
+        avg, state = gated_leaky_scan(u, g, lam, None if cache is None else cache.key_state)
+        k = unit(avg, dtype=u.dtype)
+        w = split_heads(psi, MH)  # (B, M H, T, D): W_psi x_t
+        params = [p for m in mems for p in (m.values.mix, m.values.scale)]
+        gamma, alpha = derived(self, f"values{len(mems)}", lambda: self._mix_scale(mems), params)
+        if t0 == 0:
+            now, ahead = w[:, :, :-1], w[:, :, 1:]  # pairs 0..T-2 (pair T-1 waits for x_T)
+        else:
+            now, ahead = cache.value_proj[:, :, None], w  # x_{t-1}, x_t of the first new token
+            if w.shape[2] > 1:
+                now = torch.cat([now, w[:, :, :-1]], dim=2)  # (B, M H, T, D)
+        gamma = gamma if gamma.dtype == w.dtype else gamma.to(w.dtype)
+        v = unit(torch.lerp(ahead, now, gamma), alpha, w.dtype)  # gamma now + (1 - gamma) ahead
+        if cache is not None:
+            cache.key_state, cache.value_proj = state, w[:, :, -1]
+        return k, v
+
+    @staticmethod
+    def _mix_scale(mems: list[MemoryV2]) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma = torch.cat([m.values.mix for m in mems]).view(1, -1, 1, 1)  # (1, M H, 1, 1)
+        return gamma, torch.cat([m.values.alpha() for m in mems])  # (M H,)
 
 
 class MemoryMosaicV2(LanguageModel):

@@ -1,8 +1,12 @@
-"""Memory Mosaics v2 and its Llama baseline at equal parameters: the pair that mmv2-pretrain,
-long-context-adaptation and the GPU check compare.
+"""Each Memory Mosaic and its transformer baseline at equal parameters.
 
-The paper pairs equal widths (9.9B vs 8.8B at the large size); at CPU scale we pair equal parameter
-counts instead, by giving the mosaic a narrower SwiGLU (`mosaic_v2_ffn_for`), unless a width is set.
+- v2: Memory Mosaics v2 and the Llama, the pair that mmv2-pretrain, long-context-adaptation, the
+  GPU check and `repro bench train|decode` compare. The paper pairs equal widths (9.9B vs 8.8B at
+  the large size); at CPU scale we pair equal parameter counts instead, by giving the mosaic a
+  narrower SwiGLU (`mosaic_v2_ffn_for`), unless a width is set.
+- v1: Memory Mosaics (v1) and GPT-2, as the v1 paper and tinystories-ood pair them: the same
+  shape, the mosaic's persistent memory holding 3.5 d pairs per head so that a block has GPT-2's 12
+  d^2 weights. GPT-2 also has a (block_size, d) position table, which the mosaic does not need.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from repro.models.lm import LanguageModel
 from repro.models.mosaic_v2 import mosaic_v2_ffn_for
 
 PAIR = ("llama", "mosaic_v2")
+PAIR_V1 = ("gpt2", "mosaic")
 
 
 @dataclass
@@ -75,3 +80,21 @@ def build_pair_model(
     d = shape.n_embd
     ffn_size = shape.mosaic_ffn_size or mosaic_v2_ffn_for(4 * d * d + 3 * d * shape.ffn_size, cfg)
     return registry.build_model("mosaic_v2", **{**vars(cfg), "ffn_size": ffn_size})
+
+
+@dataclass
+class ShapeV1:
+    """One shape for GPT-2 and Memory Mosaics v1 (the p-mem size follows from the width)."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+
+def build_v1_pair_model(family: str, shape: ShapeV1, vocab_size: int, block_size: int) -> LanguageModel:
+    """GPT-2 or a Memory Mosaic (v1) of one shape, through the model registry; the mosaic's p-mem has
+    its default 3.5 d pairs (equal block parameters)."""
+    if family not in PAIR_V1:
+        raise ValueError(f"the v1 pair is {PAIR_V1}, not {family!r}")
+    return registry.build_model(family, **vars(shape), block_size=block_size, vocab_size=vocab_size)
