@@ -219,6 +219,8 @@ def _scalars(df: pd.DataFrame, split: str, metric: str) -> pd.Series:
 
 def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
     results.figure_style()
+    if "default" in set(df.variant):  # probes and ablations (--set) are other variants: not mixed in
+        df = df[df.variant == "default"]
     chance = float(df[(df.split == "data") & (df.metric == "chance")].value.mean())
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = accuracy_frame(df)

@@ -81,12 +81,13 @@ class ICLClassesConfig:
     data: data.WorldConfig = field(default_factory=data.WorldConfig)
     models: tuple[str, ...] = MODELS
     shape: ShapeV2 = field(default_factory=lambda: ShapeV2(n_embd=64, ffn_size=192))  # MM v1 / GPT-2: same width
-    steps: int = 300  # MM v2's run: the 1x token budget, which every model trains on
+    steps: int = 150  # MM v2's run: the 1x token budget, which every model trains on
     batch_size: int = 16
     budgets: tuple[int, ...] = (1, 2, 4, 8)  # the Llama's token budgets, multiples of MM v2's
     lr: LearningRates = field(default_factory=LearningRates)
-    warmup_steps: int = 30
+    warmup_steps: int = 15
     val_every: int = 0  # validation accuracy every k steps (0: at each budget only)
+    validate_only: bool = False  # learning-rate probes: validation rows only, no test episode is read
     eval: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
 
@@ -228,7 +229,12 @@ class ICLClasses(Experiment):
             budgets = cfg.budgets if name == BUDGET_MODEL else (1,)
             runs = [self._fit(cfg, ctx, world, val, name, index, lr, budgets) for lr in getattr(cfg.lr, name)]
             for b in budgets:
-                rows += self._test(cfg, ctx, world, test, name, b, runs)
+                if cfg.validate_only:
+                    rows += [ctx.row(model=name if b == 1 else f"{name}-{b}x", split="validation", metric="accuracy",
+                                     value=r["val"][b], step=cfg.steps * b, slice_key="lr", slice_value=r["lr"])
+                             for r in runs]  # fmt: skip
+                else:
+                    rows += self._test(cfg, ctx, world, test, name, b, runs)
         return rows
 
     def _fit(self, cfg: ICLClassesConfig, ctx: RunContext, world: data.World, val: dict[str, data.EpisodeSet],

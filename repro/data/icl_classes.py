@@ -25,8 +25,10 @@ learning in transformers" (arXiv 2205.05055; code google-deepmind/emergent_in_co
 - held-out classes never seen in training (their `eval_fewshot_holdout`), and a disjoint set of
   validation classes, ours, for choosing learning rates without touching the test classes.
 Ours beyond theirs: a share `anonymous_fraction` of the bursty episodes has anonymous labels (their
-`labeling_rare='unfixed'`), the few-shot problems have many shots (rounds) instead of 3, and every
-label of a training sequence is a target (each one is a k-shot query for the k rounds before it).
+`labeling_rare='unfixed'`); a bursty sequence holds `train_shots` items of each of its classes (their
+3) in a random order, not in rounds (in rounds a model can copy the label one round back by position,
+which no test query allows); every label of a training sequence is a target (a query for the items
+before it), and the sequence ends with a query, so it is exactly as long as the longest test prompt.
 
 Everything is a pure function of (seed, batch index), so a resumed run sees the same batches.
 """
