@@ -30,6 +30,8 @@ preset fixes it from probes (reports/LOG.md). (4) The loss reads the label token
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,7 +284,9 @@ class ICLClasses(Experiment):
         train(model, batch_fn, next_token_loss, recipe(lr, cfg.warmup_steps), steps, ctx, run, loop=loop,
               eval_fn=eval_fn, tokens_per_batch=cfg.batch_size * cfg.data.train_len)  # fmt: skip
         val_acc = {b: ctx.load_state(f"{run}.b{b}")["val"] for b in budgets}
-        done = {"run": run, "lr": lr, "val": val_acc, "seconds": time.perf_counter() - start}
+        seconds = time.perf_counter() - start
+        # the 1-min load at the end beside the time: a timing on a shared machine means little without it
+        done = {"run": run, "lr": lr, "val": val_acc, "seconds": seconds, "load1": os.getloadavg()[0]}
         ctx.save_state(f"{run}.done", done)
         return done
 
@@ -308,7 +312,7 @@ class ICLClasses(Experiment):
         rows += [row("hyper", "lr", best["lr"]), row("train", "tokens", tokens), row("train", "budget", budget)]
         rows += [row("validation", "accuracy", r["val"][budget], slice_key="lr", slice_value=r["lr"]) for r in runs]
         seconds = best["seconds"] * budget / max(cfg.budgets if name == BUDGET_MODEL else (1,))
-        rows.append(row("train", "seconds", seconds))
+        rows += [row("train", "seconds", seconds), row("train", "load1", best.get("load1", math.nan))]
         return rows
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
