@@ -244,6 +244,9 @@ class ICLClasses(Experiment):
                              for r in runs]  # fmt: skip
                 else:
                     rows += self._test(cfg, ctx, world, test, name, b, runs)
+        # this process's wall time (training, validation, test) and the load at its end: the preset's cost
+        rows.append(ctx.row(model="data", split="run", metric="seconds", value=time.time() - ctx.started, step=0))
+        rows.append(ctx.row(model="data", split="run", metric="load1", value=os.getloadavg()[0], step=0))
         return rows
 
     def _fit(self, cfg: ICLClassesConfig, ctx: RunContext, world: data.World, val: dict[str, data.EpisodeSet],
