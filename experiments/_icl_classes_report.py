@@ -217,6 +217,24 @@ def _scalars(df: pd.DataFrame, split: str, metric: str) -> pd.Series:
     return df[(df.split == split) & (df.metric == metric)].groupby("model").value.mean()
 
 
+def _cost(df: pd.DataFrame) -> str:
+    """The preset's measured cost: wall time per seed (one process: training, validation, test) and the
+    1-min load of the shared machine at the end of each run and of each model's training."""
+    run = df[(df.split == "run") & (df.model == "data")]
+    wall, load = run[run.metric == "seconds"].value, run[run.metric == "load1"].value
+    train_load = df[(df.split == "train") & (df.metric == "load1")].value.dropna()
+    if wall.empty:
+        return "Wall time per seed: not recorded by these runs."
+    loads = pd.concat([load, train_load])
+    # one single-threaded run on an otherwise idle machine keeps the 1-min load near 1
+    shared = "shared: not an idle-machine timing" if loads.max() > 1.5 else "idle apart from this run"
+    return (
+        f"Wall time per seed (one thread, the whole run): {wall.min() / 60:.1f}-{wall.max() / 60:.1f} min over "
+        f"{len(wall)} seeds; 1-min load at the ends of its training runs {loads.min():.1f}-{loads.max():.1f} "
+        f"({shared})."
+    )
+
+
 def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
     results.figure_style()
     if "default" in set(df.variant):  # probes and ablations (--set) are other variants: not mixed in
@@ -244,9 +262,10 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
         "Learning rate (chosen on validation episodes): "
         + ", ".join(f"{label(m)} {'/'.join(f'{x:g}' for x in v)}" for m, v in lrs.items())
         + ".",
-        "Training time summed over seeds (one thread): "
+        "Training time per seed (mean over seeds, one thread): "
         + ", ".join(f"{label(m)} {seconds[m] / 60:.1f} min" for m in seconds.index)
         + ".",
+        _cost(df),
     ]
     extra = {
         "Accuracy (%) by shots, mean over the 4 prompts": accuracy_table(acc, [*models, *list(found)[1:]], shots),

@@ -146,4 +146,8 @@ def test_smoke_preset_end_to_end_and_report(tmp_path):
     assert {p.name for p in paths} >= {"table.md", "fig_accuracy_vs_shots.png", "fig_margin.png", "fig_budget.png"}
     table = pd.read_csv(tmp_path / "report" / "table.csv")
     assert len(table) == 10 and "verdict" in table.columns
-    assert "MM v2" in (tmp_path / "report" / "table.md").read_text()
+    text = (tmp_path / "report" / "table.md").read_text()
+    assert "MM v2" in text and "Wall time per seed" in text  # the preset's cost, with the load beside it
+    run = df[df.split == "run"].set_index("metric").value
+    assert run["seconds"] > 0 and run["load1"] >= 0
+    assert df[(df.split == "train") & (df.metric == "load1")].model.nunique() == test.model.nunique()
