@@ -80,11 +80,12 @@ def margin_table(acc: pd.DataFrame, shots: list[int]) -> list[dict[str, Any]]:
 
 
 def match_budget(acc: pd.DataFrame, found: dict[str, int], set_: str, kind: str) -> tuple[str, list[dict[str, Any]]]:
-    """The smallest budget at which the Llama is not below MM v2 beyond noise (paired 95% interval of
-    Llama - MM v2, mean over shots, reaches 0), and the paired difference at every budget."""
+    """The smallest budget at which the Llama's mean accuracy (over seeds and shots) reaches MM v2's at 1x,
+    and the paired difference Llama - MM v2 at every budget. A paired interval that merely reaches 0 is
+    not a match: with 3 seeds it reaches 0 for large gaps too."""
     mm = per_seed(acc, "mosaic_v2", set_, kind)
     diffs = [(b, stats.paired_diff(per_seed(acc, m, set_, kind), mm)) for m, b in found.items()]
-    first = next((b for b, p in diffs if p["n"] > 1 and p["hi"] >= 0), None)
+    first = next((b for b, p in diffs if p["n"] and p["mean"] >= 0), None)
     text = f"{first}x" if first is not None else f"none up to {max(found.values(), default=1)}x"
     return text, [{"budget": b, **p} for b, p in diffs]
 
@@ -126,14 +127,22 @@ def claim_entries(acc: pd.DataFrame, found: dict[str, int], shots: list[int], ta
                 "ours (points, paired 95% CI)": stats.fmt_paired(grow, digits=1),
                 "verdict": stats.paired_verdict(grow, +1),
             })  # fmt: skip
-    for kind in KINDS:
-        text, _ = match_budget(acc, found, "heldout", kind)
-        entries.append({
-            "claim": f"Llama tokens needed to match MM v2, {kind} labels, held-out classes",
-            "paper": targets["budget"][kind],
-            "ours (points, paired 95% CI)": text,
-            "verdict": "(direction only: see the budget table)",
-        })  # fmt: skip
+    # the paper: at 8x the Llama catches up on semantic labels (Llama - MM v2 >= 0) and stays below on
+    # anonymous ones (< 0); our verdict reads the paired difference at the largest budget run
+    sign = {"semantic": +1, "anonymous": -1}
+    for set_, set_name in SETS.items():
+        for kind in KINDS:
+            text, diffs = match_budget(acc, found, set_, kind)
+            if not diffs:
+                continue
+            last = diffs[-1]
+            entries.append({
+                "claim": f"Llama tokens needed to match MM v2 (mean accuracy), {kind} labels, {set_name}",
+                "paper": targets["budget"][kind],
+                "ours (points, paired 95% CI)": f"{text}; Llama {last['budget']}x - MM v2: "
+                                                f"{stats.fmt_paired(last, digits=1)}",
+                "verdict": stats.paired_verdict(last, sign[kind]),
+            })  # fmt: skip
     return entries
 
 

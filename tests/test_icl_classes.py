@@ -145,9 +145,24 @@ def test_smoke_preset_end_to_end_and_report(tmp_path):
     paths = exp.report(df, tmp_path / "report")
     assert {p.name for p in paths} >= {"table.md", "fig_accuracy_vs_shots.png", "fig_margin.png", "fig_budget.png"}
     table = pd.read_csv(tmp_path / "report" / "table.csv")
-    assert len(table) == 10 and "verdict" in table.columns
+    assert len(table) == 12 and "verdict" in table.columns
     text = (tmp_path / "report" / "table.md").read_text()
     assert "MM v2" in text and "Wall time per seed" in text  # the preset's cost, with the load beside it
     run = df[df.split == "run"].set_index("metric").value
     assert run["seconds"] > 0 and run["load1"] >= 0
     assert df[(df.split == "train") & (df.metric == "load1")].model.nunique() == test.model.nunique()
+
+
+def test_budget_match_reads_the_mean_not_an_interval_that_reaches_zero():
+    from repro.experiments._icl_classes_report import match_budget
+
+    rows = []
+    for seed, noise in enumerate((-0.3, 0.0, 0.3)):  # a wide paired interval around each mean gap
+        for model, value in (("mosaic_v2", 0.8), ("llama", 0.5 + noise), ("llama-2x", 0.79 + noise),
+                             ("llama-4x", 0.81 + noise)):  # fmt: skip
+            rows.append({"model": model, "seed": seed, "set": "heldout", "kind": "anonymous", "shots": 1,
+                         "value": value})  # fmt: skip
+    acc = pd.DataFrame(rows)
+    text, diffs = match_budget(acc, {"llama": 1, "llama-2x": 2, "llama-4x": 4}, "heldout", "anonymous")
+    assert diffs[0]["hi"] > 0 and diffs[0]["mean"] < 0  # 1x: 30 points below, its interval reaches 0
+    assert text == "4x"
