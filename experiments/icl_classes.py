@@ -181,7 +181,7 @@ class ICLClasses(Experiment):
     }
     preset_costs = {
         "smoke": "~20 s",
-        "cpu": "see reports/LOG.md (issue 29) for the measured cost per seed",
+        "cpu": "11-16 min per seed, one thread of the shared 2-core machine (load 2.0-4.8); 3 seeds in turn 40 min",
         "paper": "MM v2 small's shapes (24 blocks, d 2048): GPUs; not run",
     }
 
