@@ -64,7 +64,7 @@ from repro.data.text import (
 )
 from repro.data.tokenizer import Tokenizer
 from repro.errors import UserError
-from repro.eval.lm import mean_loss, per_position_loss
+from repro.eval.lm import copy_test, mean_loss, per_position_loss, uniform_spans
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.registry import Experiment, register
@@ -92,7 +92,11 @@ class ModelShape:
 @dataclass
 class EvalShape:
     val_windows: int = 64  # validation windows for the loss curves
-    position_windows: int = 256  # document-start windows for per-position losses
+    # windows for each per-position curve: at document starts (the paper's figure) and at seeded random
+    # offsets (inside documents for the OOD texts, anywhere in the validation stream as training draws)
+    position_windows: int = 256
+    copy_spans: int = 64  # spans per copy test (random tokens; validation; each OOD text)
+    copy_length: int | None = None  # tokens per copy; None: half the context
     batch_size: int = 32
 
 
@@ -156,6 +160,53 @@ def ood_texts(cfg: OODConfig, tokenizer: Tokenizer, cache_dir: str) -> dict[str,
     return out
 
 
+@dataclass
+class EvalSets:
+    """The windows every model of a run is measured on (fixed by the seed, so paired across models).
+
+    positions[(metric, split)]: (x, y) windows for a per-position curve; metric `position_loss` at
+    document starts (the paper's figure), `position_loss_random` at seeded random offsets (inside
+    documents for OOD texts; anywhere in the validation stream, as training batches are drawn).
+    copies[split]: (N, L) spans for the copy test: `random` (uniform token ids), `validation`, `ood:<text>`.
+    """
+
+    positions: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
+    copies: dict[str, torch.Tensor]
+
+    def measure(self, model: LanguageModel, batch_size: int) -> dict[str, dict]:
+        return {
+            "positions": {
+                k: per_position_loss(model, x, y, batch_size).tolist() for k, (x, y) in self.positions.items()
+            },
+            "copy": {k: copy_test(model, spans, batch_size) for k, spans in self.copies.items()},
+        }
+
+
+def eval_sets(
+    cfg: TinyStoriesOODConfig, seed: int, tokenizer: Tokenizer, val: TokenWindows, ood: dict[str, TokenWindows]
+) -> EvalSets:
+    T, n = cfg.model.block_size, cfg.eval.position_windows
+    L = cfg.eval.copy_length or T // 2
+    if 2 * L - 1 > T:
+        raise UserError(f"eval.copy_length={L}: two copies must fit the context ({T}); use at most {(T + 1) // 2}.")
+    positions = {
+        ("position_loss", "validation"): val.document_windows(T, n, whole=True),
+        ("position_loss_random", "validation"): val.random_windows(T, n, seed, within_documents=False),
+    }
+    copies = {
+        "random": uniform_spans(cfg.eval.copy_spans, L, tokenizer.vocab_size, seed, exclude=(tokenizer.eot_id,)),
+        "validation": torch.from_numpy(val.random_spans(L, cfg.eval.copy_spans, seed + 1, within_documents=False)),
+    }
+    for key, windows in ood.items():
+        positions["position_loss", f"ood:{key}"] = windows.document_windows(T, n, whole=False)
+        positions["position_loss_random", f"ood:{key}"] = windows.random_windows(T, n, seed, within_documents=True)
+        copies[f"ood:{key}"] = torch.from_numpy(windows.random_spans(L, cfg.eval.copy_spans, seed + 1))
+    for (metric, split), (x, _) in positions.items():
+        if metric == "position_loss_random" and len(x) < n:
+            console.print(f"[yellow]{split}: only {len(x)} windows of {T + 1} tokens inside its documents[/]")
+    return EvalSets(positions, {k: v for k, v in copies.items() if len(v)})
+
+
 @register
 class TinyStoriesOOD(Experiment):
     name = "tinystories-ood"
@@ -216,9 +267,9 @@ class TinyStoriesOOD(Experiment):
         tokenizer, data = prepare_lm_data(cfg.data)
         vocab = -(-tokenizer.vocab_size // 64) * 64  # padded to a multiple of 64, as GPT-2's 50304
         val = data["validation"].sequential_windows(T, cfg.eval.val_windows)
-        positions = {"validation": data["validation"].document_windows(T, cfg.eval.position_windows, whole=True)}
-        for key, windows in ood_texts(cfg.ood, tokenizer, cfg.data.cache_dir).items():
-            positions[f"ood:{key}"] = windows.document_windows(T, cfg.eval.position_windows, whole=False)
+        probes = eval_sets(
+            cfg, ctx.seed, tokenizer, data["validation"], ood_texts(cfg.ood, tokenizer, cfg.data.cache_dir)
+        )
         passes = cfg.steps * cfg.batch_size * T / len(data["train"])
         console.print(f"{cfg.steps} steps x {cfg.batch_size} x {T} tokens = {passes:.2f} passes over the training text")
         rows: list[dict[str, Any]] = []
@@ -241,13 +292,14 @@ class TinyStoriesOOD(Experiment):
                 ckpt = ctx.run_dir / "checkpoints" / name
                 model.save(ckpt)
                 tokenizer.save(ckpt)
-                rows += self._rows(ctx, model, name, positions, cfg)
+                rows += self._rows(ctx, model, name, probes, cfg)
                 rows.append(ctx.row(model=name, split="train", metric="passes", value=passes, step=cfg.steps))
         return rows
 
-    def _rows(self, ctx: RunContext, model: LanguageModel, name: str, positions: dict, cfg: Any) -> list[dict]:
-        """Curves from metrics.jsonl, per-position losses (cached for resume), size and speed.
-        Rows name the model `<family>-L<depth>`; per-position splits are `validation` and `ood:<text>`."""
+    def _rows(self, ctx: RunContext, model: LanguageModel, name: str, probes: EvalSets, cfg: Any) -> list[dict]:
+        """Curves from metrics.jsonl, per-position losses and copy tests (cached for resume), size and speed.
+        Rows name the model `<family>-L<depth>`; splits are `validation`, `ood:<text>` and, for the copy
+        test, `random` (uniformly random tokens)."""
         rows = [ctx.row(model=name, split="train", metric="loss", value=v, step=s)
                 for s, v in ctx.metric_curve(f"{name}/loss")]  # fmt: skip
         rows += [ctx.row(model=name, split="validation", metric="loss", value=v, step=s)
@@ -256,14 +308,16 @@ class TinyStoriesOOD(Experiment):
         tok_s = float(np.median(speeds)) if speeds else float("nan")
         rows.append(ctx.row(model=name, split="train", metric="tok_per_s", value=tok_s, step=cfg.steps))
         rows.append(ctx.row(model=name, split="model", metric="params", value=model.num_params(), step=0))
-        for split, (x, y) in positions.items():
-            key = f"{name}.positions.{split.replace(':', '-')}"
-            curve = ctx.load_state(key)
-            if curve is None:
-                curve = per_position_loss(model, x, y, cfg.eval.batch_size).tolist()
-                ctx.save_state(key, curve)
-            rows += [ctx.row(model=name, split=split, metric="position_loss", value=v, step=cfg.steps,
+        measured = ctx.load_state(f"{name}.probes")
+        if measured is None:
+            measured = probes.measure(model, cfg.eval.batch_size)
+            ctx.save_state(f"{name}.probes", measured)
+        for (metric, split), curve in measured["positions"].items():
+            rows += [ctx.row(model=name, split=split, metric=metric, value=v, step=cfg.steps,
                              slice_key="position", slice_value=t) for t, v in enumerate(curve)]  # fmt: skip
+        for split, copy in measured["copy"].items():
+            rows += [ctx.row(model=name, split=split, metric="copy_loss", value=copy[k], step=cfg.steps,
+                             slice_key="copy", slice_value=i) for i, k in ((1, "first"), (2, "second"))]  # fmt: skip
         return rows
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
