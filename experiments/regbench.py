@@ -40,7 +40,7 @@ import torch
 
 from repro.data.regbench import RegBenchSplit, V, make_splits
 from repro.errors import UserError
-from repro.eval.regbench import Tally, ngram_probs, score
+from repro.eval.regbench import Tally, ngram_probs, ngram_probs_original, score
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, cross_entropy, next_token_loss
 from repro.models.mosaic_v2 import mosaic_v2_ffn_for
@@ -51,6 +51,8 @@ from repro.train.optim import OptimConfig
 
 FAMILIES = ("mosaic", "gpt2", "mosaic_v2", "llama")
 NGRAMS = (1, 2, 3, 4)
+# in-context n-gram estimators (repro.eval.regbench): the benchmark's own back-off, and a simple one
+NGRAM_ESTIMATORS = {"original": ngram_probs_original, "simple": ngram_probs}
 # cpu preset learning rates, chosen on validation loss (docstring); GPT-2 keeps a two-point grid
 LR_CPU = {"mosaic": (1e-2,), "gpt2": (3e-4, 1e-3), "mosaic_v2": (3e-3,), "llama": (1e-3,)}
 
@@ -105,6 +107,8 @@ class RegBenchConfig:
     beta2: float = 0.999
     mosaic_grad_clip: float = 1.0  # mm.yaml; the benchmark's transformers train without clipping
     ngrams: bool = True
+    # rows `<n>-gram` (the benchmark's ngram.py back-off) and `<n>-gram-simple` (simple back-off)
+    ngram_estimators: tuple[str, ...] = ("original", "simple")
     device: str = "auto"
 
 
@@ -194,11 +198,11 @@ def validation_loss(model: LanguageModel, split: RegBenchSplit, batch_size: int,
     return nll / max(1, count)
 
 
-def ngram_scores(split: RegBenchSplit, n: int, batch_size: int) -> Tally:
+def ngram_scores(split: RegBenchSplit, n: int, batch_size: int, estimator: str = "original") -> Tally:
     tally = Tally()
     for index in sorted_batches(split, batch_size):
         x, y, delta = split.batch(index)
-        tally.add(score(ngram_probs(x, n), x, y, delta))
+        tally.add(score(NGRAM_ESTIMATORS[estimator](x, n), x, y, delta))
     return tally
 
 
@@ -245,6 +249,9 @@ class RegBench(Experiment):
             raise UserError(f"families: {sorted(unknown)} unknown; choose from {', '.join(FAMILIES)}.")
         if len(cfg.epochs) != len(cfg.sizes):
             raise UserError(f"epochs ({len(cfg.epochs)} values) must give one number per size ({len(cfg.sizes)}).")
+        unknown = set(cfg.ngram_estimators) - set(NGRAM_ESTIMATORS)
+        if unknown:
+            raise UserError(f"ngram_estimators: {sorted(unknown)} unknown; choose from {', '.join(NGRAM_ESTIMATORS)}.")
         if min(cfg.sizes) < 1 or cfg.n_test < 1 or cfg.n_val < 1:
             raise UserError("sizes, n_val and n_test must be positive.")
 
@@ -252,11 +259,12 @@ class RegBench(Experiment):
         splits = make_splits(ctx.seed, max(cfg.sizes), cfg.n_val, cfg.n_test)
         test, val = splits["test"], splits["validation"]
         rows: list[dict[str, Any]] = []
-        if cfg.ngrams:
+        for estimator in cfg.ngram_estimators if cfg.ngrams else ():
             for n in NGRAMS:
-                tally = ngram_scores(test, n, cfg.eval_batch_size)
+                tally = ngram_scores(test, n, cfg.eval_batch_size, estimator)
+                name = f"{n}-gram" + ("" if estimator == "original" else f"-{estimator}")
                 for metric, value in (("accuracy", tally.accuracy), ("tvd", tally.mean_tvd)):
-                    rows.append(ctx.row(model=f"{n}-gram", split="test", metric=metric, value=value, step=0))
+                    rows.append(ctx.row(model=name, split="test", metric=metric, value=value, step=0))
         for family in cfg.families:
             model = build(family, cfg.model)
             rows.append(ctx.row(model=family, split="model", metric="params", value=model.num_params(), step=0))
