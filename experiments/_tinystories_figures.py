@@ -104,37 +104,3 @@ def plot_positions(
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def plot_copy(df: pd.DataFrame, splits: list[tuple[str, str]], path: Path) -> Path:
-    """The copy test: mean loss on the first and the second copy, per model, text and depth (bars:
-    mean over seeds; whiskers: ± std)."""
-    import matplotlib.pyplot as plt
-
-    depths = sorted(df.depth.unique())
-    fig, axes = plt.subplots(1, len(depths), figsize=(max(4.5, 1.6 * len(splits)) * len(depths), 3.4), squeeze=False)
-    width = 0.2
-    copies = df[df.metric == "copy_loss"]
-    copies = copies.assign(which=copies.slice_value.astype(int))
-    for c, depth in enumerate(depths):
-        ax = axes[0, c]
-        for i, family in enumerate(LABELS):
-            for k, copy in enumerate((1, 2)):
-                means, stds = [], []
-                for split, _ in splits:
-                    sub = copies[(copies.split == split) & (copies.family == family) & (copies.depth == depth)
-                                 & (copies.which == copy)]  # fmt: skip
-                    v = sub.groupby("seed").value.mean().to_numpy()
-                    means.append(v.mean() if len(v) else np.nan)
-                    stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
-                x = np.arange(len(splits)) + (2 * i + k - 1.5) * width
-                ax.bar(x, means, width, yerr=stds, color=f"C{i}", alpha=1.0 if k else 0.45, capsize=2,
-                       label=f"{LABELS[family]}, {'second' if k else 'first'} copy")  # fmt: skip
-        ax.set_xticks(np.arange(len(splits)), [label for _, label in splits], rotation=15)
-        ax.set_title(f"copy test, {plural(depth)}")
-        ax.set_ylabel("mean loss on the copy (nats)")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from repro import results, stats
+from repro.experiments._copy_report import COPY_NOTE, copy_comparison, plot_copy
 from repro.experiments._tinystories_figures import (
     LABELS,
     final_losses,
-    plot_copy,
     plot_loss_curves,
     plot_loss_vs_blocks,
     plot_positions,
@@ -176,15 +176,6 @@ def position_entries(df: pd.DataFrame, metric: str = "position_loss_random") -> 
     return entries
 
 
-def copy_losses(df: pd.DataFrame, split: str, family: str, depth: int) -> dict[int, tuple[float, float]]:
-    """Per seed: (first-copy loss, second-copy loss) of one model on one copy test."""
-    sub = df[(df.metric == "copy_loss") & (df.split == split) & (df.family == family) & (df.depth == depth)]
-    wide = sub.assign(which=sub.slice_value.astype(int)).pivot_table(index="seed", columns="which", values="value")
-    if not {1, 2} <= set(wide.columns):
-        return {}
-    return {int(seed): (float(r[1]), float(r[2])) for seed, r in wide.iterrows()}
-
-
 def copy_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
     """(split, label) of every copy test in the rows: random tokens, validation, then the OOD texts."""
     present = set(df[df.metric == "copy_loss"].split)
@@ -198,25 +189,17 @@ def copy_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
     entries = []
     for split, label in copy_splits(df):
         for depth in sorted(df.depth.unique()):
-            g, m = copy_losses(df, split, "gpt2", depth), copy_losses(df, split, "mosaic", depth)
-            if not g or not m:
-                continue
-
-            def cell(c: dict[int, tuple[float, float]]) -> str:
-                first, second = (np.array([v[i] for v in c.values()]) for i in (0, 1))
-                gain = stats.mean_std(first - second, 2)
-                return f"{stats.mean_std(first, 2)} -> {stats.mean_std(second, 2)} (gain {gain})"
-
-            gains = {s: v[0] - v[1] for s, v in m.items()}, {s: v[0] - v[1] for s, v in g.items()}
-            entries.append(
-                {
-                    "claim": f"(d) copy test, {label}: first copy -> second copy, {_plural(depth)}",
-                    "paper": "(mechanism of (c), not in the paper) the mosaic copies from its context",
-                    "ours: GPT-2": cell(g),
-                    "ours: Memory Mosaic": cell(m),
-                    "verdict": verdict(*paired(_pair(*gains)), "higher", beyond_paper=True),
-                }
-            )
+            c = copy_comparison(df, split, f"mosaic-L{depth}", f"gpt2-L{depth}", beyond_paper=True)
+            if c is not None:
+                entries.append(
+                    {
+                        "claim": f"(d) copy test, {label}: first copy -> second copy, {_plural(depth)}",
+                        "paper": "(mechanism of (c), not in the paper) the mosaic copies from its context",
+                        "ours: GPT-2": c["b"],
+                        "ours: Memory Mosaic": c["a"],
+                        "verdict": c["verdict"],
+                    }
+                )
     return entries
 
 
@@ -303,10 +286,7 @@ def notes(df: pd.DataFrame) -> list[str]:
         "texts (never its first token or its end) and anywhere in the validation stream (as training batches are",
         f"drawn). Slope: least squares of loss on ln(t + 1) over positions t >= {SLOPE_FROM}, per seed (nats per",
         "e-fold of context read; more negative = the loss falls faster as the model reads on).",
-        "Copy test (d): spans of half the context fed twice in a row; mean loss over tokens 1..L-1 of the first",
-        "copy and of the second (each copy's first token cannot be predicted); gain = first - second. Random",
-        "tokens are uniform over the tokenizer's ids (uniform loss: ln of the vocabulary); the text spans lie",
-        "inside documents (OOD) or anywhere in the validation stream.",
+        f"(d) {COPY_NOTE} The text spans lie inside documents (OOD) or anywhere in the validation stream.",
         "Document-start section: the same statistics on windows that start at document starts (the paper's",
         "per-position figure); their first positions are titles, dates and first words, which GPT-2's learned",
         "positions fit differently, so they measure document starts more than adaptation.",
@@ -340,7 +320,10 @@ def _position_figures(df: pd.DataFrame, out_dir: Path, prefix: str = "", slug: s
         )
         paths.append(plot_positions(df, starts, out_dir / f"fig_ood_position_loss_docstart{slug}.png"))
     if copy_splits(df):
-        paths.append(plot_copy(df, copy_splits(df), out_dir / f"fig_copy{slug}.png"))
+        by_family = df.assign(model=df.family)  # one panel per depth, the families side by side
+        panels = [(f"{prefix}copy test, {_plural(d)}", by_family[df.depth == d]) for d in sorted(df.depth.unique())]
+        models = list(LABELS.items())
+        paths.append(plot_copy(panels, models, copy_splits(df), out_dir / f"fig_copy{slug}.png"))
     return paths
 
 

@@ -30,7 +30,7 @@ context, as in `mmv2-pretrain`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch
 from repro.data.retrieval import RetrievalConfig, RetrievalTask, mixed_batch, retrieval_accuracy
 from repro.data.text import TextDataConfig, TokenWindows, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.errors import UserError
-from repro.eval.lm import mean_loss
+from repro.eval.lm import copy_rows, mean_loss, text_copy_spans
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.models.pairing import PAIR, ShapeV2, build_pair_model
 from repro.registry import Experiment, register
@@ -57,6 +57,26 @@ PAPER_FIG8 = (
 
 
 @dataclass
+class Tuning:
+    """Pretraining settings tried for one family. Every lr x steps pair is pretrained from the same
+    initial weights (min_lr and warmup scaled with the lr and the steps as in `pretrain`); the one with
+    the best validation retrieval accuracy at the pretraining context (ties: lower validation text loss)
+    is the one fine-tuned. Empty tuples: `pretrain`'s own value."""
+
+    lr: tuple[float, ...] = ()
+    steps: tuple[int, ...] = ()
+
+
+@dataclass
+class PretrainGrid:
+    """`--set tune.llama.lr=1e-3,3e-3 --set tune.llama.steps=2000,8000`: the documented way to make a
+    baseline as strong as it gets at its own pretraining context before comparing adaptation."""
+
+    llama: Tuning = field(default_factory=Tuning)
+    mosaic_v2: Tuning = field(default_factory=Tuning)
+
+
+@dataclass
 class LongContextConfig:
     families: tuple[str, ...] = FAMILIES
     model: ShapeV2 = field(
@@ -68,6 +88,7 @@ class LongContextConfig:
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(n_keys=8, n_values=8, n_facts=4))
     retrieval_fraction: float = 0.75  # share of each batch's rows that are retrieval documents (the rest: text)
     pretrain: Stage = field(default_factory=lambda: Stage(64, 2000, 16, mmv2_recipe(3e-3, 200)))
+    tune: PretrainGrid = field(default_factory=PretrainGrid)
     # constant lr, no warmup: "accuracy after n steps" must not depend on the planned total
     finetune: Stage = field(default_factory=lambda: Stage(256, 128, 8, OptimConfig(lr=1e-3, schedule="constant")))
     # fine-tuning steps after which both are scored (and always before fine-tuning, step 0)
@@ -76,6 +97,9 @@ class LongContextConfig:
     val_docs: int = 64  # for choosing steps and learning rates
     eval_batch: int = 16
     val_text_windows: int = 32  # plain-text validation loss at the pretraining context
+    # copy test after each stage (rows copy_loss at step 0 and at finetune.steps): spans of half the stage's
+    # context of uniformly random text ids and of validation text, fed twice (repro.eval.lm.copy_test)
+    copy_spans: int = 64
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(eval_every=250, checkpoint_every=250, log_every=50))
     data: TextDataConfig = field(
         default_factory=lambda: TextDataConfig(dataset="tinystories", tokenizer="bpe", vocab_size=1024)
@@ -88,6 +112,18 @@ def build_model(family: str, shape: ShapeV2, vocab_size: int, block_size: int) -
     (`repro.models.pairing`), made through the model registry (the mosaic's SwiGLU width matches the
     Llama's parameters)."""
     return build_pair_model(family, shape, vocab_size, block_size)
+
+
+def pretrain_grid(cfg: LongContextConfig, family: str) -> list[tuple[float, int, OptimConfig]]:
+    """(lr, steps, recipe) of every pretraining grid point of one family (`cfg.tune`, module doc)."""
+    tuning: Tuning = getattr(cfg.tune, family)
+    base = cfg.pretrain.optim
+    grid = []
+    for lr in tuning.lr or (base.lr,):
+        for steps in tuning.steps or (cfg.pretrain.steps,):
+            warmup = round(base.warmup_steps * steps / cfg.pretrain.steps)
+            grid.append((lr, steps, replace(base, lr=lr, min_lr=base.min_lr * lr / base.lr, warmup_steps=warmup)))
+    return grid
 
 
 @dataclass
@@ -225,39 +261,11 @@ class LongContextAdaptation(Experiment):
         evals: EvalSets,
     ) -> list[dict[str, Any]]:
         short, long = cfg.pretrain.block_size, cfg.finetune.block_size
-        torch.manual_seed(ctx.seed * 100 + f_index)
-        model = build_model(family, cfg.model, vocab, short)
-        val_text = data["validation"].sequential_windows(short, cfg.val_text_windows)
-
-        def pre_batch(i: int) -> Any:
-            return mixed_batch(
-                task, data["train"], i, cfg.pretrain.batch_size, short, cfg.retrieval_fraction, ctx.seed * 10
-            )
-
-        def pre_eval(m: torch.nn.Module) -> dict[str, float]:
-            return {
-                "val_loss": mean_loss(m, *val_text, batch_size=cfg.eval_batch),
-                "val_acc": evals.accuracy(m, "validation", short, cfg.eval_batch),
-            }
-
-        name = f"{family}-pretrain"
-        train(
-            model,
-            pre_batch,
-            next_token_loss,
-            cfg.pretrain.optim,
-            cfg.pretrain.steps,
-            ctx,
-            name,
-            loop=cfg.loop,
-            eval_fn=pre_eval,
-        )
-        model.save(ctx.run_dir / "checkpoints" / name)
-        rows = [
-            ctx.row(model=family, split="validation", metric=f"pretrain_{k}", value=v, step=s)
-            for k in ("val_loss", "val_acc")
-            for s, v in ctx.metric_curve(f"{name}/{k}")
-        ]
+        model, rows = self._pretrain(cfg, ctx, family, f_index, task, vocab, data, evals)
+        spans = {
+            T: text_copy_spans(data["validation"], cfg.copy_spans, T // 2, task.base, ctx.seed) for T in (short, long)
+        }
+        rows += copy_rows(ctx, model, family, spans[short], 0, cfg.eval_batch)  # after pretraining, at short / 2
 
         def scores(split: str) -> dict[int, float]:
             return {T: evals.accuracy(model, split, T, cfg.eval_batch) for T in (short, long)}
@@ -289,6 +297,7 @@ class LongContextAdaptation(Experiment):
         ft = cfg.finetune
         train(model, ft_batch, next_token_loss, ft.optim, ft.steps, ctx, name, loop=ft_loop, eval_fn=ft_eval)
         model.save(ctx.run_dir / "checkpoints" / name)
+        rows += copy_rows(ctx, model, family, spans[long], ft.steps, cfg.eval_batch)  # after fine-tuning, long / 2
         for step, by_split in sorted(curve.items()):
             for split, by_len in by_split.items():
                 rows += [
@@ -305,6 +314,61 @@ class LongContextAdaptation(Experiment):
                 ]
         rows.append(ctx.row(model=family, split="model", metric="params", value=model.num_params(), step=0))
         return rows
+
+    def _pretrain(
+        self,
+        cfg: LongContextConfig,
+        ctx: RunContext,
+        family: str,
+        f_index: int,
+        task: RetrievalTask,
+        vocab: int,
+        data: dict[str, TokenWindows],
+        evals: EvalSets,
+    ) -> tuple[LanguageModel, list[dict[str, Any]]]:
+        """Pretrain every grid point of `cfg.tune` (module doc), keep the best on validation; returns the
+        chosen model (also saved as checkpoints/<family>-pretrain) and the rows of every grid point."""
+        short = cfg.pretrain.block_size
+        val_text = data["validation"].sequential_windows(short, cfg.val_text_windows)
+        grid = pretrain_grid(cfg, family)
+        choices, rows = [], []
+        for lr, steps, optim in grid:
+            torch.manual_seed(ctx.seed * 100 + f_index)  # every grid point starts from the same weights
+            model = build_model(family, cfg.model, vocab, short)
+
+            def pre_batch(i: int) -> Any:
+                return mixed_batch(
+                    task, data["train"], i, cfg.pretrain.batch_size, short, cfg.retrieval_fraction, ctx.seed * 10
+                )
+
+            def pre_eval(m: torch.nn.Module) -> dict[str, float]:
+                return {
+                    "val_loss": mean_loss(m, *val_text, batch_size=cfg.eval_batch),
+                    "val_acc": evals.accuracy(m, "validation", short, cfg.eval_batch),
+                }
+
+            name = f"{family}-pretrain" if len(grid) == 1 else f"{family}-pretrain-lr{lr:g}-s{steps}"
+            train(model, pre_batch, next_token_loss, optim, steps, ctx, name, loop=cfg.loop, eval_fn=pre_eval)
+            final = ctx.load_state(f"{name}.final")
+            if final is None:
+                final = pre_eval(model)
+                ctx.save_state(f"{name}.final", final)
+            choices.append((-final["val_acc"], final["val_loss"], len(choices), name, model))
+            rows += [
+                ctx.row(model=family, split="validation", metric=f"pretrain_{k}", value=v, step=s,
+                        slice_key="run", slice_value=name)
+                for k in ("val_loss", "val_acc") for s, v in ctx.metric_curve(f"{name}/{k}")
+            ]  # fmt: skip
+            rows += [ctx.row(model=family, split="tune", metric=k, value=v, step=steps, slice_key="run",
+                             slice_value=name) for k, v in (("lr", lr), ("steps", steps), *final.items())]  # fmt: skip
+            if len(grid) > 1:
+                model.save(ctx.run_dir / "checkpoints" / name)
+        *_, name, model = min(choices, key=lambda c: c[:3])
+        lr, steps, _ = grid[[c[3] for c in choices].index(name)]
+        rows += [ctx.row(model=family, split="tune", metric=f"chosen_{k}", value=v, step=0)
+                 for k, v in (("lr", lr), ("steps", steps))]  # fmt: skip
+        model.save(ctx.run_dir / "checkpoints" / f"{family}-pretrain")
+        return model, rows
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         from repro.experiments._longctx_report import write_report

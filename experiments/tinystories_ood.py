@@ -64,7 +64,7 @@ from repro.data.text import (
 )
 from repro.data.tokenizer import Tokenizer
 from repro.errors import UserError
-from repro.eval.lm import copy_test, mean_loss, per_position_loss, uniform_spans
+from repro.eval.lm import copy_rows, mean_loss, per_position_loss, text_copy_spans
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.registry import Experiment, register
@@ -173,13 +173,8 @@ class EvalSets:
     positions: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
     copies: dict[str, torch.Tensor]
 
-    def measure(self, model: LanguageModel, batch_size: int) -> dict[str, dict]:
-        return {
-            "positions": {
-                k: per_position_loss(model, x, y, batch_size).tolist() for k, (x, y) in self.positions.items()
-            },
-            "copy": {k: copy_test(model, spans, batch_size) for k, spans in self.copies.items()},
-        }
+    def curves(self, model: LanguageModel, batch_size: int) -> dict[tuple[str, str], list[float]]:
+        return {k: per_position_loss(model, *xy, batch_size).tolist() for k, xy in self.positions.items()}
 
 
 def eval_sets(
@@ -193,10 +188,7 @@ def eval_sets(
         ("position_loss", "validation"): val.document_windows(T, n, whole=True),
         ("position_loss_random", "validation"): val.random_windows(T, n, seed, within_documents=False),
     }
-    copies = {
-        "random": uniform_spans(cfg.eval.copy_spans, L, tokenizer.vocab_size, seed, exclude=(tokenizer.eot_id,)),
-        "validation": torch.from_numpy(val.random_spans(L, cfg.eval.copy_spans, seed + 1, within_documents=False)),
-    }
+    copies = text_copy_spans(val, cfg.eval.copy_spans, L, tokenizer.vocab_size, seed, exclude=(tokenizer.eot_id,))
     for key, windows in ood.items():
         positions["position_loss", f"ood:{key}"] = windows.document_windows(T, n, whole=False)
         positions["position_loss_random", f"ood:{key}"] = windows.random_windows(T, n, seed, within_documents=True)
@@ -308,17 +300,14 @@ class TinyStoriesOOD(Experiment):
         tok_s = float(np.median(speeds)) if speeds else float("nan")
         rows.append(ctx.row(model=name, split="train", metric="tok_per_s", value=tok_s, step=cfg.steps))
         rows.append(ctx.row(model=name, split="model", metric="params", value=model.num_params(), step=0))
-        measured = ctx.load_state(f"{name}.probes")
-        if measured is None:
-            measured = probes.measure(model, cfg.eval.batch_size)
-            ctx.save_state(f"{name}.probes", measured)
-        for (metric, split), curve in measured["positions"].items():
+        curves = ctx.load_state(f"{name}.positions")
+        if curves is None:
+            curves = probes.curves(model, cfg.eval.batch_size)
+            ctx.save_state(f"{name}.positions", curves)
+        for (metric, split), curve in curves.items():
             rows += [ctx.row(model=name, split=split, metric=metric, value=v, step=cfg.steps,
                              slice_key="position", slice_value=t) for t, v in enumerate(curve)]  # fmt: skip
-        for split, copy in measured["copy"].items():
-            rows += [ctx.row(model=name, split=split, metric="copy_loss", value=copy[k], step=cfg.steps,
-                             slice_key="copy", slice_value=i) for i, k in ((1, "first"), (2, "second"))]  # fmt: skip
-        return rows
+        return rows + copy_rows(ctx, model, name, probes.copies, cfg.steps, cfg.eval.batch_size)
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         from repro.experiments._tinystories_report import report

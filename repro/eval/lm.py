@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from repro.data.text import TokenWindows
 from repro.models.lm import LanguageModel
+from repro.runtime import RunContext
 
 
 @torch.no_grad()
@@ -64,3 +68,32 @@ def uniform_spans(n: int, length: int, vocab: int, seed: int, exclude: tuple[int
     allowed = torch.tensor([i for i in range(vocab) if i not in set(exclude)])
     gen = torch.Generator().manual_seed(seed)
     return allowed[torch.randint(len(allowed), (n, length), generator=gen)]
+
+
+def copy_rows(
+    ctx: RunContext, model: LanguageModel, name: str, spans: dict[str, torch.Tensor], step: int, batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """`copy_test` on each named set of spans (the split of its rows), as rows `copy_loss` with slice
+    `copy` = 1 | 2 (first, second copy) at `step`; cached in the run's state under the model's name and
+    step, so a resumed run does not measure again."""
+    key = f"{name}.copy.{step}"
+    measured = ctx.load_state(key)
+    if measured is None:
+        measured = {split: copy_test(model, s, batch_size) for split, s in spans.items() if len(s)}
+        ctx.save_state(key, measured)
+    return [
+        ctx.row(model=name, split=split, metric="copy_loss", value=m[k], step=step, slice_key="copy", slice_value=i)
+        for split, m in measured.items()
+        for i, k in ((1, "first"), (2, "second"))
+    ]
+
+
+def text_copy_spans(
+    text: TokenWindows, n: int, length: int, n_ids: int, seed: int, exclude: tuple[int, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """The two standard copy tests of a language model: `random` (uniform over ids [0, n_ids) minus
+    `exclude`) and `validation` (spans at seeded random offsets of the validation text)."""
+    return {
+        "random": uniform_spans(n, length, n_ids, seed, exclude),
+        "validation": torch.from_numpy(text.random_spans(length, n, seed + 1, within_documents=False)),
+    }
