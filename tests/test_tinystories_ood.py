@@ -161,3 +161,16 @@ def test_copy_test_counts_each_copy_after_its_first_token():
     drawn = uniform_spans(8, 16, 20, seed=3, exclude=(0, 19))
     assert drawn.shape == (8, 16) and not ((drawn == 0) | (drawn == 19)).any()
     assert torch.equal(drawn, uniform_spans(8, 16, 20, seed=3, exclude=(0, 19)))
+
+
+def test_ood_paths_take_any_text_file(tmp_path):
+    from repro.data.tokenizer import get_tokenizer
+    from repro.experiments.tinystories_ood import OODConfig, ood_texts
+
+    (tmp_path / "plays.md").write_text("ACT I. Enter the king.\n\nKING: Who goes there?\n\nACT II. Exit all.\n")
+    (tmp_path / "news").write_text("Markets rose today after the report.\n\nThe bank held its rate.\n")
+    tok = get_tokenizer("byte", [], 256, str(tmp_path / "cache"))
+    cfg = OODConfig(paths=(str(tmp_path / "plays.md"), str(tmp_path / "news")))
+    texts = ood_texts(cfg, tok, str(tmp_path / "cache"))
+    assert set(texts) == {"plays", "news"} and texts["plays"].meta["documents"] == 3
+    assert tok.decode(texts["news"].tokens[: texts["news"].doc_starts[1] - 1]) == "Markets rose today after the report."

@@ -10,7 +10,7 @@ Where text comes from, first match wins:
 Nothing reachable raises one UserError that names the dataset and the two ways to point at files.
 
 Files: `.txt`/`.raw` (split into documents by a rule, below), `.jsonl`/`.json`/`.parquet` (one
-document per record's "text"). In a directory, names holding `val`/`valid`/`dev` are validation,
+document per record's "text"); a single file given by path with any other suffix is plain text too. In a directory, names holding `val`/`valid`/`dev` are validation,
 `test` test, everything else train (so TinyStories' `tiny_stories.txt` is train); validation and
 test stand in for each other. A source with no evaluation part (a single file, a directory of
 training files only, simple-wiki on the hub) is split by documents: the last `val_fraction` of
@@ -178,9 +178,10 @@ def read_text(path: Path) -> str:
 
 
 def read_documents(path: Path, dataset_rule: DocSplit, doc_split: DocSplit = "auto") -> list[str]:
-    """The documents of one local file."""
+    """The documents of one local file: records (.jsonl/.json/.parquet) or plain text (any other name:
+    a file given by path is read as text whatever its suffix, e.g. `.md` or none)."""
     suffix = path.suffix.lower()
-    if suffix in TEXT_SUFFIXES:
+    if suffix not in RECORD_SUFFIXES:
         text = read_text(path)
         return split_documents(text, _auto_rule(text, dataset_rule) if doc_split == "auto" else doc_split)
     if suffix == ".parquet":
