@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro import results, stats
-from repro.data.vision import Environment, colored_mnist, load_images
+from repro.data.vision import GENERATED, Environment, colored_mnist, load_images
 from repro.errors import UserError
 from repro.models.resnet import ColoredMLP
 from repro.registry import Experiment, register
@@ -113,7 +113,7 @@ class Bonsai(Experiment):
                 ood_steps=5,
                 penalties=(1e3, 1e4),
                 erm_l2s=(1e-3,),
-                data=ColoredMNISTData(n_train=200),
+                data=ColoredMNISTData(path=GENERATED, n_train=200),  # offline, no --data-dir
             ),
             "cpu": BonsaiConfig(
                 hidden=128,

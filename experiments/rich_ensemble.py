@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from repro import results, stats
+from repro.data.vision import GENERATED
 from repro.errors import UserError
 from repro.experiments._transfer import (
     PretrainConfig,
@@ -128,7 +129,7 @@ class RichEnsemble(Experiment):
                 finetune=FinetuneConfig(
                     epochs=1, batch_size=16, head_epochs=1, models=("single", "wide", "joint", "cat2ft")
                 ),
-                data=TransferData(train_per_class=16, target_per_class=16, test_per_class=8),
+                data=TransferData(path=GENERATED, train_per_class=16, target_per_class=16, test_per_class=8),
                 device="cpu",
             ),
             "cpu": RichEnsembleConfig(

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from repro import results, stats
 from repro.data.domainbed import DOMAINBED, load_domainbed
-from repro.data.vision import DOMAINS, apply_domain, augment, class_subset, load_images, to_tensor
+from repro.data.vision import DOMAINS, GENERATED, apply_domain, augment, class_subset, load_images, to_tensor
 from repro.errors import UserError
 from repro.experiments._transfer import (
     PretrainConfig,
@@ -134,7 +134,7 @@ class VeryLargeDropout(Experiment):
                 finetune=FinetuneGrid(
                     steps=6, batch_per_domain=4, lrs=(0.01,), weight_decays=(1e-4,), eval_every=2, wa_start=2
                 ),
-                data=TransferData(train_per_class=16, target_per_class=24, test_per_class=8),
+                data=TransferData(path=GENERATED, train_per_class=16, target_per_class=24, test_per_class=8),
                 device="cpu",
             ),
             "cpu": VeryLargeDropoutConfig(

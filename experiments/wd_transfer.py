@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from repro import results, stats
+from repro.data.vision import GENERATED
 from repro.errors import UserError
 from repro.experiments._transfer import (
     PretrainConfig,
@@ -101,7 +102,7 @@ class WdTransfer(Experiment):
                 convergence_wds=(5e-4,),
                 pretrain=PretrainConfig(width=4, epochs=2, batch_size=16),
                 probe=ProbeConfig(epochs=2, weight_decays=(1e-4,)),
-                data=TransferData(train_per_class=16, target_per_class=16, test_per_class=8),
+                data=TransferData(path=GENERATED, train_per_class=16, target_per_class=16, test_per_class=8),
                 device="cpu",
             ),
             "cpu": WdTransferConfig(

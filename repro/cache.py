@@ -6,14 +6,17 @@ images and labels), recipe (epochs, batch, augmentation, optimizer, precision) a
 stores each trained backbone under the hash of that spec, so any experiment (or a second run of the
 same one) that needs the same backbone loads it instead of training it again:
 
-    <root>/backbones/<hash>/config.json      the spec (re-checked on load, not only its hash)
+    <root>/backbones/<hash>/config.json      the spec and the sha256 of each other file (all checked on load)
                            model.safetensors  the weights
                            curve.jsonl        the training curve: one {"step", "loss", "lr"} per step
                            meta.json          who trained it, when, how long, final loss, ID test accuracy
 
 `<root>` is `$REPRO_CACHE_DIR` when set, else `<runs>/_cache` beside the run directories (the `--out`
 of `repro run`). Entries are written to a temporary folder and renamed into place, so two runs that
-train the same backbone at once leave one complete entry. `repro cache list|clear` shows and empties it.
+train the same backbone at once leave one complete entry; the folders of writers killed mid-way are
+removed by the next save. An entry that fails its check on load (a damaged file, an unreadable or
+edited config.json) is said in one sentence, removed and trained again. `repro cache list|clear` shows
+and empties it, damaged entries included.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import numpy as np
 import safetensors.torch
 import torch.nn as nn
 import typer
+
+from repro import files
 
 CACHE_ENV = "REPRO_CACHE_DIR"
 KINDS = ("backbones",)
@@ -86,16 +91,49 @@ class ModelCache:
 
     def load(self, spec: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
         """Load the weights of `spec` into `model` and return the entry's meta, or None on a miss.
-        A folder whose config differs from `spec` (a hash collision, a hand edit) is a miss."""
+        An entry that fails its check (`problem`) is said in one sentence, removed, and is a miss:
+        the caller trains the network again and stores a good entry."""
         path = self.path(spec)
-        if not (path / "model.safetensors").exists() or not (path / "config.json").exists():
+        if not path.is_dir():
             return None
-        if json.loads((path / "config.json").read_text()).get("spec") != _canonical(spec):
+        problem = self.problem(path, spec)
+        if problem is None:
+            try:
+                state = safetensors.torch.load_file(str(path / "model.safetensors"))
+                model.load_state_dict(state)  # copies into the existing (possibly channels-last) parameters
+            except Exception as e:  # the right bytes that do not fit this model: a hand-made entry
+                problem = f"its weights do not load ({type(e).__name__})"
+        if problem is not None:
+            from repro.track import console
+
+            console.print(f"[yellow]warning[/]: cache entry {path} {problem}; it is removed and trained again.")
+            shutil.rmtree(path, ignore_errors=True)
             return None
-        state = safetensors.torch.load_file(str(path / "model.safetensors"))
-        model.load_state_dict(state)  # copies into the existing (possibly channels-last) parameters
-        meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").exists() else {}
+        meta = _read_json(path / "meta.json")
         return {**meta, "hash": path.name, "path": str(path)}
+
+    def problem(self, path: Path, spec: dict[str, Any] | None = None) -> str | None:
+        """Why the entry at `path` cannot be trusted (None: it can): an unreadable config.json, a spec
+        other than `spec` (or than the one its name is the hash of), a file missing, or a file whose
+        sha256 differs from the one recorded when the entry was written."""
+        try:
+            config = _read_json(path / "config.json")
+        except (OSError, ValueError) as e:
+            return f"has an unreadable config.json ({type(e).__name__})"
+        stored = config.get("spec")
+        if not isinstance(stored, dict) or spec_hash(stored) != path.name:
+            return "has a config.json whose spec is not the one its name is the hash of"
+        if spec is not None and stored != _canonical(spec):
+            return "has a config.json whose spec differs from the one asked for"
+        digests = config.get("sha256")
+        if not isinstance(digests, dict) or set(digests) != set(FILES):
+            return "was written before entries recorded their files' hashes, so it cannot be checked"
+        for name, digest in digests.items():
+            if not (path / name).is_file():
+                return f"lacks {name}"
+            if file_sha256(path / name) != digest:
+                return f"has a {name} whose sha256 differs from the one recorded (the file is damaged)"
+        return None
 
     def curve(self, spec: dict[str, Any]) -> list[dict[str, float]]:
         path = self.path(spec) / "curve.jsonl"
@@ -103,32 +141,46 @@ class ModelCache:
 
     def save(self, spec: dict[str, Any], model: nn.Module, curve: list[dict[str, float]], meta: dict[str, Any]) -> Path:
         """Write the entry atomically (temporary folder, then rename); an entry that appeared in the
-        meantime (another run trained the same spec) is kept and this one dropped."""
+        meantime (another run trained the same spec) is kept and this one dropped. config.json, written
+        last, records the sha256 of every other file, checked on each load."""
         path = self.path(spec)
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{path.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        files.remove_stale_temps(self.dir)  # folders of writers killed mid-way
+        tmp = files.temp_path(path)
         tmp.mkdir()
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        safetensors.torch.save_file(state, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps({"hash": path.name, "spec": _canonical(spec)}, indent=1))
-        (tmp / "curve.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve))
-        (tmp / "meta.json").write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}, indent=1))
         try:
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            safetensors.torch.save_file(state, str(tmp / "model.safetensors"))
+            (tmp / "curve.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve))
+            (tmp / "meta.json").write_text(
+                json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}, indent=1)
+            )
+            digests = {name: file_sha256(tmp / name) for name in FILES}
+            config = {"hash": path.name, "spec": _canonical(spec), "sha256": digests}
+            (tmp / "config.json").write_text(json.dumps(config, indent=1))
             tmp.rename(path)
-        except OSError:  # the same spec finished elsewhere first
+        except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not path.is_dir():  # a real failure (a full disk), not the same spec finished elsewhere first
+                raise files.write_error(e, path) from None
         return path
 
     def entries(self) -> list[dict[str, Any]]:
-        """One dict per complete entry: hash, size, spec summary and meta."""
+        """One dict per entry: hash, size, spec, meta and `problem` (None for a sound entry). A
+        damaged entry is listed too (with an empty spec when its config.json is unreadable), so it
+        can be seen and cleared."""
         out = []
-        for path in sorted(self.dir.glob("*/config.json")) if self.dir.is_dir() else []:
-            entry = path.parent
-            cfg = json.loads(path.read_text())
-            meta = json.loads((entry / "meta.json").read_text()) if (entry / "meta.json").exists() else {}
+        for entry in sorted(self.dir.iterdir()) if self.dir.is_dir() else []:
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            problem = self.problem(entry)
+            spec, meta = (
+                _read_json_or_empty(entry / "config.json").get("spec"),
+                _read_json_or_empty(entry / "meta.json"),
+            )
             size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
-            out.append({"hash": entry.name, "bytes": size, "spec": cfg.get("spec", {}), "meta": meta})
+            spec = spec if isinstance(spec, dict) else {}
+            out.append({"hash": entry.name, "bytes": size, "spec": spec, "meta": meta, "problem": problem})
         return out
 
     def clear(self, hashes: list[str] | None = None) -> int:
@@ -137,28 +189,62 @@ class ModelCache:
             return 0
         removed = 0
         for entry in self.dir.iterdir():
-            if not entry.is_dir():
-                continue
             temporary = entry.name.startswith(".")
             if hashes is None or entry.name in hashes or temporary:
-                shutil.rmtree(entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed += not temporary
         return removed
 
 
+FILES = ("model.safetensors", "curve.jsonl", "meta.json")  # what config.json records the sha256 of
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        return _read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path` ({} when absent); ValueError when it is not one."""
+    if not path.exists():
+        return {}
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return value
+
+
 def describe(spec: dict[str, Any]) -> str:
     """One line naming what an entry is (for `repro cache list`)."""
-    arch, data, recipe = spec.get("arch", {}), spec.get("data", {}), spec.get("recipe", {})
-    towers = arch.get("towers", 1)
-    model = f"{towers}x" if towers > 1 else ""
-    classes = data.get("classes") or []
-    span = f":{classes[0]}-{classes[-1]}" if classes else ""
-    optim = recipe.get("optim", {})
-    return (
-        f"{model}resnet w{arch.get('width')} on {data.get('dataset')}{span} "
-        f"({data.get('n_train')} imgs), {recipe.get('epochs')} ep, wd {optim.get('weight_decay')}, "
-        f"seed {spec.get('seed')}"
-    )
+    if not spec:
+        return "?"
+    try:
+        arch, data, recipe = spec.get("arch", {}), spec.get("data", {}), spec.get("recipe", {})
+        towers = arch.get("towers", 1)
+        model = f"{towers}x" if towers > 1 else ""
+        classes = data.get("classes") or []
+        span = f":{classes[0]}-{classes[-1]}" if classes else ""
+        optim = recipe.get("optim", {})
+        return (
+            f"{model}resnet w{arch.get('width')} on {data.get('dataset')}{span} "
+            f"({data.get('n_train')} imgs), {recipe.get('epochs')} ep, wd {optim.get('weight_decay')}, "
+            f"seed {spec.get('seed')}"
+        )
+    except (AttributeError, TypeError, IndexError):  # a damaged spec: the status column says so
+        return "?"
 
 
 # ---- `repro cache list|clear` ---------------------------------------------------------------------
@@ -180,22 +266,25 @@ def list_entries(cache_dir: Path | None = _ROOT) -> None:
 
     root = _root(cache_dir)
     table = Table(title=f"backbone cache {root / 'backbones'}")
-    for col in ("hash", "backbone", "ID test acc", "trained (s)", "created", "MB"):
+    for col in ("hash", "backbone", "ID test acc", "trained (s)", "created", "MB", "status"):
         table.add_column(col, overflow="fold")
     entries = ModelCache(root).entries()
     for e in entries:
         meta = e["meta"]
-        acc = meta.get("test_acc")
+        acc, train_s = meta.get("test_acc"), meta.get("train_s")
         table.add_row(
             e["hash"],
             describe(e["spec"]),
-            "-" if acc is None else f"{100 * acc:.2f}",
-            f"{meta.get('train_s', float('nan')):.0f}",
+            f"{100 * acc:.2f}" if isinstance(acc, (int, float)) else "-",
+            f"{train_s:.0f}" if isinstance(train_s, (int, float)) else "-",
             str(meta.get("created", "-")),
             f"{e['bytes'] / 1e6:.1f}",
+            "ok" if e["problem"] is None else f"damaged: {e['problem']}",
         )
     console.print(table)
-    console.print(f"{len(entries)} entries, {sum(e['bytes'] for e in entries) / 1e6:.1f} MB")
+    damaged = sum(e["problem"] is not None for e in entries)
+    note = f" ({damaged} damaged: they are retrained when needed, or `repro cache clear HASH`)" if damaged else ""
+    console.print(f"{len(entries)} entries, {sum(e['bytes'] for e in entries) / 1e6:.1f} MB{note}")
 
 
 @app.command("clear")

@@ -61,9 +61,15 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, OSError) as e:
             from rich.markup import escape
 
+            from repro.files import write_error
+
+            if isinstance(e, OSError):  # a full disk or an unwritable folder, wherever it is met
+                e = write_error(e, Path(e.filename)) if e.filename else None
+                if e is None:
+                    raise
             prefix = "" if isinstance(e, Interrupted) else "[red]error:[/] "
             _print(f"{prefix}{escape(str(e))}")
             raise typer.Exit(e.exit_code) from None
@@ -284,6 +290,9 @@ def report(
     if (name is None) == (not all_):
         raise UserError("give one name or --all.")
     targets = registry.each() if all_ else [registry.get(name)]
+    from repro.files import check_writable
+
+    check_writable(reports, "--reports")  # before any report is rendered: nothing half-written
     for runnable in targets:
         df = results.collect(out, runnable.name)
         if df.empty:
@@ -316,6 +325,7 @@ def plan(
 
     runnable = registry.get(name)
     cfg = cfglib.apply_overrides(runnable.config(preset), overrides)
+    cfglib.validate(cfg)  # the range checks of every run: an absurd size is refused before the build
     spec = check_spec(runnable.plan(cfg), name)
     print_plan(spec, f"{name} --preset {preset}", gpus=gpus, gpu=gpu, gpu_memory_gb=gpu_memory, mfu=mfu, out=write)
 

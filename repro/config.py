@@ -39,7 +39,16 @@ def dump_yaml(cfg: Any, path: Path) -> None:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text()) or {}
+    """A YAML mapping from `path`; one sentence when the file is damaged (not YAML, or not a mapping)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"{path} is not valid YAML{at}; repair or delete it (or rerun with --force).") from None
+    if data is not None and not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a mapping of settings; repair or delete it (or rerun with --force).")
+    return data or {}
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -149,7 +158,9 @@ def parse_value(raw: str, typ: Any, key: str, label: str | None = None) -> Any:
         fail()
     if origin in (tuple, list):
         item = get_args(typ)[0]
-        parts = [p.strip() for p in raw.strip("[]()").split(",") if p.strip()]
+        parts = [p.strip() for p in raw.strip("[]()").split(",")] if raw.strip("[]() ") else []
+        if "" in parts:  # `1,,3` or a trailing comma: say so rather than drop the gap
+            raise UserError(f"--set {key}={raw}: an item of the list is empty; expected {type_name(typ)}.")
         try:
             values = [parse_value(p, item, key, label) for p in parts]
         except UserError:
@@ -182,13 +193,18 @@ def parse_value(raw: str, typ: Any, key: str, label: str | None = None) -> Any:
 # `check` adds its own constraints. The rules go by field name (the last part of the key; for a list,
 # each element by the list's name), so a new config is covered without annotations:
 #   numbers are finite and never negative; integers are positive unless the name says zero means
-#   something (off, none, no warm-up); learning rates and epochs are positive; probabilities and
-#   fractions lie in [0, 1]; a list whose default is non-empty must stay non-empty.
+#   something (off, none, no warm-up), and no larger than any run can use (2^40; seeds 2^32 - 1;
+#   layers 10 000); learning rates and epochs are positive; probabilities and fractions lie in [0, 1];
+#   a device is auto, cpu, cuda[:N] or mps; a list whose default is non-empty must stay non-empty.
 _ZERO_ALLOWED = re.compile(r"(_every|warmup_steps|warmup|seed|wa_start|_skip_min|_skip_max|num_fewshot)$")
 _LOG_EVERY = "log_every"  # a logging period of 0 would divide by zero
 _POSITIVE_FLOAT = re.compile(r"^(lr|lrs|(?!min_).+_lr|.*epochs|rope_theta|beta)$")
 _UNIT_INTERVAL = re.compile(r"^(dropouts?|.*_fraction|label_noise|.*_flips|holdout|beta1|beta2|momentum|milestones)$")
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+INT_LIMIT = 2**40  # beyond any count a run can use (steps, samples, tokens): 10^12 steps would take years
+_LAYERS = re.compile(r"^(n_layers?|.*_layers|depth)$")
+LAYER_LIMIT = 10_000  # building more blocks (even on the meta device) takes hours and tens of GB
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def check_seed(seed: int) -> None:
@@ -226,16 +242,26 @@ def show(value: Any) -> str:
 
 
 def _check_value(key: str, name: str, value: Any) -> None:
+    if name == "device" and isinstance(value, str) and not _DEVICE.match(value):
+        raise UserError(f"{key}={value}: expected auto, cpu, cuda, cuda:N or mps.")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{key}={value} is not a finite number; give a finite value.")
+    if isinstance(value, int):
+        positive = name == _LOG_EVERY or not _ZERO_ALLOWED.search(name)
+        want = "a positive integer" if positive else "an integer of 0 or more"
+    else:
+        positive = bool(_POSITIVE_FLOAT.match(name))
+        want = "a positive number" if positive else "a number of 0 or more"
     if value < 0:
-        raise UserError(f"{key}={value} is negative; expected a value of 0 or more.")
-    if isinstance(value, int) and value == 0 and (name == _LOG_EVERY or not _ZERO_ALLOWED.search(name)):
-        raise UserError(f"{key}=0: expected a positive integer.")
-    if isinstance(value, float) and value == 0 and _POSITIVE_FLOAT.match(name):
-        raise UserError(f"{key}=0: expected a positive number.")
+        raise UserError(f"{key}={value} is negative; expected {want}.")
+    if value == 0 and positive:
+        raise UserError(f"{key}=0: expected {want}.")
+    if isinstance(value, int):
+        limit = SEED_LIMIT - 1 if name.endswith("seed") else LAYER_LIMIT if _LAYERS.match(name) else INT_LIMIT
+        if value > limit:
+            raise UserError(f"{key}={value} is beyond what any run can use; give at most {limit}.")
     if _UNIT_INTERVAL.match(name) and value > 1:
         raise UserError(f"{key}={value}: expected a number between 0 and 1.")
 

@@ -10,6 +10,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+class EnvironmentFailed(UserError):
+    """The machine, not the input, stops the command: a full disk, a sandbox the OS does not allow.
+    Exit code 1; the sentence names the place and what it needs."""
+
+    exit_code = 1
+
+
 class RunFailed(UserError):
     """A run that started but cannot finish (its training diverged). Exit code 1; the run directory is
     marked failed (`failed.json`) and never looks finished."""

@@ -12,15 +12,18 @@ A process can die at any instruction (kill -9, a full disk, a power cut). So:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repro.errors import UserError
+from repro.errors import EnvironmentFailed, UserError
 
 
 def temp_path(path: Path) -> Path:
@@ -28,25 +31,121 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], object], size_hint: Callable[[], int] | None = None
+) -> Path:
     """Call `write(tmp)` to fill a temporary file, then rename it to `path` (atomic on POSIX).
 
     The temporary file is removed if `write` fails or the process is interrupted, so an error
-    leaves the previous `path` (or none) and no debris."""
+    leaves the previous `path` (or none) and no debris; the temporary files of writers killed in this
+    folder are removed first (`remove_stale_temps`). A full disk or a place that cannot be written
+    is one sentence (`write_error`); `size_hint()` (bytes, asked only then) lets it say how much space
+    the file needs."""
     path = Path(path)
+    remove_stale_temps(path.parent)  # what killed writers left here (they cannot clean up after kill -9)
     tmp = temp_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as e:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        about = getattr(e, "filename", None)  # an error about another file (one `write` reads) stays as is
+        ours = about is None or Path(about) in (tmp, path, path.parent)
+        error = write_error(e, path, max(size_hint() if size_hint else 0, written)) if ours else None
+        if error is None:
+            raise
+        raise error from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
 
 
+def check_writable(folder: str | os.PathLike, what: str = "--out") -> None:
+    """Create `folder` if needed and make sure a file can be written there: one sentence (exit 2,
+    naming the option) otherwise, before any work whose result would have nowhere to go."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / "write-test")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({e.strerror or e}); choose a writable {what}.") from None
+
+
 def resolved_path(text: str) -> str:
     """A path given on the command line, made absolute (a run's config must not depend on the cwd)."""
     return str(Path(text).expanduser().resolve())
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_CANNOT_WRITE = (errno.EACCES, errno.EROFS, errno.EPERM)
+
+
+def write_error(e: BaseException, path: Path, needed: int = 0) -> UserError | None:
+    """The one sentence for a failed write of `path`, or None when `e` is not about the place:
+    a full disk (exit 1: the folder, its free space and at least what the file needs) or a folder
+    that cannot be written (exit 2: choose another). Libraries that write for us (safetensors,
+    torch) report a full disk in their own words, so their message is read too."""
+    code = getattr(e, "errno", None)
+    text = str(e)
+    if code in _NO_SPACE or "No space left on device" in text or "Disk quota exceeded" in text:
+        folder = path.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = 0
+        need = f"; {path.name} needs at least {_size(needed)}" if needed else ""
+        return EnvironmentFailed(
+            f"the disk holding {folder} is full ({_size(free)} free{need}): free some space and run the "
+            "same command again (a run resumes from its last checkpoint)."
+        )
+    if code in _CANNOT_WRITE:
+        return UserError(
+            f"cannot write {path} ({e.strerror}); choose a folder you can write to or fix its permissions."
+        )
+    return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+_TEMP_NAMES = (  # temp_path's names (.NAME.PID.HEX.tmp; HEX may be all digits), then older ones (.NAME.PID.tmp)
+    re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp"),
+    re.compile(r"\..+\.(\d+)\.tmp"),
+)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Remove the temporary files and folders that writers killed mid-write left in `folder`: their
+    names carry the writer's PID, and a writer that no longer runs will never rename them. Returns
+    how many went. (A PID reused since by another process keeps its debris until that one ends.)"""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else ():
+        match = next((m for m in (pattern.fullmatch(tmp.name) for pattern in _TEMP_NAMES) if m), None)
+        if match is None or _running(int(match[1])):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or not a PID at all: leave it
+    return True
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -157,8 +256,12 @@ class DirectoryLock:
                 f"{self.directory} is being written by another run (process {holder}); "
                 "wait for it to finish or stop it, then run this command again."
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: the lock holds without the PID, the run cannot
+            os.close(fd)
+            raise (write_error(e, self.path) or e) from None
         self._fd = fd
 
     def release(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -30,17 +31,60 @@ def make_row(**fields: Any) -> dict[str, Any]:
     return row
 
 
+DONE_FILE = "done.json"  # written after rows.jsonl: how many rows the run declared, and their sha256
+
+
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    """Atomic (rows.jsonl exists only for finished runs) and strict JSON: a non-finite value is null."""
+    """Atomic (rows.jsonl exists only for finished runs) and strict JSON: a non-finite value is null.
+    Then `done.json` records the row count and the file's sha256, so a rows.jsonl cut short or
+    altered afterwards is not taken for a finished run."""
     files.write_jsonl(path, rows)
+    files.write_json(path.with_name(DONE_FILE), {"rows": len(rows), "sha256": _sha256(path.read_bytes())})
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def finished_rows(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of a finished run from its rows.jsonl, or None: absent, or not what its done.json
+    declares (cut short, altered). A run directory from before done.json existed counts as finished
+    when its rows.jsonl ends with a whole line."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    done_path = path.with_name(DONE_FILE)
+    if done_path.exists():
+        try:
+            done = json.loads(done_path.read_text())
+        except ValueError:
+            return None
+        if not isinstance(done, dict) or done.get("sha256") != _sha256(data):
+            return None
+    elif data and not data.endswith(b"\n"):
+        return None
+    rows = files.read_jsonl(path)
+    return rows if not done_path.exists() or len(rows) == done.get("rows") else None
 
 
 def collect(runs: Path, experiment: str | None = None) -> pd.DataFrame:
-    """All finished runs under `runs` (optionally one experiment) as one DataFrame."""
+    """All finished runs under `runs` (optionally one experiment) as one DataFrame; a run directory
+    whose rows.jsonl does not match its done.json is left out, with a warning."""
     pattern = f"{experiment or '*'}/*/*/s*/rows.jsonl"
     frames = []
     for path in sorted(runs.glob(pattern)):
-        frames.append(pd.DataFrame(files.read_jsonl(path)))
+        rows = finished_rows(path)
+        if rows is None:
+            from repro.track import console
+
+            console.print(
+                f"[yellow]warning[/]: {path} does not match its {DONE_FILE} (cut short or altered): left out of "
+                "the report; rerun that run to finish it again."
+            )
+            continue
+        frames.append(pd.DataFrame(rows))
     if not frames:
         return pd.DataFrame(columns=[*ROW_FIELDS, *OPTIONAL_FIELDS])
     return pd.concat(frames, ignore_index=True)

@@ -3,7 +3,8 @@
 A run directory is `OUT/<experiment>/<preset>/<variant>/s<seed>/` holding `config.yaml`,
 `env.json` (the first start, then one entry per resume), `metrics.jsonl`, `rows.jsonl` (written last,
 atomically: its presence means the run finished), `failed.json` instead when training diverged, any
-`state/*.pt` a run saves to resume after a kill, and `.lock` (held by the one process writing it).
+`state/*.safetensors` a run saves to resume after a kill (`statefile`: no pickle), and `.lock`
+(held by the one process writing it).
 
 What a run does before it writes anything: validate the config (types, ranges, the experiment's own
 constraints), the seed, the device and a memory estimate; then it makes the directory and takes its
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from repro import config as cfglib
-from repro import files, results
+from repro import files, results, statefile
 from repro.errors import Interrupted, RunFailed, UserError
 from repro.registry import Runnable
 from repro.track import Tracker, console
@@ -53,7 +54,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was requested but CUDA is not available; use --set device=cpu.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device '{name}' is not a device torch knows; use auto, cpu, cuda or cuda:N.") from None
 
 
 def init_distributed() -> int:
@@ -137,23 +141,27 @@ class RunContext:
         return sorted(values.items())
 
     def state_path(self, name: str) -> Path:
-        path = self.run_dir / "state" / f"{name}.pt"
+        path = self.run_dir / "state" / f"{name}.safetensors"
         path.parent.mkdir(exist_ok=True)
         return path
 
     def save_state(self, name: str, obj: Any) -> None:
         """Save a stage's result so a killed run resumes after it (written atomically; by rank 0 only
-        under torchrun, as every file of the run directory, since the ranks hold the same result)."""
+        under torchrun, as every file of the run directory, since the ranks hold the same result).
+        The format runs no code when read (`statefile`): plain data and tensors only."""
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
-        files.atomic_write(self.state_path(name), lambda tmp: torch.save(obj, tmp))
+        path = self.state_path(name)
+        files.atomic_write(path, lambda tmp: statefile.save(obj, tmp), lambda: statefile.size(obj))
+        path.with_suffix(".pt").unlink(missing_ok=True)  # an older run's pickle of the same stage
 
     def load_state(self, name: str) -> Any | None:
         path = self.state_path(name)
+        files.remove_stale_temps(path.parent)  # partial files of a killed run's writes
         if not path.exists():
-            return None
+            return _load_legacy_state(path.with_suffix(".pt"))
         try:
-            return torch.load(path, weights_only=False)
+            return statefile.load(path)
         except Exception as e:  # written atomically, so only damage from outside gets here
             raise UserError(
                 f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to redo that stage, "
@@ -161,11 +169,31 @@ class RunContext:
             ) from e
 
 
+def _load_legacy_state(path: Path) -> Any | None:
+    """`state/NAME.pt` of a run started before resume state was pickle-free: read with torch's
+    restricted unpickler (tensors and plain containers only), which refuses anything that could run
+    code; what it refuses is one sentence."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"checkpoint {path} cannot be read safely ({type(e).__name__}: it is damaged or holds objects "
+            "that could run code when loaded); rerun with --force to redo the run."
+        ) from None
+
+
 def run_dir_for(out: Path, experiment: str, preset: str, variant: str, seed: int) -> Path:
     return out / experiment / preset / variant / f"s{seed}"
 
 
-def check_memory(needed: int, device: torch.device) -> None:
+def check_memory(
+    needed: int,
+    device: torch.device,
+    what: str = "one training step",
+    hint: str = "lower batch_size (or the sequence length)",
+) -> None:
     """Refuse a run whose estimated need (a lower bound, in bytes) exceeds the device's memory."""
     if needed <= 0:
         return
@@ -177,8 +205,7 @@ def check_memory(needed: int, device: torch.device) -> None:
         where = "machine"
     if needed > total:
         raise UserError(
-            f"one training step needs at least {needed / 2**30:.1f} GiB but this {where} has "
-            f"{total / 2**30:.1f} GiB; lower batch_size (or the sequence length)."
+            f"{what} needs at least {needed / 2**30:.1f} GiB but this {where} has {total / 2**30:.1f} GiB; {hint}."
         )
 
 
@@ -249,15 +276,7 @@ def record_start(path: Path, resuming: bool) -> None:
 def _make_run_dir(run_dir: Path) -> bool:
     """Create the run directory; True when it did not exist. An unwritable place is one sentence."""
     existed = run_dir.is_dir()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = files.temp_path(run_dir / "write-test")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(
-            f"cannot write the run directory {run_dir} ({e.strerror or e}); choose a writable --out."
-        ) from None
+    files.check_writable(run_dir, "--out")
     return not existed
 
 
@@ -348,7 +367,7 @@ def launch(
     check_memory(exp.memory_estimate(cfg), device_obj)
     run_dir = run_dir_for(out, exp.name, preset, variant, seed)
     rows_path = run_dir / "rows.jsonl"
-    if rows_path.exists() and not force:
+    if results.finished_rows(rows_path) is not None and not force:
         console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
         return run_dir
     rank = init_distributed()  # 0 without torchrun; only rank 0 writes to the run directory
@@ -360,9 +379,13 @@ def launch(
     try:
         if force and rank == 0:
             _clear_run_dir(run_dir)
-        if rows_path.exists():  # finished by another process while this one started
+        if results.finished_rows(rows_path) is not None:  # finished by another process while this one started
             console.print(f"[green]already done[/]: {run_dir} (pass --force to run again)")
             return run_dir
+        if rows_path.exists() and rank == 0:  # rows that do not match done.json: finish the run again
+            console.print(f"[yellow]warning[/]: {rows_path} does not match its done.json; running it again.")
+            for stale in (rows_path, run_dir / results.DONE_FILE):
+                stale.unlink(missing_ok=True)
         failed = run_dir / "failed.json"
         if failed.exists():
             reason = json.loads(failed.read_text()).get("reason", "see failed.json")

@@ -27,22 +27,67 @@ from repro.errors import UserError
 console = Console(stderr=True)
 
 
+REACH_TIMEOUT_S = 3.0  # how long the W&B server may take to accept a connection before we go offline
+
+
 def wandb_mode(flag: bool | None) -> str | None:
     """Decide whether and how to use W&B. None means off.
 
     `--no-wandb` turns it off; `--wandb` or a configured project (WANDB_PROJECT) turns it on. It is
     online only with credentials (WANDB_API_KEY or a netrc entry); otherwise offline, so it never
-    prompts for a key. An explicit WANDB_MODE always wins.
+    prompts for a key. An explicit WANDB_MODE wins, except that online without a key, or with a
+    server that does not answer within REACH_TIMEOUT_S, falls back to offline with a warning (wandb
+    itself would fail, or hang for minutes before failing).
     """
     if flag is False or (flag is None and not os.environ.get("WANDB_PROJECT")):
         return None
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
+    mode = os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
+    if mode != "online":
+        return mode
+    if not _has_wandb_key():
+        why = "WANDB_MODE=online but there is no API key (WANDB_API_KEY or ~/.netrc)"
+    else:
+        url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        if _reachable(url, REACH_TIMEOUT_S):
+            return "online"
+        why = f"{url} cannot be reached within {REACH_TIMEOUT_S:g} s"
+    console.print(
+        f"[yellow]warning[/]: W&B: {why}; logging offline into the run directory (upload later with `wandb sync`)."
+    )
+    return "offline"
+
+
+def _has_wandb_key() -> bool:
     netrc = Path.home() / ".netrc"
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+    return bool(os.environ.get("WANDB_API_KEY")) or (
         netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
     )
-    return "online" if has_key else "offline"
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the server of `url` opens within `timeout` seconds, name lookup
+    included (a thread: getaddrinfo itself has no timeout)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    opened: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
 
 
 class Tracker:
@@ -69,21 +114,25 @@ class Tracker:
             except ImportError as e:
                 raise UserError("--wandb needs the wandb package: pip install wandb.") from e
             os.environ.setdefault("WANDB_SILENT", "true")
-            self._wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "repro"),
-                name=name,
-                config=config,
-                dir=str(run_dir),
-                mode=mode,
-            )
+            project = os.environ.get("WANDB_PROJECT", "repro")
+            try:
+                self._wandb = wandb.init(project=project, name=name, config=config, dir=str(run_dir), mode=mode)
+            except Exception as e:  # wandb's errors are many types; the run itself must not depend on W&B
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(
+                    f"W&B could not start a {mode} run ({first}); rerun with --no-wandb, or with WANDB_MODE=offline."
+                ) from None
 
     def log(self, step: int, **scalars: float) -> None:
         clean = {k: float(v) for k, v in scalars.items()}
         if self._file is None:
             return
         record = {"step": step, "time": round(time.time(), 3), **clean}
-        self._file.write(files.dumps(record) + "\n")  # NaN/inf are written as null
-        self._file.flush()
+        try:
+            self._file.write(files.dumps(record) + "\n")  # NaN/inf are written as null
+            self._file.flush()
+        except OSError as e:  # a full disk: one sentence (a torn last line is cut on resume)
+            raise (files.write_error(e, self.path) or e) from None
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in clean.items() if math.isfinite(v)}, step=step)
 

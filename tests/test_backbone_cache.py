@@ -114,3 +114,102 @@ def test_cache_cli_lists_and_clears(cifar, tmp_path):
     cleared = runner.invoke(app, ["cache", "clear", "--yes", "--cache-dir", str(cache)])
     assert cleared.exit_code == 0 and "removed 1" in cleared.output
     assert ModelCache(cache).entries() == []
+
+
+# ---- content-addressed means checked (issue 26) -------------------------------------------------
+
+
+def _entry(cache_dir, seed: int = 0):
+    """A small entry written through ModelCache.save: its spec, its folder and the model."""
+    store = ModelCache(cache_dir)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 3)
+    spec = {"arch": {"width": 4}, "data": {"dataset": "toy"}, "recipe": {"epochs": 1}, "seed": seed}
+    folder = store.save(spec, model, [{"step": 0, "loss": 1.0, "lr": 0.1}], {"test_acc": 0.5, "train_s": 3.0})
+    return store, spec, folder, model
+
+
+def _flip_a_bit(path, offset: int = -3):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda f: _flip_a_bit(f / "model.safetensors"), "model.safetensors whose sha256 differs"),
+        (lambda f: _flip_a_bit(f / "curve.jsonl", 2), "curve.jsonl whose sha256 differs"),
+        (lambda f: (f / "meta.json").unlink(), "lacks meta.json"),
+        (lambda f: (f / "config.json").write_text("{damaged"), "unreadable config.json"),
+        (lambda f: (f / "config.json").write_text("[1, 2]"), "unreadable config.json"),
+        (lambda f: (f / "config.json").write_text(json.dumps({"spec": {"seed": 9}})), "not the one its name"),
+        (
+            lambda f: (f / "config.json").write_text(
+                json.dumps({k: v for k, v in json.loads((f / "config.json").read_text()).items() if k != "sha256"})
+            ),
+            "written before entries recorded",
+        ),
+    ],
+)
+def test_a_damaged_entry_is_detected_said_and_removed(tmp_path, capsys, damage, problem):
+    store, spec, folder, model = _entry(tmp_path)
+    fresh = torch.nn.Linear(4, 3)
+    assert store.load(spec, fresh)["test_acc"] == 0.5 and torch.equal(fresh.weight, model.weight)
+    damage(folder)
+    (entry,) = store.entries()  # listed, damaged or not
+    assert problem in entry["problem"]
+    capsys.readouterr()
+    assert store.load(spec, torch.nn.Linear(4, 3)) is None  # a miss: the caller trains again
+    err = capsys.readouterr().err
+    assert str(folder) in "".join(err.split())  # the console may wrap a long path
+    err = " ".join(err.split())
+    assert problem in err and "removed and trained again" in err
+    assert not folder.exists()
+    _entry(tmp_path)  # the retrained entry is sound again
+    assert store.problem(folder, spec) is None
+
+
+def test_cache_list_and_clear_work_on_damaged_entries(tmp_path):
+    store, _, folder, _ = _entry(tmp_path)
+    _, _, sound, _ = _entry(tmp_path, seed=1)
+    (folder / "config.json").write_text("{not json")
+    (tmp_path / "backbones" / ".0123456789abcdef.99999999.deadbeef.tmp").mkdir()  # a killed writer's folder
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(tmp_path)])
+    text = " ".join(listed.output.split())
+    assert listed.exit_code == 0 and "Traceback" not in listed.output, listed.output
+    assert "damaged" in text and "1 damaged" in text and "2 entries" in text
+    cleared = runner.invoke(app, ["cache", "clear", folder.name, "--cache-dir", str(tmp_path)])
+    assert cleared.exit_code == 0 and "removed 1" in cleared.output, cleared.output
+    assert [e["hash"] for e in store.entries()] == [sound.name]
+    (sound / "config.json").write_text("[]")
+    cleared = runner.invoke(app, ["cache", "clear", "--yes", "--cache-dir", str(tmp_path)])
+    assert cleared.exit_code == 0 and "removed 1" in cleared.output, cleared.output
+    assert list((tmp_path / "backbones").iterdir()) == []  # the temporary folder went too
+
+
+def test_a_killed_writers_folder_is_removed_by_the_next_save(tmp_path):
+    debris = tmp_path / "backbones" / ".0123456789abcdef.99999999.deadbeef.tmp"  # PID 99999999 is not running
+    debris.mkdir(parents=True)
+    (debris / "model.safetensors").write_bytes(b"half")
+    _entry(tmp_path)
+    assert not debris.exists()
+
+
+def test_a_flipped_bit_in_a_cached_backbone_is_retrained_not_used(cifar, tmp_path, capsys):
+    """The issue's case: a bit flipped in a cached backbone's weights changed the results silently."""
+    cache = tmp_path / "cache"
+    first = _rows(_launch("very-large-dropout", cifar, tmp_path / "a", cache))
+    (entry,) = ModelCache(cache).entries()
+    _flip_a_bit(cache / "backbones" / entry["hash"] / "model.safetensors", -100)
+    capsys.readouterr()
+    second = _rows(_launch("very-large-dropout", cifar, tmp_path / "b", cache))
+    assert "sha256 differs" in " ".join(capsys.readouterr().err.split())
+    assert [r["value"] for r in second if r["metric"] == "cache_hit"] == [0.0]
+
+    def accs(rows):
+        return sorted((r["model"], r["metric"], r["value"]) for r in rows if "acc" in r["metric"])
+
+    assert accs(second) == accs(first)  # retrained: the same weights as the first run, not the damaged ones
+    assert ModelCache(cache).entries()[0]["problem"] is None

@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from repro import files, results, runtime
+from repro import files, results, runtime, statefile
 from repro.cli import app
 from repro.errors import RunFailed, UserError
 from repro.models.registry import load as load_checkpoint
@@ -96,7 +96,7 @@ def test_divergence_stops_keeps_the_last_good_checkpoint_and_marks_the_run_faile
     assert not (run_dir / "rows.jsonl").exists()
     failed = strict_json((run_dir / "failed.json").read_text())
     assert "diverged" in failed["reason"]
-    state = torch.load(run_dir / "state" / "toy.train.pt", weights_only=False)
+    state = statefile.load(run_dir / "state" / "toy.train.safetensors")
     assert all(torch.isfinite(v).all() for v in state["model"].values())  # the last good one
     assert all(math.isfinite(v) for v in state["losses"])
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -191,7 +191,7 @@ def test_signal_checkpoints_the_current_step_and_resume_matches_an_uninterrupted
     assert proc.returncode == code, output
     step = int(output.split("interrupted at step ")[1].split(";")[0])
     assert "rerun the same command to resume" in output and "Traceback" not in output
-    assert torch.load(run_dir / "state" / "toy.train.pt", weights_only=False)["step"] == step
+    assert statefile.load(run_dir / "state" / "toy.train.safetensors")["step"] == step
     assert not (run_dir / "rows.jsonl").exists()
     resumed = toy_rows(toy_run(out, ["pause_s=0.05", "loop.checkpoint_every=100"]))
     assert [r["value"] for r in resumed] == [r["value"] for r in clean]
@@ -221,8 +221,11 @@ def test_sigkill_at_random_steps_then_resume_gives_the_uninterrupted_rows(tmp_pa
         if i == 0:  # as if the kill had landed mid-write
             with (run_dir / "metrics.jsonl").open("a") as f:
                 f.write('{"step": 99, "toy/lo')
-    assert torch.load(run_dir / "state" / "toy.train.pt", weights_only=False)["step"] >= targets[-1] - 5
+    assert statefile.load(run_dir / "state" / "toy.train.safetensors")["step"] >= targets[-1] - 5
+    # as if the last kill had landed mid-checkpoint: the killed process's partial file is debris
+    (run_dir / "state" / f".toy.train.safetensors.{proc.pid}.0badc0de.tmp").write_bytes(b"")
     resumed = toy_rows(toy_run(out, ["steps=60", "pause_s=0.03"]))
+    assert not list(run_dir.rglob("*.tmp"))  # cleaned up by the resumed run
     assert [r["value"] for r in resumed] == [r["value"] for r in clean]
     assert [r["step"] for r in resumed] == [r["step"] for r in clean]
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():  # the torn line was cut, not glued

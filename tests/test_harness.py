@@ -190,7 +190,7 @@ def test_command_writes_a_run_and_the_paper19_report(tmp_path):
     got = {(r["split"], r["metric"]): r["value"] for r in rows}
     assert 0 <= got["toy_mc", "acc"] <= 1 and got["toy_mc", "chance"] == 0.25 and got["toy_gen", "n"] == 8
     table = (tmp_path / "rep" / "harness" / "table.md").read_text()
-    assert "| hellaswag | hellaswag | acc_norm | 79.2 | 78.6 | 40.9 | - | - | not run (offline) |" in table
+    assert "| hellaswag | hellaswag | acc_norm | 79.2 | 78.6 | 40.9 | - | - | not requested |" in table
     assert "toy_mc" in table and "## Other tasks run" in table and "n=8 |" in table  # intervals and n
     before = (run_dir / "rows.jsonl").stat().st_mtime_ns
     run_harness(**kw, force=False)  # finished: a no-op
@@ -281,3 +281,26 @@ def test_paper19_maps_the_19_benchmarks():
 
 def run_harness(**kw):
     return launch("harness", "evaluation", **kw)
+
+
+def test_table_1_shows_every_metric_lm_eval_reports_and_why_a_cell_is_empty(tmp_path):
+    """acc beside acc_norm (lm-eval's own table lists both; issue 30: SmolLM2 ARC-Easy acc 49.0 vs
+    acc_norm 43.0); a requested task without data says so, one nobody asked for says 'not requested'."""
+    import pandas as pd
+
+    from repro.evaluations import harness
+
+    base = dict(model="m", variant="v", preset="cpu", seed=0, step=0)
+    rows = [
+        base | dict(split="arc_easy", metric="acc_norm", value=0.43, slice_value="none"),
+        base | dict(split="arc_easy", metric="acc", value=0.49, slice_value="none"),
+        base | dict(split="arc_easy", metric="n", value=200.0, slice_value=None),
+        base | dict(split="hellaswag", metric="skipped", value=1.0, slice_value="no offline data"),
+        base | dict(split="_env", metric="hub_reachable", value=0.0, slice_value=None),
+    ]
+    harness.Harness().report(pd.DataFrame(rows), tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "| arc-easy | arc_easy | acc_norm | 77.3 | 78.0 |" in table and "43.0 [36.3, 49.9] n=200 |" in table
+    assert "| arc-easy | arc_easy | acc |  |  |" in table and "49.0 [42.2, 55.9] n=200 |" in table
+    assert "| hellaswag | hellaswag | acc_norm |" in table and "no offline data |" in table
+    assert "| piqa | piqa | acc_norm |" in table and "not requested |" in table

@@ -4,6 +4,7 @@ trie against plain forward passes, data loaders on generated fixtures, and the c
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -166,14 +167,37 @@ class Ctx:
 def test_rows_report_every_prompt_and_their_mean_never_a_best_of():
     R = icl.PromptResult
     res = [
-        R("anonymous", 1, "newline-shuffled", 10, 0.25, n=4, accuracy_norm=0.5, predicted={"a": 4}),
-        R("anonymous", 1, "space-ordered", 10, 0.75, n=4, accuracy_norm=0.75, predicted={"a": 2, "b": 2}),
+        R(
+            "anonymous",
+            1,
+            "newline-shuffled",
+            10,
+            0.25,
+            n=4,
+            accuracy_norm=0.5,
+            predicted={"a": 4},
+            hits=[1, 0, 0, 0],
+            hits_norm=[1, 1, 0, 0],
+        ),
+        R(
+            "anonymous",
+            1,
+            "space-ordered",
+            10,
+            0.75,
+            n=4,
+            accuracy_norm=0.75,
+            predicted={"a": 2, "b": 2},
+            hits=[1, 1, 1, 0],
+            hits_norm=[1, 1, 1, 0],
+        ),
         R("anonymous", 2, "newline-ordered", 99, None, "too long"),
     ]
     cfg = icl.ICLConfig("m", "synthetic", ["anonymous"], [1, 2])
     rows = icl.to_rows(res, cfg, Ctx(), 4)
     get = {(r["metric"], r["step"], r["slice_value"]): r["value"] for r in rows}
-    assert get["accuracy", 1, "mean"] == 0.5 and get["n", 1, "mean"] == 8  # pooled over the prompts that ran
+    # each query's accuracy averaged over the prompts that ran; n counts the 4 distinct queries, not 8
+    assert get["accuracy", 1, "mean"] == 0.5 and get["n", 1, "mean"] == 4 and get["prompts", 1, "mean"] == 2
     assert get["accuracy_norm", 1, "mean"] == pytest.approx(5 / 8)
     assert not any(r["slice_value"] == "best" for r in rows)
     lo, hi = get["accuracy_lo", 1, "space-ordered"], get["accuracy_hi", 1, "space-ordered"]
@@ -182,7 +206,18 @@ def test_rows_report_every_prompt_and_their_mean_never_a_best_of():
     assert any(r["metric"] == "skipped" and "too long" in r["slice_value"] for r in rows)
     df = pd.DataFrame(rows)
     table = icl.ICL().report(df, Path(pytest.importorskip("tempfile").mkdtemp()))[0].read_text()
-    assert "0.50 [0.22, 0.78] n=8" in table and "a (1.00) | yes" in table
+    assert "0.50 [0.15, 0.85] n=4" in table and "a (1.00) | yes" in table
+
+
+def test_a_small_test_subset_is_stratified_over_all_classes():
+    """A subset smaller than the class count takes one query from each of a seeded random set of
+    classes (issue 30: round-robin took classes 0-11 of Banking77's 77)."""
+    task = data.synthetic_task(seed=0, n_classes=8)
+    picks = [[ex.label for ex in data.test_subset(task, 3, seed)] for seed in range(6)]
+    assert all(len(set(p)) == 3 for p in picks)  # one per class
+    assert any(set(p) != {0, 1, 2} for p in picks) and len(set().union(*map(set, picks))) == 8
+    full = data.test_subset(task, 16, 0)
+    assert sorted(Counter(ex.label for ex in full).values()) == [2] * 8  # still balanced when it covers all
 
 
 def test_prompt_length_accounting_skips_what_does_not_fit():

@@ -1,4 +1,4 @@
-"""The four rich-features experiments end to end at their smoke presets, on images the test writes:
+"""The four rich-features experiments end to end at their smoke presets (generated images, offline):
 run directory through `repro.runtime.launch`, rows, the report with the paper's numbers beside ours,
 resume after a finished run, and the one-sentence error when the data cannot be found."""
 
@@ -32,10 +32,13 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_smoke_preset_end_to_end(name, data, tmp_path, monkeypatch):
+def test_smoke_preset_end_to_end(name, tmp_path, monkeypatch):
+    """The smoke preset as `repro run NAME --preset smoke` runs it: offline, on generated images."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no hub cache to fall back on either
     kind, artifacts, paper_number = EXPERIMENTS[name]
     exp = registry.get(name)
-    overrides = [f"data.path={data[kind]}", f"data.cache_dir={tmp_path / 'cache'}"]
+    overrides = [f"data.cache_dir={tmp_path / 'cache'}"]
     run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs", wandb=False)
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     assert rows and all(set(results.ROW_FIELDS) <= set(r) for r in rows)
@@ -73,6 +76,7 @@ def test_missing_data_is_one_sentence_exit_2(name, dataset, tmp_path, monkeypatc
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
     out = tmp_path / "runs"
     args = ["run", name, "--preset", "smoke", "--out", str(out), "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    args += ["--set", "data.path=none"]  # not the generated images of the smoke preset
     result = CliRunner().invoke(app, args)
     text = " ".join(result.output.split())
     assert result.exit_code == 2, result.output

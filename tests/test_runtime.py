@@ -65,6 +65,7 @@ def test_wandb_only_when_asked_and_offline_without_a_key(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_PROJECT", "p")
     assert wandb_mode(None) == "offline" and wandb_mode(False) is None
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr("repro.track._reachable", lambda url, timeout: True)  # tests never touch the network
     assert wandb_mode(None) == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode(True) == "disabled"

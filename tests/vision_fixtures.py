@@ -1,8 +1,8 @@
 """Tiny image datasets written in the real on-disk layouts, so the readers and every experiment's
 smoke preset run without /work/shared (and without the network).
 
-Images are learnable on purpose: each class has its own colour and a bright square at its own
-place, plus noise, so a few SGD steps already separate the classes.
+Images are learnable on purpose (`repro.data.vision.class_images`, which the smoke presets' generated
+images use too): each class has its own colour and a bright square at its own place, plus noise.
 """
 
 from __future__ import annotations
@@ -16,23 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from repro.data.vision import class_images
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def class_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:
-    """uint8 (N, size, size[, channels]) images whose look depends on the label."""
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    img = rng.integers(0, 60, (n, size, size, channels)).astype(np.float32)
-    for c in np.unique(labels):
-        idx = labels == c
-        colour = 60 + 150 * np.array([(c * 37 % 10) / 10, (c * 53 % 10) / 10, (c * 71 % 10) / 10])[:channels]
-        img[idx] += colour
-        r, q = divmod(int(c), 4)
-        y0, x0 = (r * size) // 3, (q * size) // 4
-        img[idx, y0 : y0 + size // 4, x0 : x0 + size // 4] = 250
-    img = img.clip(0, 255).astype(np.uint8)
-    return img[..., 0] if channels == 1 else img
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:

@@ -272,13 +272,17 @@ def demo_rounds(task: ICLTask, n_shots: int, seed: int) -> list[list[Example]]:
 
 
 def test_subset(task: ICLTask, n: int, seed: int) -> list[Example]:
-    """LongICLBench's selection: round-robin over classes (each shuffled by the seed), first n."""
+    """LongICLBench's selection: round-robin over classes (each shuffled by the seed), first n. Each
+    round visits the classes in a seeded order, so a subset smaller than the class count is a random
+    stratified draw over all classes (at most one query per class), not classes 0..n-1."""
     buckets = _by_class(task.test, task.n_classes)
     for c, bucket in enumerate(buckets):
         random.Random(f"test-{seed}-{c}").shuffle(bucket)
     out: list[Example] = []
     for r in range(max(len(b) for b in buckets)):
-        out += [b[r] for b in buckets if r < len(b)]
+        order = [c for c in range(len(buckets)) if r < len(buckets[c])]
+        random.Random(f"test-{seed}-round-{r}").shuffle(order)
+        out += [buckets[c][r] for c in order]
     return out[:n]
 
 

@@ -2,7 +2,8 @@
 disjoint-class and multi-domain splits built from them.
 
 Where images come from, in order:
-1. `data.path` (`--set data.path=DIR`): a directory holding one of the layouts below;
+1. `data.path` (`--set data.path=DIR`): a directory holding one of the layouts below, or `generated`:
+   small learnable images made on the spot (the smoke presets: offline, in seconds);
 2. `data.data_dir/<folder>/` (the CLI's `--data-dir` sets it): `mnist/`, `cifar10_jpg/`, `cifar10/`,
    `cifar-10-batches-py/`, `cifar100/`, `cifar-100-python/`;
 3. the Hugging Face hub (or its cache): `ylecun/mnist`, `uoft-cs/cifar10`, `uoft-cs/cifar100`.
@@ -27,6 +28,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,12 +126,93 @@ def cifar_pickles(root: Path, name: str, split: str) -> list[Path]:
     return []
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR python batch holds and nothing else: dicts, lists, bytes, strings,
+    numbers, and numpy arrays of plain numbers. An ordinary pickle can name any function to call (how
+    a planted file runs a command); here the only names are numpy's array and dtype, and they resolve
+    to the stand-ins below, which build the array from its raw bytes themselves."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        numpy_core = module in (
+            "numpy.core.multiarray",
+            "numpy._core.multiarray",
+            "numpy.core.numeric",
+            "numpy._core.numeric",
+        )
+        allowed = {
+            ("numpy", "ndarray"): _PickledArray,
+            ("numpy", "dtype"): _PickledDtype,
+            ("core", "_reconstruct"): _PickledArray.reconstruct,
+            ("core", "_frombuffer"): _PickledArray.frombuffer,
+            ("_codecs", "encode"): _latin1,  # how Python 3 writes bytes at pickle protocol 2
+        }
+        found = allowed.get(("core" if numpy_core else module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+        return found
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("not part of a CIFAR batch")
+    return text.encode("latin1")
+
+
+class _PickledDtype:
+    """Stands in for numpy.dtype while unpickling: plain numbers only (no objects, no fields)."""
+
+    def __init__(self, spec: str | bytes, align: bool = False, copy: bool = False):
+        self.dtype = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else str(spec))
+        if self.dtype.kind not in "biuf":
+            raise pickle.UnpicklingError(f"dtype {self.dtype} is not part of a CIFAR batch")
+
+    def __setstate__(self, state: tuple) -> None:
+        endian = state[1].decode() if isinstance(state[1], bytes) else state[1]
+        if any(part is not None for part in state[2:5]):  # subarray, names, fields
+            raise pickle.UnpicklingError("a structured dtype is not part of a CIFAR batch")
+        if endian in "<>":
+            self.dtype = self.dtype.newbyteorder(endian)
+
+
+class _PickledArray:
+    """Stands in for an ndarray while unpickling; `array` is built from the pickled bytes."""
+
+    array: np.ndarray
+
+    @classmethod
+    def reconstruct(cls, subtype: Any, shape: Any, typecode: Any) -> _PickledArray:
+        return cls()
+
+    @classmethod
+    def frombuffer(cls, buf: Any, dtype: _PickledDtype, shape: tuple, order: str) -> _PickledArray:
+        new = cls()
+        new.__setstate__((1, shape, dtype, order == "F", bytes(buf)))
+        return new
+
+    def __setstate__(self, state: tuple) -> None:
+        shape, dtype, fortran, raw = state[-4:]  # (version,) shape, dtype, is_fortran, raw data
+        if not isinstance(dtype, _PickledDtype) or not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError("not an array of plain numbers")
+        flat = np.frombuffer(raw, dtype=dtype.dtype)
+        self.array = flat.reshape(tuple(shape), order="F" if fortran else "C")
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, _PickledArray):
+        return value.array
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
 def read_cifar_pickles(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for f in files:
         try:
             with f.open("rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = _unwrap(_CifarUnpickler(fh, encoding="bytes").load())
             if not isinstance(batch, dict) or b"data" not in batch:
                 raise ValueError("no data array")
         except Exception as e:  # garbage of any kind: unpickling errors are not one type
@@ -282,15 +365,51 @@ def _load_hub(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), np.asarray(ds[spec.label_col], dtype=np.int64)
 
 
+GENERATED = "generated"  # data.path value: learnable images made here (smoke presets: offline, seconds)
+GENERATED_PER_CLASS = {"mnist": (24, 6), "cifar10": (30, 10), "cifar100": (30, 10)}  # (train, test)
+
+
+def class_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:
+    """uint8 (N, size, size[, channels]) images whose look depends on the label, learnable on purpose:
+    each class has its own colour and a bright square at its own place, plus noise, so a few SGD
+    steps already separate the classes (smoke presets and the readers' test fixtures)."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    img = rng.integers(0, 60, (n, size, size, channels)).astype(np.float32)
+    for c in np.unique(labels):
+        idx = labels == c
+        colour = 60 + 150 * np.array([(c * 37 % 10) / 10, (c * 53 % 10) / 10, (c * 71 % 10) / 10])[:channels]
+        img[idx] += colour
+        r, q = divmod(int(c) % 12, 4)  # 12 places: classes beyond 12 (CIFAR-100) differ by colour
+        y0, x0 = (r * size) // 3, (q * size) // 4
+        img[idx, y0 : y0 + size // 4, x0 : x0 + size // 4] = 250
+    img = img.clip(0, 255).astype(np.uint8)
+    return img[..., 0] if channels == 1 else img
+
+
+def generated_images(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A small generated stand-in for a dataset split, in its shapes and class count."""
+    n_class = 100 if name == "cifar100" else 10
+    per_class = GENERATED_PER_CLASS[name][SPLITS.index(split)]  # MNIST: 240 training digits (Bonsai's smoke uses 200)
+    seed = {"train": 0, "test": 1}[split] + 10 * list(SPECS).index(name)
+    labels = np.repeat(np.arange(n_class), per_class)
+    np.random.default_rng(seed).shuffle(labels)
+    size, channels = (28, 1) if name == "mnist" else (32, 3)
+    return class_images(labels, size, channels, seed), labels.astype(np.int64)
+
+
 def load_images(
     name: str, split: str, path: str | None = None, cache_dir: str | None = ".cache/repro", data_dir: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of a dataset split: uint8 (N, 28, 28) for MNIST, (N, 32, 32, 3) for CIFAR;
-    from `path`, else `data_dir/<folder>/`, else the hub (module docstring)."""
+    from `path` (or generated images when it is "generated"), else `data_dir/<folder>/`, else the hub
+    (module docstring)."""
     if name not in SPECS:
         raise UserError(f"data.dataset={name}: choose one of {', '.join(SPECS)}.")
     if split not in SPLITS:
         raise UserError(f"split '{split}': choose one of {', '.join(SPLITS)}.")
+    if path == GENERATED:
+        return generated_images(name, split)
     root = _local_root(name, path, data_dir)
     cache_root = Path(cache_dir) / "vision" if cache_dir else None
     if root is not None:

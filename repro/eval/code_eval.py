@@ -3,10 +3,12 @@
 lm-eval's humaneval and mbpp tasks score generated programs with `evaluate.load("code_eval")`, a metric
 script that `evaluate` fetches from the hub when their task module is imported. `CodeEval` is our
 implementation of the same metric and the same call (`compute(references, predictions, k)` ->
-`(pass@k per k, per-program results)`): each candidate program, followed by its test code, runs in its
-own isolated Python process (`python -I`, an empty temporary working directory, a time limit and a
-memory cap); it passes when that process exits with status 0. pass@k is the unbiased estimator of Chen
-et al. (2021), 1 - C(n - c, k) / C(n, k) for n candidates of which c pass, averaged over problems.
+`(pass@k per k, per-program results)`): each candidate program, followed by its test code, runs in
+`sandbox.run` (its own namespaces where Linux allows: no network, nothing writable but a private
+temporary directory, no view of other processes, every process it starts killed at the timeout;
+resource limits everywhere); it passes when that process exits with status 0. pass@k is the unbiased
+estimator of Chen et al. (2021), 1 - C(n - c, k) / C(n, k) for n candidates of which c pass, averaged
+over problems.
 
 Running model-generated code is unsafe: as with `evaluate`'s metric, nothing runs unless
 HF_ALLOW_CODE_EVAL=1 (`repro eval harness --allow-code-execution` sets it); otherwise `compute`
@@ -20,16 +22,14 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-MEMORY_BYTES = 2 << 30  # address-space cap of one program
+from repro.errors import EnvironmentFailed
+from repro.eval import sandbox
 
 
 class CodeExecutionRefused(RuntimeError):
@@ -44,32 +44,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def _limit_memory() -> None:  # runs in the child before exec
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
-
-
 def run_program(program: str, timeout: float) -> str:
-    """'passed', 'timed out' or 'failed: <last line of stderr>' for one program in its own process."""
-    with tempfile.TemporaryDirectory(prefix="repro-code-eval-") as cwd:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", program],
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                env={"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"},
-                preexec_fn=_limit_memory if os.name == "posix" else None,
-            )
-        except subprocess.TimeoutExpired:
-            return "timed out"
-    if proc.returncode == 0:
+    """'passed', 'timed out' or 'failed: <last line of stderr>' for one program in the sandbox."""
+    outcome = sandbox.run(program, timeout)
+    if outcome.status == "timed out":
+        return "timed out"
+    if outcome.passed:
         return "passed"
-    lines = proc.stderr.strip().splitlines()
-    return "failed: " + (lines[-1] if lines else f"exit status {proc.returncode}")
+    if outcome.status == "sandbox error":
+        raise EnvironmentFailed(
+            f"the code sandbox could not start a program ({outcome.stderr.strip()}); "
+            f"{sandbox.NAMESPACES_ENV}=0 runs programs without namespaces (process-group kill and limits only)."
+        )
+    if outcome.status == "too many processes":
+        return "failed: too many processes"
+    lines = outcome.stderr.strip().splitlines()
+    status = f"exit status {outcome.code}" if outcome.code is not None else "killed by a signal"
+    return "failed: " + (lines[-1] if lines else status)
 
 
 class CodeEval:
@@ -96,7 +87,7 @@ class CodeEval:
             for i, (cands, test) in enumerate(zip(predictions, references, strict=True))
             for j, cand in enumerate(cands)
         ]
-        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        with sandbox.closed_to_children(), ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
             outcomes = list(pool.map(lambda job: run_program(job[2], timeout), jobs))
         results: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         for (i, j, _), outcome in zip(jobs, outcomes, strict=True):

@@ -124,9 +124,9 @@ def model_label(spec: str) -> str:
         return target.rstrip("/").split("/")[-1]
     path = Path(spec)
     try:
-        family = json.loads((path / "config.json").read_text()).get("family", "")
-    except (OSError, ValueError):
-        family = ""  # load_model says what is wrong with the directory
+        family = str(read_config(path / "config.json").get("family", ""))
+    except (OSError, UserError):
+        family = ""  # check_spec says what is wrong with the directory
     name = path.resolve().name
     return name if not family or name.startswith(family) else f"{family}-{name}"
 
@@ -143,6 +143,21 @@ def run_variant(spec: str, parts: list[str]) -> str:
     return f"{label}__{settings}-{digest}"
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A model folder's config.json as a dict; one sentence when it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the model folder is damaged.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a model config (a JSON object, not {type(data).__name__}).")
+    return data
+
+
+HF_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "*.gguf")
+HF_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def check_spec(spec: str) -> None:
     """Fail in one sentence, before anything loads, on a model spec that cannot be a model."""
     kind, _, target = spec.partition(":")
@@ -153,13 +168,36 @@ def check_spec(spec: str) -> None:
         with file.open("rb") as f:
             if f.read(4) != b"GGUF":
                 raise UserError(f"{file} is not a GGUF file (it does not start with the GGUF magic bytes).")
-    elif kind != "hf":
+    elif kind == "hf":
+        folder = Path(target)
+        if folder.exists():  # a local folder (else a hub name, which transformers resolves)
+            missing = (
+                [
+                    what
+                    for what, patterns in (
+                        ("config.json", ("config.json",)),
+                        ("weights", HF_WEIGHTS),
+                        ("a tokenizer", HF_TOKENIZER),
+                    )
+                    if not any(next(folder.glob(p), None) for p in patterns)
+                ]
+                if folder.is_dir()
+                else ["everything: it is not a folder"]
+            )
+            if missing:
+                raise UserError(
+                    f"hf:{folder} lacks {', '.join(missing)}; pass a folder a transformers model was saved into "
+                    "(config.json, model.safetensors, tokenizer files)."
+                )
+            read_config(folder / "config.json")
+    else:
         path = Path(spec)
         if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
             raise UserError(
                 f"{path} is not a model checkpoint (it needs config.json and model.safetensors); pass the "
                 "directory a run saved its model into, hf:NAME or gguf:FILE."
             )
+        read_config(path / "config.json")
 
 
 def check_template(spec: str, template: str) -> None:
@@ -193,10 +231,8 @@ def peek_max_context(spec: str) -> int | None:
         return None
     if kind == "hf":
         config = Path(target) / "config.json"
-        if config.is_file():
-            return json.loads(config.read_text()).get("max_position_embeddings")
-        return None
-    data = json.loads((Path(spec) / "config.json").read_text())
+        return read_config(config).get("max_position_embeddings") if config.is_file() else None
+    data = read_config(Path(spec) / "config.json")
     name = data.pop("family", None)
     from repro.config import from_dict
     from repro.models import registry
@@ -209,6 +245,28 @@ def peek_max_context(spec: str) -> int | None:
     except Exception:
         return None
     return entry.model_class.max_context.fget(_ConfigOnly(cfg))  # the property reads self.config only
+
+
+def context_memory(spec: str, length: int) -> int:
+    """A lower bound on the bytes a forward over `length` tokens needs, from the config alone (0 when
+    the config does not say): the fp32 logits (length x vocabulary) and one fp32 hidden state per layer.
+    Lets an evaluation refuse an absurd context before loading anything (`runtime.check_memory`)."""
+    kind, _, target = spec.partition(":")
+    if kind == "gguf":
+        return 0
+    config = Path(target if kind == "hf" else spec) / "config.json"
+    try:
+        data = read_config(config) if config.is_file() else {}
+    except UserError:
+        return 0
+
+    def number(*names: str) -> int:
+        value = next((data[n] for n in names if isinstance(data.get(n), int)), 0)
+        return max(0, value)
+
+    vocab = number("vocab_size")
+    layers, width = number("n_layer", "num_hidden_layers"), number("n_embd", "hidden_size")
+    return 4 * length * (vocab + layers * width)
 
 
 class _ConfigOnly:
@@ -319,7 +377,12 @@ def _load_hf(spec: str, device: torch.device) -> EvalModel:
     if getattr(tok, "chat_template", None):
 
         def chat_messages(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            # Without a generation prompt, a final assistant message is a prefix the model continues
+            # (lm-eval's gen_prefix, as its HF backend renders it), not a closed turn.
+            cont = not add_generation_prompt and messages[-1]["role"] == "assistant"
+            return tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, continue_final_message=cont
+            )
 
         def chat(text: str) -> str:
             return chat_messages([{"role": "user", "content": text}], True)

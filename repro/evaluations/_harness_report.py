@@ -55,6 +55,24 @@ def _cell(sc: Any, model: str, removed: bool, task: str, metric: str, why: str |
     return _with_ci(hit.value.iloc[0], int(hit.docs.iloc[0])), 100 * hit.value.iloc[0]
 
 
+def _also_reported(sc: Any, models: list[str], b: Any, primary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for the task's other metrics, as lm-eval's own table lists them (acc beside acc_norm): the
+    paper reports one metric per benchmark, so these rows carry ours only and stay out of the average."""
+    if sc.empty:
+        return []
+    name, _, filt = b.metric.partition(",")
+    have = sc[(sc.split == b.task) & ~sc.removed & ~((sc.metric == name) & ((sc.slice_value == filt) | (not filt)))]
+    rows = []
+    for metric, flt in sorted({(r.metric, r.slice_value) for r in have.itertuples()}):
+        key = f"{metric},{flt}" if flt and flt != "none" else metric
+        entry = {k: "" for k in primary} | {"benchmark": b.name, "lm-eval task": b.task, "metric": key}
+        entry |= {"chance": primary["chance"], "docs in split": primary["docs in split"]}
+        for m in models:
+            entry[f"ours: {m}"] = _cell(sc, m, False, b.task, f"{metric},{flt}", None)[0]
+        rows.append(entry)
+    return rows
+
+
 def _with_ci(value: float, n: int) -> str:
     """`41.2 [31.0, 52.1] n=80`: percent with a 95% Wilson interval over the n documents."""
     from repro import stats
@@ -150,12 +168,12 @@ def write_report(df: Any, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
 
     sc = _scores(df) if not df.empty else df
     skips = _skips(df) if not df.empty else {}
-    hub = df[df.metric == "hub_reachable"] if not df.empty else df
     models = sorted(set(sc.model) | {m for m, _, _ in skips}) if not df.empty else []
-    offline = {m: not hub[hub.model == m].value.any() for m in models}
 
     def why(m: str, removed: bool, task: str) -> str | None:
-        return skips.get((m, removed, task)) or ("not run (offline)" if offline[m] else None)
+        # A requested task that could not run leaves a `skipped` row with its reason ("no offline data");
+        # a task with neither scores nor a skip was simply not asked for in that model's runs.
+        return skips.get((m, removed, task)) or "not requested"
 
     ours: dict[str, dict[str, float | None]] = {m: {} for m in models}
     table1 = []
@@ -174,6 +192,7 @@ def write_report(df: Any, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
         if not models:
             entry["ours"] = "not run"
         table1.append(entry)
+        table1 += _also_reported(sc, models, b, entry)
     avg = {"benchmark": "average (19)", "lm-eval task": "", "metric": ""}
     avg |= {
         "paper: transformer (large)": f"{table1_avg['transformer']:.1f}",
@@ -232,12 +251,13 @@ def write_report(df: Any, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
         "scale the absolute numbers are not comparable, only the MMv2-vs-transformer and with/without-LTM "
         "differences are.",
         "- The thesis does not publish its lm-eval variants, shot counts or metrics; the `lm-eval task` and "
-        "`metric` columns are our choice (acc_norm where lm-eval reports it for the paper's MC tasks), with "
+        "`metric` columns are our choice (acc_norm where lm-eval reports it for the paper's MC tasks; the "
+        "task's other metrics follow in rows of their own, as in lm-eval's table, outside the average), with "
         "each task's own lm-eval few-shot setting (gsm8k 5-shot, bbh 3-shot chain of thought, others 0). "
         "`mmlu-alt` is run as `mmlu`; `race_middle` is lm-eval's race task on the dataset's middle subset.",
         "- Data: with `--data-dir DIR`, tasks with a `DIR/lmeval/<task>/` copy run from it through lm-eval's "
         "own task definitions (`repro/eval/lmeval_local.py`: LOCAL_DATA); 'no offline data' marks benchmarks "
-        "with no copy while the hub was unreachable, 'not run (offline)' ones not attempted offline. "
+        "asked for with no copy while the hub was unreachable, 'not requested' ones no run asked for. "
         "humaneval+ needs humaneval_plus's extra tests, which have no copy; `humaneval` (the original tests) "
         "is in the other-tasks table. Offline, humaneval and mbpp are scored by `repro/eval/code_eval.py` "
         "(evaluate's pass@k re-implemented: each program in its own Python process, 3 s limit).",

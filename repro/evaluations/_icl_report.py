@@ -116,9 +116,10 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
                            "accuracy [95% CI] n": f"skipped: {reason}"})  # fmt: skip
     seeds = sorted(int(s) for s in df.seed.unique())
     notes = [
-        f"Ours: seeds {seeds}. Each cell: accuracy [95% Wilson interval] n=test examples. The headline is the mean",
-        "of the 4 prompts (newline/space x shuffled/class-ordered) that ran, pooled over their predictions (the",
-        "same test examples under each prompt, so its interval is optimistic); no prompt is picked on test data.",
+        f"Ours: seeds {seeds}. Each cell: accuracy [95% Wilson interval] n=distinct test queries. The headline is",
+        "the mean over the 4 prompts (newline/space x shuffled/class-ordered) that ran: each query's accuracy is",
+        "averaged over the prompts, the interval is over queries (n = distinct queries, the prompt count in its",
+        "own column), so prompt variants do not count as extra samples; no prompt is picked on test data.",
         "`length-normalised`: labels ranked by mean log-probability per label token instead of the sum.",
         f"`most predicted (share)`: the label answered most often; `collapsed`: one label for >= {collapsed:.0%} of",
         "the queries. A prompt over the model's context is skipped, never truncated. `[chat]`: the model's chat",

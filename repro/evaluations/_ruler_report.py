@@ -65,6 +65,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
     ci_lo = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_low"].itertuples()}
     ci_hi = {(r.who, r.split, r.length): r.value for r in df[df.metric == "ci_high"].itertuples()}
     n_of = {(r.who, r.split, r.length): int(r.value) for r in df[df.metric == "samples"].itertuples()}
+    asked = {(r.who, r.split, r.length): int(r.value) for r in df[df.metric == "requested"].itertuples()}
     n_tasks = {(r.who, r.length): int(r.value) for r in df[(df.split == "mean") & (df.metric == "tasks")].itertuples()}
     nulls = df[df.metric == "nulls"].groupby(["who", "split"])["value"].sum()
     totals = df[df.metric == "samples"].groupby(["who", "split"])["value"].sum()
@@ -92,7 +93,10 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
                 elif len(value) == 0:
                     entry[length_label(n)] = ""
                 elif key in ci_lo:
-                    entry[length_label(n)] = f"{value.iloc[0]:.1f} [{ci_lo[key]:.0f}, {ci_hi[key]:.0f}] n={n_of[key]}"
+                    cell = f"{value.iloc[0]:.1f} [{ci_lo[key]:.0f}, {ci_hi[key]:.0f}] n={n_of[key]}"
+                    if split.startswith("qa") and asked.get(key, 0) > n_of[key]:  # the copy's every question
+                        cell += f" (of {asked[key]} asked: all distinct questions)"
+                    entry[length_label(n)] = cell
                 elif split == "mean":
                     entry[length_label(n)] = f"{value.iloc[0]:.1f} ({n_tasks.get((who, n), 0)}/13 tasks)"
                 else:
@@ -132,8 +136,12 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
         "`qa_mean`: (qa_1 + qa_2) / 2, the number of MM v2 Table 4. Lengths count tokens of each model's own",
         "tokenizer, the model template (`[chat]`: the model's chat template, the prompt as the user's turn)",
         "and the generation budget included. Prompts end with RULER's answer prefix; greedy decoding.",
-        "Word pools from wonderwords 3.0.1 as upstream; deviations: a regex sentence splitter instead of NLTK",
-        "punkt; the local HotpotQA copy holds the dev set's first questions (documents drawn from that pool).",
+        "Samples are NVIDIA/RULER's (`fill=upstream`, the default): its draws, binary search and step drop after",
+        "an overflow (QA: 10 documents, so many 4k QA samples hold ~3,250 tokens), its fixed-seed shuffles (the",
+        "QA gold document's slot depends only on the document count); token for token against upstream's",
+        "scripts in tests. `fill=exact` (ours) fills every sample to its length; runs say which in the variant.",
+        "Deviations: a regex sentence splitter instead of NLTK punkt; n counts distinct items: a QA cell never",
+        "holds more samples than its local copy has questions (HotpotQA: the dev set's first 100).",
         "Timing: `model s/sample` on a shared 2-core machine (not idle); torch threads are in each env.json.",
     ]
     extra = {"RULER QA average vs MM v2 Table 4 (models fine-tuned at 32k)": paper_rows, "Timing": tim_rows}
@@ -179,7 +187,8 @@ def plot(sc: pd.DataFrame, path: Path, table4: dict[str, dict[int, float]]) -> P
         ax.set_xlabel("context length (tokens)")
         ax.set_title(title)
         ax.set_ylim(-3, 103)
-        ax.legend(loc="best")
+        if ax.get_legend_handles_labels()[0]:  # a panel with no task run (QA only: no needles) has none
+            ax.legend(loc="best")
     axes[0].set_ylabel("RULER score")
     fig.savefig(path)
     plt.close(fig)

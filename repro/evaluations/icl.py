@@ -99,6 +99,8 @@ class PromptResult:
     accuracy_norm: float | None = None  # labels ranked by mean log-probability per token
     n: int = 0
     predicted: dict[str, int] = field(default_factory=dict)  # label -> how often it was answered
+    hits: list[float] = field(default_factory=list)  # per test query (same order under every prompt): 1 if right
+    hits_norm: list[float] = field(default_factory=list)
 
     @property
     def top_share(self) -> float:
@@ -174,6 +176,8 @@ def evaluate(
                         target = gold if cfg.scoring == "likelihood" else data.normalise(gold)
                         correct += pred == target
                         correct_norm += pred_norm == target
+                        res.hits.append(float(pred == target))
+                        res.hits_norm.append(float(pred_norm == target))
                         res.predicted[pred] = res.predicted.get(pred, 0) + 1
                         preds.append(
                             dict(labels=kind, shots=n, prompt=prompt, i=i, text=tests[i].text[:100], gold=gold,
@@ -231,14 +235,15 @@ def to_rows(res: list[PromptResult], cfg: ICLConfig, ctx: Any, n_classes: int) -
             row(r.labels, "top_label_share", r.top_share, r.shots, r.prompt),
             row(r.labels, f"top_label={top}", r.predicted[top], r.shots, r.prompt),
         ]
-    for (kind, n), rs in by_shot.items():  # the headline: the mean of the prompts that ran
-        total = sum(r.n for r in rs)
-        for metric in ("accuracy", "accuracy_norm"):
-            hits = sum(round(getattr(r, metric) * r.n) for r in rs)
-            lo, hi = stats.interval95([1.0] * hits + [0.0] * (total - hits))
-            rows += [row(kind, metric, hits / total, n, "mean"), row(kind, f"{metric}_lo", lo, n, "mean")]
+    for (kind, n), rs in by_shot.items():  # the headline: each query's accuracy averaged over the prompts
+        items = len(rs[0].hits)  # the same test queries under every prompt: n counts distinct queries
+        for metric, field_ in (("accuracy", "hits"), ("accuracy_norm", "hits_norm")):
+            per_item = [sum(getattr(r, field_)[i] for r in rs) / len(rs) for i in range(items)]
+            lo, hi = stats.interval95(per_item)  # over items, each the mean of its prompts
+            mean = sum(per_item) / items if items else math.nan
+            rows += [row(kind, metric, mean, n, "mean"), row(kind, f"{metric}_lo", lo, n, "mean")]
             rows.append(row(kind, f"{metric}_hi", hi, n, "mean"))
-        rows += [row(kind, "n", total, n, "mean"), row(kind, "prompts", len(rs), n, "mean")]
+        rows += [row(kind, "n", items, n, "mean"), row(kind, "prompts", len(rs), n, "mean")]
     return rows
 
 

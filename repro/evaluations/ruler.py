@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from repro import stats
-from repro.data.ruler import TASKS, Generator, Sample, Sources, resolve_tasks
+from repro.data.ruler import FILLS, TASKS, Generator, Sample, Sources, resolve_tasks
 from repro.errors import UserError
 from repro.eval.models import model_label
 from repro.evaluations._ruler_report import length_label
@@ -86,7 +86,9 @@ class RulerConfig:
     template: str = "base"  # base | chat: the model template around each prompt (upstream's model_template_type)
     lengths: list[int] = field(default_factory=lambda: [4096])
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    samples: int = 8  # per task and length (RULER's paper: 500); sized for ~30 min at 4k on 2 cores
+    samples: int = 20  # per task and length (RULER's paper: 500): 20 distinct items, the least a cell can be read at
+    fill: str = "upstream"  # upstream: samples as NVIDIA/RULER builds them; exact: ours, each filled to its length
+    implementation: str = "repro"  # repro: our generator; lm-eval: lm-eval's own ruler tasks (the comparison)
     device: str = "cpu"
     data_dir: str | None = None  # holding paul_graham_essays/, squad_v2/, hotpotqa/
     essays: str | None = None
@@ -169,7 +171,8 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> li
                     row(task, "ci_low", 100 * lo, length),
                     row(task, "ci_high", 100 * hi, length),
                     row(task, "nulls", sum(not postprocess(r["prediction"]) for r in recs), length),
-                    row(task, "samples", len(recs), length),
+                    row(task, "samples", len(recs), length),  # distinct items (QA: distinct questions)
+                    row(task, "requested", cfg.samples, length),
                     row(task, "prompt_tokens", float(np.mean([r["n_tokens"] for r in recs])), length),
                     row(task, "gen_s_per_sample", gen_s / len(samples), length),
                 ]
@@ -180,6 +183,24 @@ def evaluate(model: Any, generator: Generator, cfg: RulerConfig, ctx: Any) -> li
                 rows.append(row("mean", "tasks", len(per_task), length))
             if "qa_1" in per_task and "qa_2" in per_task:
                 rows.append(row("qa_mean", "score", (per_task["qa_1"] + per_task["qa_2"]) / 2, length))
+    return rows
+
+
+def _lmeval_rows(model: Any, cfg: RulerConfig, ctx: Any) -> list[dict[str, Any]]:
+    """lm-eval's own ruler tasks on the same model (repro.eval.ruler_lmeval), as rows like ours."""
+    from repro.eval.ruler_lmeval import evaluate as lmeval_evaluate
+
+    label = f"{model_label(cfg.model)} [{cfg.template}] lm-eval"
+
+    def row(split: str, metric: str, value: float, length: int) -> dict[str, Any]:
+        return ctx.row(model=label, split=split, metric=metric, value=value, step=0, slice_key="length",
+                       slice_value=length)  # fmt: skip
+
+    cache = Path(".cache") / "ruler-lmeval"
+    rows = []
+    for length in cfg.lengths:
+        rows += lmeval_evaluate(model, cfg.model, cfg.tasks, length, cfg.samples, cfg.template, cfg.sources(),
+                                cache, row)  # fmt: skip
     return rows
 
 
@@ -211,7 +232,8 @@ class Ruler(Evaluation):
     claim = "MM v2 keeps more of its RULER QA score than a same-size transformer as the context grows"
     preset_costs = {
         "smoke": "seconds (1 sample of niah_single_1 at 1k)",
-        "cpu": "~30 min on 2 idle cores for a 135M model: 13 tasks x 8 samples at 4k (estimated from loaded runs)",
+        "cpu": "13 tasks x 20 samples at 4k = 260 generations; a 135M model: 260 x the `RULER: mean` row of "
+        "`repro bench eval` (per-sample seconds, measured on the same machine)",
         "paper": "RULER's 500 samples per task, 4k-128k (GPU)",
     }
     targets = {"table4": PAPER_TABLE4}
@@ -238,13 +260,15 @@ class Ruler(Evaluation):
         from repro.eval.models import run_variant
 
         tasks = "all" if cfg.tasks == list(TASKS) else "+".join(cfg.tasks)
-        return run_variant(
-            cfg.model, [cfg.template, "+".join(map(length_label, cfg.lengths)), tasks, f"n={cfg.samples}"]
-        )
+        parts = [cfg.template, "+".join(map(length_label, cfg.lengths)), tasks, f"n={cfg.samples}"]
+        # The fill is named even at its default, so runs from before upstream's fill are never resumed into.
+        impl = [] if cfg.implementation == "repro" else [f"impl={cfg.implementation}"]
+        return run_variant(cfg.model, [*parts, f"fill={cfg.fill}", *impl])
 
     def check(self, cfg: RulerConfig) -> None:
         """Everything that can fail without the model's weights fails here, before any writing."""
-        from repro.eval.models import check_template, peek_max_context
+        from repro.eval.models import check_template, context_memory, peek_max_context
+        from repro.runtime import check_memory, pick_device
 
         if not cfg.model:
             raise UserError("RULER needs a model: --model CHECKPOINT_DIR, hf:NAME or gguf:FILE.")
@@ -252,6 +276,15 @@ class Ruler(Evaluation):
             check_template(cfg.model, cfg.template)
         if cfg.samples < 1:
             raise UserError(f"--samples {cfg.samples}: give at least 1.")
+        if cfg.fill not in FILLS:
+            raise UserError(f"fill={cfg.fill!r}: choose one of {', '.join(FILLS)}.")
+        if cfg.implementation not in ("repro", "lm-eval"):
+            raise UserError(f"implementation={cfg.implementation!r}: choose repro or lm-eval.")
+        if cfg.implementation == "lm-eval":
+            from repro.eval.ruler_lmeval import TASKS as LMEVAL_TASKS
+
+            if set(cfg.tasks) - set(LMEVAL_TASKS) or not cfg.model.startswith(("hf:", "gguf:")):
+                raise UserError(f"implementation=lm-eval runs {', '.join(LMEVAL_TASKS)} (--tasks) on hf:/gguf: models.")
         if not cfg.lengths or min(cfg.lengths) < 1:
             raise UserError("--ctx needs positive lengths such as 4k,8k.")
         resolve_tasks(cfg.tasks)
@@ -263,6 +296,9 @@ class Ruler(Evaluation):
                 f"--ctx {length_label(max(cfg.lengths))} exceeds {model_label(cfg.model)}'s {limit}-token context; "
                 f"ask for {limit} tokens or fewer."
             )
+        longest = length_label(max(cfg.lengths))  # a model without a context limit: memory decides
+        need = context_memory(cfg.model, max(cfg.lengths))
+        check_memory(need, pick_device(cfg.device), f"reading a {longest}-token context", "ask for a shorter --ctx")
         sources = cfg.sources()
         for t in cfg.tasks:  # missing data fails here, before anything is written
             if TASKS[t].params.get("haystack") == "essay":
@@ -277,8 +313,10 @@ class Ruler(Evaluation):
                 f"--ctx {length_label(max(cfg.lengths))} exceeds {model_label(cfg.model)}'s "
                 f"{model.max_context}-token context; ask for {model.max_context} tokens or fewer."
             )
+        if cfg.implementation == "lm-eval":
+            return _lmeval_rows(model, cfg, ctx)
         seed = UPSTREAM_SEED + ctx.seed  # the default seed 0 draws upstream's samples
-        generator = Generator(model.tokenizer, cfg.sources(), seed=seed, wrap=model.wrap(cfg.template))
+        generator = Generator(model.tokenizer, cfg.sources(), seed=seed, wrap=model.wrap(cfg.template), fill=cfg.fill)
         env_path = ctx.run_dir / "env.json"
         env = json.loads(env_path.read_text()) if env_path.exists() else {}
         env |= {"model_name": model.name, "max_context": model.max_context, "torch_threads": torch.get_num_threads()}

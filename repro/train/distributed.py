@@ -9,7 +9,7 @@ every strategy (`LoopConfig.strategy`):
   norm, head), each block optionally activation-checkpointed and `torch.compile`d before sharding,
   a bf16 `MixedPrecisionPolicy` with fp32 gradient reduction when the loop runs in bf16.
 - `no_sync(runner)`: skip the gradient reduction on micro-batches before the last.
-- `load_state` / `save_state`: the resume point. `ddp` keeps today's single `state/NAME.pt` written by
+- `load_state` / `save_state`: the resume point. `ddp` keeps a single `state/NAME.safetensors` written by
   rank 0; `fsdp` writes a `torch.distributed.checkpoint` (DCP) directory `state/NAME.dcp/` where every
   rank saves its own shards, and which loads on any number of ranks (DCP reshards on load), one
   process without a process group included.
@@ -227,21 +227,32 @@ def load_state(
     if not (path / ".metadata").exists():
         return None
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     reshard(model)
     model_sd, optim_sd = get_state_dict(model, opt)
-    state = {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state(), "meta": ""}
-    with _quiet_single_process():
-        dcp.load(state, checkpoint_id=str(path))
+    with (path / ".metadata").open("rb") as f:
+        saved_meta = _read_dcp_metadata(f, path).state_dict_metadata.get("meta")
+    meta_buffer = torch.empty(saved_meta.size if hasattr(saved_meta, "size") else (0,), dtype=torch.uint8)
+    state = {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state(), "meta": meta_buffer}
+    try:
+        with _quiet_single_process():
+            dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner())
+    except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
+        raise UserError(
+            f"checkpoint {path} cannot be read safely ({type(e).__name__}: it is damaged or holds objects "
+            "that could run code when loaded); rerun with --force to redo the run."
+        ) from None
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return {**json.loads(state["meta"]), "rng": state["rng"]}
+    meta = state["meta"]  # a string in checkpoints written before it was a tensor
+    return {**json.loads(meta if isinstance(meta, str) else bytes(meta.tolist())), "rng": state["rng"]}
 
 
 def save_state(
     ctx: RunContext, name: str, model: nn.Module, opt: torch.optim.Optimizer, loop: LoopConfig, entries: dict
 ) -> None:
-    """Write the resume point: rank 0 alone under `ddp` (one .pt); every rank under `fsdp` (DCP)."""
+    """Write the resume point: rank 0 alone under `ddp` (one safetensors file); every rank under `fsdp` (DCP)."""
     rank, world_size = world()
     if loop.strategy != "fsdp":
         if rank == 0:
@@ -253,7 +264,8 @@ def save_state(
     reshard(model)
     model_sd, optim_sd = get_state_dict(model, opt)
     meta = {k: v for k, v in entries.items() if k not in ("rng", "cuda_rng")}
-    state = {"model": model_sd, "optim": optim_sd, "rng": entries["rng"], "meta": json.dumps(meta)}
+    meta_bytes = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)  # a tensor, not a pickle
+    state = {"model": model_sd, "optim": optim_sd, "rng": entries["rng"], "meta": meta_bytes}
     final, tmp = _dcp_dir(ctx, name), _dcp_dir(ctx, name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -269,6 +281,77 @@ def save_state(
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     _barrier(world_size)
+
+
+# DCP reads its `.metadata` with pickle and every non-tensor entry (the optimizer's lr, betas, ...)
+# with torch.load(weights_only=False): either could run code planted in a copied run directory. The
+# reader and planner below admit only DCP's own metadata classes and torch's restricted unpickler.
+_DCP_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "MetadataIndex",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+}
+
+
+def _read_dcp_metadata(stream: Any, path: Path) -> Any:
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+            if not is_dtype and name not in _DCP_CLASSES.get(module, ()):
+                raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP checkpoint")
+            return super().find_class(module, name)
+
+    try:
+        return Restricted(stream).load()
+    except Exception as e:
+        raise UserError(
+            f"checkpoint {path} cannot be read safely ({type(e).__name__}: it is damaged or holds objects that "
+            "could run code when loaded); rerun with --force to redo the run."
+        ) from None
+
+
+def _SafeReader(path: Path) -> Any:  # noqa: N802 (a class built on first use: DCP imports lazily)
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+                metadata = _read_dcp_metadata(f, path)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(path))
+
+
+def _SafePlanner() -> Any:  # noqa: N802
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._traverse import set_element
+
+    class SafePlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            loaded = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
+
+    return SafePlanner()
 
 
 @contextlib.contextmanager
