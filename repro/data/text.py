@@ -10,11 +10,11 @@ Where text comes from, first match wins:
 Nothing reachable raises one UserError that names the dataset and the two ways to point at files.
 
 Files: `.txt`/`.raw` (split into documents by a rule, below), `.jsonl`/`.json`/`.parquet` (one
-document per record's "text"); a single file given by path with any other suffix is plain text too. In a directory, names holding `val`/`valid`/`dev` are validation,
-`test` test, everything else train (so TinyStories' `tiny_stories.txt` is train); validation and
-test stand in for each other. A source with no evaluation part (a single file, a directory of
-training files only, simple-wiki on the hub) is split by documents: the last `val_fraction` of
-them is validation, the rest train.
+document per record's "text"); a single file given by path with any other suffix is plain text too.
+In a directory, names holding `val`/`valid`/`dev` are validation, `test` test, everything else train
+(so TinyStories' `tiny_stories.txt` is train); validation and test stand in for each other. A
+source with no evaluation part (a single file, a directory of training files only, simple-wiki on
+the hub) is split by documents: the last `val_fraction` of them is validation, the rest train.
 
 Document rules for plain text (`data.doc_split`, "auto" by default):
 - a file containing `<|endoftext|>` is split on it (the official TinyStories .txt files);
