@@ -293,7 +293,22 @@ def notes(df: pd.DataFrame) -> list[str]:
         "OOD texts: simple-wiki is WikiText-2 (test) when read from a local wikitext2_raw/ folder, Simple",
         "English Wikipedia from the hub; paul-graham the 49 essays of the needle-in-a-haystack set (local only);",
         "`ood.paths` adds any plain-text file (documents = blank-line blocks).",
-        f"Training tok/s (median over logging intervals; the machine's load is not recorded here): {speeds}.",
+        f"Training tok/s (median over logging intervals): {speeds}.",
+        *timing_note(df),
+    ]
+
+
+def timing_note(df: pd.DataFrame) -> list[str]:
+    """Training wall time per model over seeds and the machine's 1-minute load when each ended (runs
+    made before these rows were recorded have none)."""
+    wall = df[df.metric == "seconds"].groupby("model").value
+    load = df[df.metric == "load1"].value
+    if not len(load):
+        return []
+    parts = ", ".join(f"{k} {v.min() / 60:.1f}-{v.max() / 60:.1f}" for k, v in wall)
+    return [
+        f"Training wall time per model, min-max over seeds (minutes): {parts}; the machine's 1-min load when a"
+        f" model's training ended: {load.min():.1f}-{load.max():.1f} (a timing is a cost only on an idle machine)."
     ]
 
 

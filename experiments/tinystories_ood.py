@@ -52,6 +52,7 @@ batches are drawn.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from repro import results
 from repro.data.text import (
     TextDataConfig,
     TokenWindows,
@@ -287,8 +289,14 @@ class TinyStoriesOOD(Experiment):
                 def eval_fn(m: torch.nn.Module) -> dict[str, float]:
                     return {"val_loss": mean_loss(m, *val, batch_size=cfg.eval.batch_size)}
 
+                tick = time.perf_counter()
                 train(model, batch_fn, next_token_loss, cfg.optim, cfg.steps, ctx, name, loop=cfg.loop,
                       eval_fn=eval_fn, tokens_per_batch=cfg.batch_size * T)  # fmt: skip
+                # what a timing depends on, beside it: this process's training wall time (a resumed run
+                # counts only the steps it ran) and the machine's 1-minute load when it ended
+                seconds, load = time.perf_counter() - tick, results.machine()["load1"]
+                rows.append(ctx.row(model=name, split="train", metric="seconds", value=seconds, step=cfg.steps))
+                rows.append(ctx.row(model=name, split="train", metric="load1", value=load, step=cfg.steps))
                 ckpt = ctx.run_dir / "checkpoints" / name
                 model.save(ckpt)
                 tokenizer.save(ckpt)
