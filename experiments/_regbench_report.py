@@ -179,6 +179,8 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     seeds = sorted(int(s) for s in df.seed.unique())
     seconds = df[(df.metric == "seconds") & (df.split == "train")].groupby("model").value.sum()
     wall = ", ".join(f"{LABELS.get(m, m)} {s / 60:.0f} min" for m, s in seconds.items())
+    loads = df[(df.metric == "load1") & (df.split == "train")].value
+    load = f"; 1-min load when a model finished: {loads.min():.1f}-{loads.max():.1f}" if len(loads) else ""
     lr = df[(df.split == "hyper") & (df.metric == "lr")].groupby("model").value.unique()
     lrs = ", ".join(f"{LABELS.get(m, m)} {'/'.join(f'{x:g}' for x in v)}" for m, v in lr.items())
     notes = [
@@ -190,8 +192,8 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         "RegBench figure (±0.01); n-gram references: the reference note's re-simulation (150 sequences, simple",
         "back-off). Our `n-gram` rows use the benchmark's own back-off (berlino/seq_icl ngram.py, matched to it",
         "to 3e-8 on generated sequences); how the two estimators differ: repro/eval/regbench.py.",
-        f"Learning rate chosen: {lrs}. Training time of the reported runs, summed over seeds and N (a 2-core",
-        f"machine shared by ~10-20 jobs, one thread): {wall}.",
+        f"Learning rate chosen: {lrs}. Training time of the reported runs, summed over seeds and N (one",
+        f"thread{load}): {wall}.",
         "Deviations from the protocol (regbench.md) are listed in experiments/regbench.py's docstring: one",
         "fixed test set for all N, disjoint languages across splits, length-bucketed batches; at the cpu",
         "preset far fewer epochs than 200 (column epochs; the paper: 200, i.e. 800 steps at N = 100), no",

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from repro import results
 from repro.data.regbench import RegBenchSplit, V, make_splits
 from repro.errors import UserError
 from repro.eval.regbench import Tally, ngram_probs, ngram_probs_original, score
@@ -311,6 +312,7 @@ class RegBench(Experiment):
         rows += [row("test", m, scores[m]) for m in ("accuracy", "tvd", "loss")]
         rows += [row("validation", "best_loss", val_loss), row("hyper", "lr", lr), row("hyper", "weight_decay", wd)]
         rows += [row("train", "epochs", epochs, steps), row("train", "seconds", best["seconds"], steps)]
+        rows.append(row("train", "load1", results.machine()["load1"], steps))  # what the seconds depend on
         return rows
 
     def _train_one(self, cfg: RegBenchConfig, ctx: RunContext, family: str, name: str, lr: float, wd: float,
