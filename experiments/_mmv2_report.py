@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from repro import results
+from repro.experiments._copy_report import SPLITS, pair_entries, plot_copy
 from repro.models import registry as models
 
 
@@ -188,3 +189,24 @@ def plot_extrapolation(ext: pd.DataFrame, path: Path, families: tuple[str, ...])
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+STAGE_WORDS = {"pretrain": "pretraining", "finetune": "fine-tuning"}
+
+
+def copy_section(
+    df: pd.DataFrame, families: tuple[str, ...], stages: tuple[str, ...], path: Path
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The copy test after each stage, MM v2 against the Llama paired by seed, and its figure (none
+    without copy rows)."""
+    a, b = "mosaic_v2", "llama"
+    pairs = [(f"{a}-{st}", f"{b}-{st}", None, f"after {STAGE_WORDS.get(st, st)}") for st in stages]
+    entries = pair_entries(df, pairs, (models.label(a), models.label(b)))
+    if not entries:
+        return [], []
+    name = df.model.astype(str).str.rsplit("-", n=1)  # `llama-pretrain` -> (llama, pretrain)
+    by_stage = df.assign(model=name.str[0], stage=name.str[-1])
+    panels = [
+        (f"copy test, {where}", by_stage[by_stage.stage == st]) for st, (*_, where) in zip(stages, pairs, strict=True)
+    ]
+    return entries, [plot_copy(panels, [(f, models.label(f)) for f in families], list(SPLITS), path)]

@@ -1,6 +1,12 @@
 """The tinystories-ood report: the paper's claims beside ours, per-seed statistics, and the paper's
 Fig. 7 (loss vs blocks), Fig. 8 (per-position loss) and OOD figure, from run directories only.
 
+Adaptation is measured where it happens: on windows at seeded random offsets (inside documents for the
+OOD texts), by the slope of loss against the log of the tokens read from position 8 on, and by the
+in-context copy test (each span fed twice: loss on the first copy vs the second). Curves from document
+starts (the paper's figure) are drawn too, labelled as such: their first positions are titles and first
+words, not adaptation.
+
 Every comparison pairs the mosaic with the GPT-2 of the same seed (same batches, same windows) and
 gives the mean difference with a 95% Student-t interval over seeds; "beyond seed noise" means the
 interval excludes zero. Runs whose variant sets `model.head_scale` or `model.init` are the head-scale
@@ -16,15 +22,21 @@ import numpy as np
 import pandas as pd
 
 from repro import results, stats
-from repro.models import registry as models
+from repro.experiments._copy_report import COPY_NOTE, copy_comparison, plot_copy
+from repro.experiments._tinystories_figures import (
+    LABELS,
+    final_losses,
+    plot_loss_curves,
+    plot_loss_vs_blocks,
+    plot_positions,
+    position_curves,
+)
+from repro.experiments._tinystories_figures import plural as _plural
 
-LABELS = {family: models.label(family) for family in ("gpt2", "mosaic")}
+SLOPE_FROM = 8  # the slope fit starts at position 8: the first tokens of any window carry no context
+COPY_LABELS = {"random": "random tokens", "validation": "TinyStories validation"}
 OOD_LABELS = {"simple-wiki": "Wikipedia", "paul-graham": "Paul Graham essays"}
 ABLATION_KEYS = ("model.head_scale", "model.init")
-
-
-def _plural(depth: int) -> str:
-    return f"{depth} block{'s' if depth > 1 else ''}"
 
 
 def _ood_label(split: str) -> str:
@@ -62,20 +74,13 @@ def paired(diffs: list[float]) -> tuple[float, float, int]:
     return mean, half, len(diffs)
 
 
-def verdict(diff: float, half: float, n: int, want: str) -> str:
+def verdict(diff: float, half: float, n: int, want: str, beyond_paper: bool = False) -> str:
     """`want`: the paper's direction for (mosaic - GPT-2): "lower", "higher", or "not higher" (parity
-    or better: judged as "lower")."""
+    or better: judged as "lower"). `beyond_paper`: a claim the paper does not make (holds / does not hold)."""
     if np.isnan(diff):
         return "n/a"
     ci = f"mosaic - GPT-2 {diff:+.3f} ± {half:.3f}, 95%, {n} paired seeds" if n >= 2 else f"{diff:+.3f}, 1 seed"
-    return stats.verdict(diff, half, n, +1 if want == "higher" else -1, ci=ci)
-
-
-def final_losses(df: pd.DataFrame, split: str, last: int = 1) -> pd.DataFrame:
-    """Per (family, depth, seed): the last validation loss, or the mean of the last `last` train losses."""
-    sub = df[(df.split == split) & (df.metric == "loss")].sort_values("step")
-    out = sub.groupby(["family", "depth", "seed"]).value.apply(lambda v: v.iloc[-last:].mean())
-    return out.reset_index()
+    return stats.verdict(diff, half, n, +1 if want == "higher" else -1, ci=ci, beyond_paper=beyond_paper)
 
 
 def _per_seed(table: pd.DataFrame, family: str, depth: int) -> dict[int, float]:
@@ -87,19 +92,18 @@ def _pair(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[s] - b[s] for s in sorted(set(a) & set(b))]
 
 
-def position_curves(df: pd.DataFrame, split: str, family: str, depth: int) -> np.ndarray:
-    """(seeds, positions) per-position losses of one model on one split, seeds in sorted order."""
-    sub = df[(df.split == split) & (df.metric == "position_loss") & (df.family == family) & (df.depth == depth)]
-    if sub.empty:
-        return np.empty((0, 0))
-    wide = sub.assign(t=sub.slice_value.astype(int)).pivot_table(index="seed", columns="t", values="value")
-    return wide.sort_index().to_numpy()
+def slope(curve: np.ndarray, start: int = SLOPE_FROM) -> np.ndarray:
+    """Per row of (seeds, positions): the least-squares slope of loss against ln(t + 1), the log of the
+    number of tokens read, over positions t >= start (nats per e-fold of context; negative = the loss
+    falls as the model reads on)."""
+    t = np.arange(start, curve.shape[1])
+    x = np.log(t + 1.0) - np.log(t + 1.0).mean()
+    y = curve[:, start:]
+    return (y - y.mean(1, keepdims=True)) @ x / (x @ x)
 
 
-def drop(curve: np.ndarray) -> np.ndarray:
-    """Mean loss over positions 1-8 minus mean over the second half of the window, per row."""
-    half = curve.shape[1] // 2
-    return curve[:, 1:9].mean(1) - curve[:, half:].mean(1)
+def _ood_splits(df: pd.DataFrame) -> list[str]:
+    return sorted(s for s in df.split.unique() if str(s).startswith("ood:"))
 
 
 def loss_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -127,20 +131,30 @@ def loss_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
     return entries
 
 
-def position_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
+def _curve_pair(df: pd.DataFrame, split: str, depth: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    g, m = (position_curves(df, split, f, depth, metric) for f in ("gpt2", "mosaic"))
+    if not g.size or not m.size or len(g) != len(m):
+        return np.empty((0, 0)), np.empty((0, 0))
+    return g, m
+
+
+def position_entries(df: pd.DataFrame, metric: str = "position_loss_random") -> list[dict[str, Any]]:
+    """(b) in distribution: loss over the second half of the window; (c) each OOD text: the slope of
+    loss against ln(tokens read) from position 8 on, paired by seed (mosaic - GPT-2 < 0: the mosaic's
+    loss falls faster). `metric` picks the windows: random offsets, or document starts."""
+    where = "random offsets" if metric == "position_loss_random" else "document starts"
     entries = []
-    splits = ["validation"] + sorted(s for s in df.split.unique() if str(s).startswith("ood:"))
-    for split in splits:
+    for split in ["validation", *_ood_splits(df)]:
         for depth in sorted(df.depth.unique()):
-            g, m = position_curves(df, split, "gpt2", depth), position_curves(df, split, "mosaic", depth)
-            if not g.size or not m.size or len(g) != len(m):
+            g, m = _curve_pair(df, split, depth, metric)
+            if not g.size:
                 continue
             if split == "validation":
                 half = g.shape[1] // 2
                 gs, ms = g[:, half:].mean(1), m[:, half:].mean(1)
                 entries.append(
                     {
-                        "claim": f"(b) in-distribution per-position loss, {_plural(depth)}",
+                        "claim": f"(b) in-distribution per-position loss ({where}), {_plural(depth)}",
                         "paper": "falls with position; mosaic at least as good, more so later",
                         "ours: GPT-2": f"second half {stats.mean_std(gs)}",
                         "ours: Memory Mosaic": f"second half {stats.mean_std(ms)}",
@@ -148,16 +162,44 @@ def position_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
                     }
                 )
                 continue
-            dg, dm = drop(g), drop(m)
+            sg, sm = slope(g), slope(m)
             entries.append(
                 {
-                    "claim": f"(c) OOD ({_ood_label(split)}) loss drop with position, {_plural(depth)}",
+                    "claim": f"(c) OOD ({_ood_label(split)}, {where}): slope of loss vs ln position from "
+                    f"{SLOPE_FROM} on, {_plural(depth)}",
                     "paper": "both bad; mosaic's loss falls faster with position",
-                    "ours: GPT-2": f"drop {stats.mean_std(dg)}, mean {stats.mean_std(g.mean(1), 2)}",
-                    "ours: Memory Mosaic": f"drop {stats.mean_std(dm)}, mean {stats.mean_std(m.mean(1), 2)}",
-                    "verdict": verdict(*paired(list(dm - dg)), "higher"),
+                    "ours: GPT-2": f"slope {stats.mean_std(sg)}, mean loss {stats.mean_std(g.mean(1), 2)}",
+                    "ours: Memory Mosaic": f"slope {stats.mean_std(sm)}, mean loss {stats.mean_std(m.mean(1), 2)}",
+                    "verdict": verdict(*paired(list(sm - sg)), "lower"),
                 }
             )
+    return entries
+
+
+def copy_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(split, label) of every copy test in the rows: random tokens, validation, then the OOD texts."""
+    present = set(df[df.metric == "copy_loss"].split)
+    order = [s for s in ("random", "validation") if s in present] + [s for s in sorted(present) if s.startswith("ood:")]
+    return [(s, COPY_LABELS.get(s, _ood_label(s))) for s in order]
+
+
+def copy_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """(d) the copy test: gain = first-copy loss minus second-copy loss, paired by seed (mosaic - GPT-2 > 0:
+    the mosaic uses a repeat in its context more)."""
+    entries = []
+    for split, label in copy_splits(df):
+        for depth in sorted(df.depth.unique()):
+            c = copy_comparison(df, split, f"mosaic-L{depth}", f"gpt2-L{depth}", beyond_paper=True)
+            if c is not None:
+                entries.append(
+                    {
+                        "claim": f"(d) copy test, {label}: first copy -> second copy, {_plural(depth)}",
+                        "paper": "(mechanism of (c), not in the paper) the mosaic copies from its context",
+                        "ours: GPT-2": c["b"],
+                        "ours: Memory Mosaic": c["a"],
+                        "verdict": c["verdict"],
+                    }
+                )
     return entries
 
 
@@ -230,88 +272,82 @@ def notes(df: pd.DataFrame) -> list[str]:
     steps = int(df[df.metric == "passes"].step.max()) if len(passes) else 0
     speed = df[df.metric == "tok_per_s"].groupby("model").value.median()
     speeds = ", ".join(f"{k} {v:,.0f}" for k, v in speed.sort_index().items())
+    seeds_by_model = df[df.metric == "params"].groupby("model").seed.nunique()
     return [
-        f"Ours: preset `{df.preset.iloc[0]}` (run variants: {', '.join(sorted(df.variant.unique()))}), seeds {seeds};"
-        " mean ± std over seeds.",
+        f"Ours: preset `{df.preset.iloc[0]}` (run variants: {', '.join(sorted(df.variant.unique()))}), seeds {seeds}"
+        f" (per model: {', '.join(f'{k} {v}' for k, v in seeds_by_model.items())}); mean ± std over seeds.",
         f"{steps} steps per model, {passes.max() if len(passes) else float('nan'):.2f} passes over the training text;"
         f" validation loss still falling at the last evaluation (seeds): {still_falling(df)}.",
         "Paper: BabiStories, GPT-2 tokenizer, d 768, context 512, 80k steps on 64 GPUs (memory-mosaics.md §3).",
-        "Verdicts pair the mosaic with the GPT-2 of the same seed; the interval is a 95% Student-t interval of",
-        "the mean paired difference; beyond seed noise = the interval excludes zero.",
-        "Final losses: last validation evaluation; train = mean of the last 5 logged steps. OOD drop: mean",
-        "loss over positions 1-8 minus mean over the second half of the window (larger = adapts more).",
+        "Verdicts pair the mosaic with the GPT-2 of the same seed (same batches, windows and copy spans); the",
+        "interval is a 95% Student-t interval of the mean paired difference; beyond noise = it excludes zero.",
+        "Final losses: last validation evaluation; train = mean of the last 5 logged steps.",
+        "Per-position windows: (b) and (c) read windows at seeded random offsets, inside a document for the OOD",
+        "texts (never its first token or its end) and anywhere in the validation stream (as training batches are",
+        f"drawn). Slope: least squares of loss on ln(t + 1) over positions t >= {SLOPE_FROM}, per seed (nats per",
+        "e-fold of context read; more negative = the loss falls faster as the model reads on).",
+        f"(d) {COPY_NOTE} The text spans lie inside documents (OOD) or anywhere in the validation stream.",
+        "Document-start section: the same statistics on windows that start at document starts (the paper's",
+        "per-position figure); their first positions are titles, dates and first words, which GPT-2's learned",
+        "positions fit differently, so they measure document starts more than adaptation.",
         "OOD texts: simple-wiki is WikiText-2 (test) when read from a local wikitext2_raw/ folder, Simple",
-        "English Wikipedia from the hub; paul-graham the 49 essays of the needle-in-a-haystack set (local only).",
-        f"Training tok/s on this (shared, loaded) machine, median over logging intervals: {speeds}.",
+        "English Wikipedia from the hub; paul-graham the 49 essays of the needle-in-a-haystack set (local only);",
+        "`ood.paths` adds any plain-text file (documents = blank-line blocks).",
+        f"Training tok/s (median over logging intervals): {speeds}.",
+        *timing_note(df),
     ]
 
 
-def plot_loss_vs_blocks(df: pd.DataFrame, path: Path) -> Path:
-    """The paper's Fig. 7: final loss against the number of blocks, mean ± std over seeds."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for i, family in enumerate(("gpt2", "mosaic")):
-        for split, style, last in (("validation", "o-", 1), ("train", "s--", 5)):
-            table = final_losses(df, split, last)
-            stats = table[table.family == family].groupby("depth").value.agg(["mean", "std"]).fillna(0.0)
-            if len(stats):
-                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], fmt=style, color=f"C{i}", ms=4,
-                            capsize=3, label=f"{LABELS[family]} {split}")  # fmt: skip
-    ax.set_xlabel("blocks")
-    ax.set_xticks(sorted(df.depth.unique()))
-    ax.set_ylabel("final loss (nats/token)")
-    ax.legend()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def timing_note(df: pd.DataFrame) -> list[str]:
+    """Training wall time per model over seeds and the machine's 1-minute load when each ended (runs
+    made before these rows were recorded have none)."""
+    wall = df[df.metric == "seconds"].groupby("model").value
+    load = df[df.metric == "load1"].value
+    if not len(load):
+        return []
+    parts = ", ".join(f"{k} {v.min() / 60:.1f}-{v.max() / 60:.1f}" for k, v in wall)
+    return [
+        f"Training wall time per model, min-max over seeds (minutes): {parts}; the machine's 1-min load when a"
+        f" model's training ended: {load.min():.1f}-{load.max():.1f} (a timing is a cost only on an idle machine)."
+    ]
 
 
-def plot_loss_curves(df: pd.DataFrame, path: Path) -> Path:
-    def curve(split: str, family: str, depth: int) -> pd.Series:
-        sub = df[(df.split == split) & (df.metric == "loss") & (df.family == family) & (df.depth == depth)]
-        return sub.groupby("step").value.mean().sort_index()
-
-    panels = {
-        _plural(depth): [(LABELS[f], curve("train", f, depth), curve("validation", f, depth)) for f in LABELS]
-        for depth in sorted(df.depth.unique())
-    }
-    return results.plot_loss_curves(panels, path, smooth=5)
-
-
-def plot_positions(df: pd.DataFrame, splits: list[str], titles: list[str], path: Path) -> Path:
-    """Per-position loss, one row per split and one column per depth: mean over seeds, band ± std."""
-    import matplotlib.pyplot as plt
-
-    depths = sorted(df.depth.unique())
-    fig, axes = plt.subplots(len(splits), len(depths), figsize=(4.3 * len(depths), 3.0 * len(splits)), squeeze=False)
-    for r, (split, title) in enumerate(zip(splits, titles, strict=True)):
-        for c, depth in enumerate(depths):
-            ax = axes[r, c]
-            for i, family in enumerate(LABELS):
-                curves = position_curves(df, split, family, depth)
-                if not curves.size:
-                    continue
-                mean, std = curves.mean(0), curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
-                t = np.arange(len(mean))
-                ax.plot(t, mean, color=f"C{i}", lw=1, label=f"{LABELS[family]} ({len(curves)} seeds)")
-                ax.fill_between(t, mean - std, mean + std, color=f"C{i}", alpha=0.25, lw=0)
-            ax.set_title(f"{title}, {_plural(depth)}")
-            ax.set_xlabel("position in document (tokens)")
-        axes[r, 0].set_ylabel("mean loss at position")
-    axes[0, 0].legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def _position_figures(df: pd.DataFrame, out_dir: Path, prefix: str = "", slug: str = "") -> list[Path]:
+    """In distribution and out: random-offset curves on a log axis (where the slope is read), and the
+    paper's figure from document starts."""
+    ood = _ood_splits(df)
+    paths = [
+        plot_positions(
+            df,
+            [
+                ("validation", "position_loss_random", f"{prefix}TinyStories validation, random offsets"),
+                ("validation", "position_loss", f"{prefix}TinyStories validation, document starts"),
+            ],
+            out_dir / f"fig_position_loss{slug}.png",
+            log_x=False,
+        )  # fmt: skip
+    ]
+    if ood:
+        random = [(s, "position_loss_random", f"{prefix}OOD {_ood_label(s)}, random offsets") for s in ood]
+        starts = [(s, "position_loss", f"{prefix}OOD {_ood_label(s)}, document starts (paper's figure)") for s in ood]
+        paths.append(
+            plot_positions(df, random, out_dir / f"fig_ood_position_loss{slug}.png", log_x=True, mark=SLOPE_FROM)
+        )
+        paths.append(plot_positions(df, starts, out_dir / f"fig_ood_position_loss_docstart{slug}.png"))
+    if copy_splits(df):
+        by_family = df.assign(model=df.family)  # one panel per depth, the families side by side
+        panels = [(f"{prefix}copy test, {_plural(d)}", by_family[df.depth == d]) for d in sorted(df.depth.unique())]
+        models = list(LABELS.items())
+        paths.append(plot_copy(panels, models, copy_splits(df), out_dir / f"fig_copy{slug}.png"))
+    return paths
 
 
 def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     results.figure_style()
     main, ablation, others = split_sweep(df)
     main = with_model_keys(main if len(main) else df)
-    entries = loss_entries(main) + position_entries(main) + size_entries(main)
-    extra = {}
+    entries = loss_entries(main) + position_entries(main) + copy_entries(main) + size_entries(main)
+    extra = {"Document-start windows (the paper's per-position figure)": position_entries(main, "position_loss")}
     if len(ablation):
         heading = "Head scale and init side by side (the cpu preset's choice)"
         extra[heading] = ablation_entries(with_model_keys(ablation), main)
@@ -322,17 +358,13 @@ def report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             continue  # nothing to pair
         settings = variant.rsplit("-", 1)[0]
         seeds = sorted(int(s) for s in sub.seed.unique())
-        extra[f"Other runs: {settings.replace('+', ', ')} (seeds {seeds})"] = loss_entries(sub) + position_entries(sub)
-        splits = ["validation"] + sorted(s for s in sub.split.unique() if str(s).startswith("ood:"))
-        titles = [f"{settings}: " + ("TinyStories validation" if s == "validation" else _ood_label(s)) for s in splits]
-        slug = "".join(c if c.isalnum() else "_" for c in settings)
-        figures.append(plot_positions(sub, splits, titles, out_dir / f"fig_position_loss_{slug}.png"))
+        extra[f"Other runs: {settings.replace('+', ', ')} (seeds {seeds})"] = (
+            loss_entries(sub) + position_entries(sub) + copy_entries(sub)
+        )
+        slug = "_" + "".join(c if c.isalnum() else "_" for c in settings)
+        figures += _position_figures(sub, out_dir, f"{settings}: ", slug)
+    extra = {k: v for k, v in extra.items() if v}
     paths = results.write_table(entries, out_dir, "TinyStories / OOD: paper vs ours", notes(main), extra)
     paths.append(plot_loss_vs_blocks(main, out_dir / "fig_loss_vs_blocks.png"))
     paths.append(plot_loss_curves(main, out_dir / "fig_loss_curves.png"))
-    paths.append(plot_positions(main, ["validation"], ["TinyStories validation"], out_dir / "fig_position_loss.png"))
-    ood = sorted(s for s in main.split.unique() if str(s).startswith("ood:"))
-    if ood:
-        titles = [f"OOD: {_ood_label(s)}" for s in ood]
-        paths.append(plot_positions(main, ood, titles, out_dir / "fig_ood_position_loss.png"))
-    return paths + figures
+    return paths + _position_figures(main, out_dir) + figures

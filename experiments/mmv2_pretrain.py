@@ -39,7 +39,7 @@ from repro import results
 from repro.bench.train import SpeedConfig, model_speeds
 from repro.data.text import TextDataConfig, logits_bytes, prepare_lm_data, vocab_lower_bound
 from repro.errors import UserError
-from repro.eval.lm import mean_loss
+from repro.eval.lm import copy_rows, mean_loss, text_copy_spans
 from repro.models import registry as models
 from repro.models.lm import LanguageModel, next_token_loss
 from repro.models.pairing import PAIR, ShapeV2, build_pair_model
@@ -75,6 +75,9 @@ class MMv2PretrainConfig:
     eval_tokens: int = 16384  # validation tokens per evaluated length
     eval_batch_tokens: int = 8192
     val_windows: int = 32  # windows for the periodic validation loss at the stage's context
+    # the in-context copy test after each stage: spans of half the stage's context (uniformly random text
+    # ids; validation text) fed twice, loss on the first vs the second copy (repro.eval.lm.copy_test)
+    copy_spans: int = 64
     bench: BenchConfig = field(default_factory=BenchConfig)
     memory_lengths: tuple[int, ...] = (2048, 8192, 32768)  # CPU peak memory of one forward
     memory_families: tuple[str, ...] = FAMILIES
@@ -363,6 +366,9 @@ class MMv2Pretrain(Experiment):
                     tokenizer.save(ckpt)  # the evaluation commands read the tokenizer beside the model
                 rows += self._curve_rows(ctx, name, stage.steps)
                 rows += self._extrapolation_rows(ctx, model, name, data["validation"], lengths, cfg, stage.steps)
+                spans = text_copy_spans(data["validation"], cfg.copy_spans, T // 2, tokenizer.vocab_size, ctx.seed,
+                                        exclude=(tokenizer.eot_id,))  # fmt: skip
+                rows += copy_rows(ctx, model, name, spans, stage.steps, max(1, cfg.eval_batch_tokens // T))
                 if family == "mosaic_v2" and stage_name == "finetune":  # Table 2/10 ablation
                     model.drop_long_term_memory()
                     rows += self._extrapolation_rows(
@@ -462,8 +468,10 @@ class MMv2Pretrain(Experiment):
         ]
 
     def report(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
+        from repro.experiments._copy_report import COPY_NOTE, V2_CLAIM
         from repro.experiments._mmv2_report import (
             claim_entries,
+            copy_section,
             engineering_entries,
             extrapolation_frame,
             extrapolation_table,
@@ -481,7 +489,9 @@ class MMv2Pretrain(Experiment):
             for r in size_table()
         ]
         entries += claim_entries(df, ext) + engineering_entries(df)
+        copies, copy_figure = copy_section(df, FAMILIES, STAGES, out_dir / "fig_copy.png")
         extra = {
+            f"In-context copy test, paired by seed: {V2_CLAIM}": copies,
             "Validation loss by evaluation length (same tokens at every length)": extrapolation_table(ext),
             "Speed at equal parameters (same process, interleaved; medians)": speed_table(df),
             "Peak memory of one no-grad forward on CPU (fresh process per point)": memory_table(df),
@@ -496,8 +506,10 @@ class MMv2Pretrain(Experiment):
             "that a model does not break more than that it retrieves from far away (hence the small ablation effect).",
             "Memory: peak resident MB above the pre-forward size (/proc clear_refs), 1 layer, d 64, vocab 256; rows",
             "'fixed-mmap' pin MALLOC_MMAP_THRESHOLD_=65536 (what the model holds), 'glibc-default' show heap growth.",
+            COPY_NOTE,
         ]
+        extra = {k: v for k, v in extra.items() if v}
         paths = results.write_table(entries, out_dir, "Memory Mosaics v2 vs Llama: paper vs ours", notes, extra)
         paths.append(plot_losses(df, out_dir / "fig_loss_curves.png", FAMILIES, STAGES))
         paths.append(plot_extrapolation(ext, out_dir / "fig_extrapolation.png", FAMILIES))
-        return paths
+        return paths + copy_figure

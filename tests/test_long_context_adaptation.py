@@ -130,6 +130,9 @@ def test_smoke_run_report_and_resume(corpus, tmp_path):
     params = df[df.metric == "params"].groupby("model").value.first()
     assert abs(params["mosaic_v2"] / params["llama"] - 1) < 0.01  # equal size
     assert (run_dir / "checkpoints" / "mosaic_v2-finetune" / "model.safetensors").exists()
+    copies = df[df.metric == "copy_loss"]  # after pretraining (step 0) and after fine-tuning, per model and seed
+    assert sorted(copies.step.unique()) == [0, cfg.finetune.steps] and set(copies.split) == {"random", "validation"}
+    assert len(copies) == 2 * 2 * 2 * 2 * 2 and copies.value.between(0, 20).all()
     # a rerun of a finished family reuses its rows instead of training again
     (run_dir / "rows.jsonl").unlink()
     again = runtime.launch(exp, preset="smoke", overrides=overrides, seed=1, out=tmp_path / "runs")
@@ -139,7 +142,30 @@ def test_smoke_run_report_and_resume(corpus, tmp_path):
     paths = exp.report(df, tmp_path / "report")
     assert {p.name for p in paths} >= {"table.md", "fig_adaptation.png"}
     text = (tmp_path / "report" / "table.md").read_text()
-    assert "+22 points" in text and "seeds [0, 1]" in text
+    assert "+22 points" in text and "seeds [0, 1]" in text and "In-context copy test" in text
+    assert "fig_copy.png" in {p.name for p in paths}
+
+
+def test_pretraining_grid_keeps_the_best_on_validation(corpus, tmp_path):
+    exp = registry.get("long-context-adaptation")
+    grid = ["tune.llama.lr=1e-4,3e-3", "tune.llama.steps=10,20", "families=llama"]
+    overrides = [f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}", *grid]
+    run_dir = runtime.launch(exp, preset="smoke", overrides=overrides, out=tmp_path / "runs")
+    df = results.collect(tmp_path / "runs", "long-context-adaptation")
+    tune = df[(df.split == "tune") & df.slice_value.notna()]
+    wide = tune.pivot_table(index="slice_value", columns="metric", values="value")
+    assert len(wide) == 4 and set(wide.lr) == {1e-4, 3e-3} and set(wide.steps) == {10, 20}
+    best = wide.sort_values(["val_acc", "val_loss"], ascending=[False, True]).iloc[0]
+    chosen = df[df.metric.str.startswith("chosen_")].set_index("metric").value
+    assert (chosen["chosen_lr"], chosen["chosen_steps"]) == (best.lr, best.steps)
+    for name in wide.index:  # every grid point's weights, and the chosen one under the plain name
+        assert (run_dir / "checkpoints" / name / "model.safetensors").exists()
+    assert (run_dir / "checkpoints" / "llama-pretrain" / "config.json").exists()
+    acc0 = df[(df.metric == "accuracy") & (df.split == "validation") & (df.step == 0)]
+    short = exp.config("smoke").pretrain.block_size
+    assert acc0[acc0.slice_value.astype(int) == short].value.iloc[0] == pytest.approx(best.val_acc)
+    table = exp.report(df, tmp_path / "report")[0].read_text()
+    assert "Pretraining grid" in table and "1/1" in table
 
 
 def test_bad_settings_are_user_errors():

@@ -228,6 +228,9 @@ def test_smoke_run_report_and_checkpoints(tmp_path):
         model = load_checkpoint(run_dir / "checkpoints" / name)
         assert (run_dir / "checkpoints" / name / "tokenizer_meta.json").exists()  # the evaluations need it
         assert model.config.block_size == (64 if name.endswith("finetune") else 32)
+    copies = df[df.metric == "copy_loss"]  # after each stage: random tokens and validation text, two copies
+    assert len(copies) == 4 * 2 * 2 and set(copies.split) == {"random", "validation"}
     paths = exp.report(df, tmp_path / "report")
-    assert {p.name for p in paths} >= {"table.md", "fig_loss_curves.png", "fig_extrapolation.png"}
-    assert "9.9B" in (tmp_path / "report" / "table.md").read_text()
+    assert {p.name for p in paths} >= {"table.md", "fig_loss_curves.png", "fig_extrapolation.png", "fig_copy.png"}
+    text = (tmp_path / "report" / "table.md").read_text()
+    assert "9.9B" in text and "In-context copy test" in text and "random tokens, after fine-tuning" in text

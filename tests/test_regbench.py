@@ -9,7 +9,7 @@ import torch
 
 from repro import registry, results, runtime
 from repro.data import regbench as rb
-from repro.eval.regbench import ngram_probs, score
+from repro.eval.regbench import ngram_probs, ngram_probs_original, score
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,40 @@ def test_ngram_hand_case():
     assert bi[0, 3, b] == 1.0  # second string, after `a`: b
     assert bi[0, 8, b] == pytest.approx(2 / 3) and bi[0, 8, c] == pytest.approx(1 / 3)
     assert (bi[..., rb.SEP] == 0).all() and torch.allclose(bi.sum(-1), torch.ones(1, 9))
+
+
+def _dists(probs: torch.Tensor) -> list[dict[int, float]]:
+    return [{v: round(float(p), 6) for v, p in enumerate(row) if p > 0} for row in probs[0]]
+
+
+def test_original_backoff_hand_cases():
+    """berlino/seq_icl ngram.py's back-off, worked by hand (and matched to upstream's own code on 10
+    generated sequences per order, max |diff| 3e-8: reports/LOG.md 2026-12-06)."""
+    a, b, c, sep = 1, 2, 3, rb.SEP
+    x = torch.tensor([[a, b, sep, a, b, sep, a, c, a]])
+    got = _dists(ngram_probs_original(x, 2))
+    half, third, sixth = 0.5, round(1 / 3, 6), round(1 / 6, 6)
+    assert got[0] == {a: 1.0}  # `a` never followed yet: all mass backs off to the letters read
+    assert got[1] == {a: half, b: half}  # `b` never followed: unigram over the letters read, renormalised
+    # at `|`: `_` (string start) occurred twice (the current string counts) and was followed by `a` once:
+    # a 1/2; the other half backs off to the unigram level and goes to `b`
+    assert got[2] == {a: half, b: half}
+    assert got[3] == {a: half, b: half}  # after `a`: `ab` once out of two `a` (one is the current)
+    assert got[5] == {a: round(2 / 3, 6), b: third}  # `_` three times, followed by `a` twice
+    assert got[6] == {a: third, b: round(2 / 3, 6)}  # `ab` twice out of three `a`
+    assert got[7] == {a: half, b: third, c: sixth}  # unigram counts a 3, b 2, c 1 (the first `a` included)
+    assert got[8] == {a: 0.25, b: half, c: 0.25}  # `ab` 2, `ac` 1 out of four `a`; `a` gets the rest
+    # every letter read already seen after the context: the left-over mass is dropped (sums below one)
+    assert _dists(ngram_probs_original(torch.tensor([[a, a, a]]), 2)) == [{a: 1.0}, {a: half}, {a: round(2 / 3, 6)}]
+    assert _dists(ngram_probs_original(torch.tensor([[a, sep, b, sep, a, sep]]), 3))[5] == {a: half, b: 0.25}
+    # trigram: string-start padding `__`, backing off twice to the unigram level
+    got = _dists(ngram_probs_original(torch.tensor([[a, b, sep, a, c]]), 3))
+    assert got == [{a: 1.0}, {a: half, b: half}, {a: half, b: half}, {a: half, b: half}, {a: half, b: 0.25, c: 0.25}]
+    # the simple back-off differs: after `a` at position 8 it never predicts `a` (unseen after `a`)
+    simple = _dists(ngram_probs(x, 2))
+    assert simple[8] == {b: round(2 / 3, 6), c: third}
+    padded = ngram_probs_original(torch.tensor([[a, b, 0, 0]]), 2)  # padding positions stay empty
+    assert padded[0, 2:].sum() == 0 and padded[0, 1, a] == 0.5
 
 
 def test_parameter_parity_at_the_paper_shape():

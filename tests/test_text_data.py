@@ -279,6 +279,25 @@ def test_sequential_and_document_windows():
     assert win.document_windows(block_size=20, whole=False)[0][:, 0].tolist() == [0, 10, 50]
 
 
+def test_random_spans_lie_inside_documents_and_follow_the_seed():
+    # documents [0, 10), [10, 50), [50, 95), [95, 100); the last token of each is its end-of-text
+    win = T.TokenWindows(np.arange(100, dtype=np.uint16), doc_starts=np.array([0, 10, 50, 95]))
+    spans = win.random_spans(12, 1000, seed=5)
+    # inside [10, 50): starts 11..37 (27 spans); inside [50, 95): starts 51..82 (32); none elsewhere
+    assert len(spans) == 27 + 32 and len({tuple(s) for s in spans.tolist()}) == 59
+    for s in spans:
+        doc = 10 if s[0] < 50 else 50
+        end = 49 if doc == 10 else 94
+        assert s[0] > doc and s[-1] < end and np.array_equal(s, np.arange(s[0], s[0] + 12))
+    assert np.array_equal(win.random_spans(12, 7, seed=5), win.random_spans(12, 7, seed=5))
+    assert not np.array_equal(win.random_spans(12, 7, seed=5), win.random_spans(12, 7, seed=6))
+    anywhere = win.random_spans(12, 1000, seed=5, within_documents=False)
+    assert len(anywhere) == 100 - 12 + 1  # every offset of the stream once
+    x, y = win.random_windows(8, 4, seed=1)
+    assert x.shape == (4, 8) and torch.equal(y[:, :-1], x[:, 1:])
+    assert win.random_spans(60, 3, seed=0).shape == (0, 60)  # no document is long enough
+
+
 def test_prepare_lm_data_shares_one_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setattr(tk, "gpt2_tokenizer", lambda: None)
     tinystories_txt(tmp_path / "ts" / "train.txt", stories(60))

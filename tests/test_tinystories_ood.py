@@ -3,8 +3,10 @@ report, and a killed run that resumes on the same loss curve."""
 
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from repro import registry, results, runtime
 from repro.data.text import TokenWindows
@@ -61,13 +63,19 @@ def test_smoke_run_report_and_checkpoints(corpus, tmp_path):
     val = df[(df.split == "validation") & (df.metric == "loss")]
     assert len(val) >= 4 * 3 and val.value.between(0.1, 10).all()  # evaluated every 10 of 30 steps
     for text in ("wiki", "essays"):  # one value per position of the 32-token window, per model and text
-        assert len(df[(df.metric == "position_loss") & (df.split == f"ood:{text}")]) == 4 * 32
+        for metric in ("position_loss", "position_loss_random"):  # document starts; random offsets inside
+            assert len(df[(df.metric == metric) & (df.split == f"ood:{text}")]) == 4 * 32
+    copies = df[df.metric == "copy_loss"]  # first and second copy, per model and copy test
+    assert set(copies.split) == {"random", "validation", "ood:wiki", "ood:essays"} and len(copies) == 4 * 4 * 2
     paths = exp.report(df, tmp_path / "report")
     figures = {"fig_loss_vs_blocks.png", "fig_loss_curves.png", "fig_position_loss.png", "fig_ood_position_loss.png"}
+    figures |= {"fig_ood_position_loss_docstart.png", "fig_copy.png"}
     assert {p.name for p in paths} >= {"table.md", *figures}
     table = pd.read_csv(tmp_path / "report" / "table.csv")
     assert table.claim.str.startswith("(c) OOD").sum() == 2 * 2  # two texts x two depths
+    assert table.claim.str.startswith("(d) copy test").sum() == 4 * 2  # four copy tests x two depths
     assert table.claim.str.startswith("(a)").sum() == 2
+    assert "Document-start windows" in (tmp_path / "report" / "table.md").read_text()
     for name in ("gpt2-L1", "mosaic-L2"):  # a checkpoint loads without the run, with its tokenizer
         model = load_model(str(run_dir / "checkpoints" / name))
         text = model.generate(model.tokenizer.encode("Once upon a time,"), 8)
@@ -120,3 +128,49 @@ def test_paired_verdicts_and_sweep_split():
     main, ablation, others = split_sweep(df)
     assert list(main.variant) == variants[:2] and list(ablation.variant) == variants[2:3]
     assert list(others.variant) == variants[3:]
+
+
+def test_slope_is_the_log_position_coefficient():
+    from repro.experiments._tinystories_report import slope
+
+    t = np.arange(64)
+    curves = np.stack([5.0 - 0.3 * np.log(t + 1.0), 7.0 + 0.0 * t, 6.0 + 0.1 * np.log(t + 1.0)])
+    curves[:, :8] = 99.0  # the first positions are not part of the fit
+    assert slope(curves) == pytest.approx([-0.3, 0.0, 0.1], abs=1e-12)
+
+
+class _Recaller(torch.nn.Module):
+    """Loss 0 where the target already appeared in the input so far, 1 elsewhere: a perfect copier."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def loss(self, x, y, reduction="none"):
+        seen = (x[:, None, :] == y[:, :, None]) & torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+        return 1.0 - seen.any(-1).float()  # (B, T): [t] looks at x[:, : t + 1]
+
+
+def test_copy_test_counts_each_copy_after_its_first_token():
+    from repro.eval.lm import copy_test, repeated, uniform_spans
+
+    spans = torch.stack([torch.randperm(50)[:10] for _ in range(6)])  # distinct tokens within a span
+    x, y = repeated(spans)
+    assert x.shape == (6, 19) and torch.equal(y[:, 9:], spans) and torch.equal(x[:, :10], spans)
+    assert copy_test(_Recaller(), spans, batch_size=4) == {"first": 1.0, "second": 0.0, "gain": 1.0}
+    drawn = uniform_spans(8, 16, 20, seed=3, exclude=(0, 19))
+    assert drawn.shape == (8, 16) and not ((drawn == 0) | (drawn == 19)).any()
+    assert torch.equal(drawn, uniform_spans(8, 16, 20, seed=3, exclude=(0, 19)))
+
+
+def test_ood_paths_take_any_text_file(tmp_path):
+    from repro.data.tokenizer import get_tokenizer
+    from repro.experiments.tinystories_ood import OODConfig, ood_texts
+
+    (tmp_path / "plays.md").write_text("ACT I. Enter the king.\n\nKING: Who goes there?\n\nACT II. Exit all.\n")
+    (tmp_path / "news").write_text("Markets rose today after the report.\n\nThe bank held its rate.\n")
+    tok = get_tokenizer("byte", [], 256, str(tmp_path / "cache"))
+    cfg = OODConfig(paths=(str(tmp_path / "plays.md"), str(tmp_path / "news")))
+    texts = ood_texts(cfg, tok, str(tmp_path / "cache"))
+    assert set(texts) == {"plays", "news"} and texts["plays"].meta["documents"] == 3
+    assert tok.decode(texts["news"].tokens[: texts["news"].doc_starts[1] - 1]) == "Markets rose today after the report."

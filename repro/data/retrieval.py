@@ -55,6 +55,7 @@ class RetrievalTask:
                 f"retrieval.n_values ({cfg.n_values}), so that every key has training and held-out values."
             )
         self.cfg = cfg
+        self.base = base  # the text ids are 0 .. base - 1
         self.keys = base + np.arange(cfg.n_keys)
         self.values = base + cfg.n_keys + np.arange(cfg.n_values)
         self.fact_id = base + cfg.n_keys + cfg.n_values

@@ -10,11 +10,11 @@ Where text comes from, first match wins:
 Nothing reachable raises one UserError that names the dataset and the two ways to point at files.
 
 Files: `.txt`/`.raw` (split into documents by a rule, below), `.jsonl`/`.json`/`.parquet` (one
-document per record's "text"). In a directory, names holding `val`/`valid`/`dev` are validation,
-`test` test, everything else train (so TinyStories' `tiny_stories.txt` is train); validation and
-test stand in for each other. A source with no evaluation part (a single file, a directory of
-training files only, simple-wiki on the hub) is split by documents: the last `val_fraction` of
-them is validation, the rest train.
+document per record's "text"); a single file given by path with any other suffix is plain text too.
+In a directory, names holding `val`/`valid`/`dev` are validation, `test` test, everything else train
+(so TinyStories' `tiny_stories.txt` is train); validation and test stand in for each other. A
+source with no evaluation part (a single file, a directory of training files only, simple-wiki on
+the hub) is split by documents: the last `val_fraction` of them is validation, the rest train.
 
 Document rules for plain text (`data.doc_split`, "auto" by default):
 - a file containing `<|endoftext|>` is split on it (the official TinyStories .txt files);
@@ -178,9 +178,10 @@ def read_text(path: Path) -> str:
 
 
 def read_documents(path: Path, dataset_rule: DocSplit, doc_split: DocSplit = "auto") -> list[str]:
-    """The documents of one local file."""
+    """The documents of one local file: records (.jsonl/.json/.parquet) or plain text (any other name:
+    a file given by path is read as text whatever its suffix, e.g. `.md` or none)."""
     suffix = path.suffix.lower()
-    if suffix in TEXT_SUFFIXES:
+    if suffix not in RECORD_SUFFIXES:
         text = read_text(path)
         return split_documents(text, _auto_rule(text, dataset_rule) if doc_split == "auto" else doc_split)
     if suffix == ".parquet":
@@ -492,6 +493,40 @@ class TokenWindows:
         x = stream[:-1].reshape(n, block_size)  # (N, T)
         y = stream[1:].reshape(n, block_size)  # (N, T)
         return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+
+    def random_spans(self, length: int, n: int, seed: int, within_documents: bool = True) -> np.ndarray:
+        """Up to `n` distinct spans of `length` tokens at seeded random offsets: (N, length) int64.
+
+        With `within_documents`, a span lies inside one document and holds none of its first token
+        or its end-of-text, so position t of a span is t tokens into running text, not into a document;
+        every such span is equally likely (a long document gives more). Otherwise any offset of the
+        stream. Fewer than `n` come back only when fewer exist (none: shape (0, length)).
+        """
+        rng = np.random.default_rng([seed, length, 11])
+        if not within_documents:
+            total = max(0, len(self.tokens) - length + 1)
+            offsets = np.sort(rng.choice(total, size=min(n, total), replace=False))
+        else:
+            if self.doc_starts is None:
+                raise UserError("this token stream has no document offsets; rebuild its token file.")
+            starts = self.doc_starts.astype(np.int64)
+            ends = np.append(starts[1:], len(self.tokens)) - 1  # each document's end-of-text
+            first = starts + 1  # a span starts after the document's first token
+            counts = np.maximum(0, ends - length - first + 1)  # spans [o, o + length) with o + length <= end
+            total = int(counts.sum())
+            picks = np.sort(rng.choice(total, size=min(n, total), replace=False))
+            doc = np.searchsorted(np.cumsum(counts), picks, side="right")  # the document of each pick
+            offsets = first[doc] + picks - (np.cumsum(counts) - counts)[doc]
+        if not len(offsets):
+            return np.empty((0, length), dtype=np.int64)
+        return np.stack([np.asarray(self.tokens[o : o + length], dtype=np.int64) for o in offsets])
+
+    def random_windows(
+        self, block_size: int, n: int, seed: int, within_documents: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) windows (N, T) at seeded random offsets (`random_spans` of block_size+1 tokens)."""
+        self._check(block_size)
+        return self._pairs(self.random_spans(block_size + 1, n, seed, within_documents))
 
     def document_windows(
         self, block_size: int, max_windows: int | None = None, whole: bool = True

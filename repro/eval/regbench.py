@@ -9,11 +9,30 @@ string's prefix up to x_t (the start state after `|`), tracked incrementally by
 - TVD: 1/2 sum_v |p_t(v) - q_t(v)| with q_t uniform on V(s_t), averaged over *every* input position,
   those whose target is `|` included (the original logs the L1, i.e. 2 TVD; the figures show TVD).
 
-Reference rows come from in-context n-gram predictors (`ngram_probs`), scored by the same `score`.
+Reference rows come from in-context n-gram predictors, scored by the same `score`: the benchmark's own
+back-off (`ngram_probs_original`, berlino/seq_icl `ngram.py`, which its evaluation logs for n = 3) and
+a simple back-off (`ngram_probs`, the estimator of reference regbench.md §5 [SIM]). They differ in
+three ways (the original's, then the simple one's):
+- back-off: the original keeps the maximum-likelihood estimate of every continuation seen after the
+  n-1 context, with the context's occurrences that have no continuation yet (the current one; those
+  at a string's end) left in the denominator; that left-over mass goes to the unseen continuations in
+  proportion to the next lower order's probabilities (renormalised over them), recursively (Katz's
+  scheme without discounting). The simple one uses the highest order with any continuation alone and
+  renormalises its counts to one, so an unseen continuation gets nothing once any was seen.
+- counts: the original counts n-grams of every string padded with n-1 start symbols (`_`), the first
+  string's start included, and its unigram level counts every letter read, the first one included;
+  the simple one counts continuations x_{j+1} of earlier positions j, so the first letter of the
+  sequence is never a continuation.
+- mass: when every letter read so far has been seen after the context, the original's distribution
+  sums to less than one (the left-over mass is dropped; TVD counts it); the simple one always sums to one.
+Both predict only letters already read in the sequence (the simple one: uniform over the 18 letters
+before any continuation). The original has no 1-gram (its unigram case fails for a non-empty string):
+our 1-gram is its unigram level, letter frequencies of the sequence read so far.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -110,3 +129,68 @@ def ngram_probs(x: torch.Tensor, n: int) -> torch.Tensor:
         probs = torch.where(use[..., None], counts / total.clamp(min=1), probs)
         decided |= use
     return probs
+
+
+START = -1  # the original's string-start padding symbol `_` (never a prediction)
+
+
+def _original_distribution(counts: list[Counter], prefix: tuple[int, ...], vocab: list[int]) -> dict[int, float]:
+    """The original's `get_next_char_prob` for every letter of `vocab` after `prefix` (n-1 symbols, n =
+    len(prefix) + 1): counts[k] holds the k-gram counts (counts[0] unused)."""
+    k = len(prefix) + 1
+    if k == 1:
+        total = sum(counts[1].values())  # the start padding is counted too (it cancels when backing off)
+        return {c: counts[1][(c,)] / total for c in vocab}
+    denominator = counts[k - 1][prefix]  # every occurrence of the context, continued or not
+    probs = {c: counts[k][(*prefix, c)] / denominator for c in vocab if (*prefix, c) in counts[k]}
+    missing = [c for c in vocab if c not in probs]
+    if missing:
+        left = 1.0 - sum(probs.values())
+        lower = _original_distribution(counts, prefix[1:], vocab)
+        norm = sum(lower[c] for c in missing)
+        probs.update({c: left * lower[c] / norm for c in missing})
+    return probs
+
+
+def _original_sequence(ids: list[int], n: int) -> list[dict[int, float]]:
+    """Next-letter distributions after each input of one sequence (padding removed), the original's
+    `predict_with_n_gram_back_off(inputs, N=n)` counted incrementally: at position t its counts are those
+    of inputs[: t + 1] split at `|`, each string padded with n - 1 start symbols."""
+    counts = [Counter() for _ in range(n + 1)]
+    text: list[int] = []
+
+    def append(symbol: int) -> None:
+        text.append(symbol)
+        for k in range(1, min(n, len(text)) + 1):
+            counts[k][tuple(text[-k:])] += 1
+
+    def new_string() -> None:
+        text.clear()
+        for _ in range(n - 1):
+            append(START)
+
+    new_string()
+    seen: set[int] = set()
+    out = []
+    for symbol in ids:
+        if symbol == SEP:
+            new_string()
+        else:
+            append(symbol)
+            seen.add(symbol)
+        prefix = tuple(text[len(text) - (n - 1) :]) if n > 1 else ()
+        out.append(_original_distribution(counts, prefix, sorted(seen)))
+    return out
+
+
+def ngram_probs_original(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The benchmark's in-context n-gram with its back-off (module doc): next-symbol distributions
+    (B, T, V) for inputs x (B, T); zero at padding positions. A pure-Python count per sequence
+    (incremental, O(T n V) per sequence, where the original recounts the prefix at every position)."""
+    B, T = x.shape
+    probs = torch.zeros(B, T, V, dtype=torch.float64)
+    for b in range(B):
+        ids = [int(i) for i in x[b] if i != PAD]
+        for t, dist in enumerate(_original_sequence(ids, n)):
+            probs[b, t, list(dist)] = torch.tensor(list(dist.values()), dtype=torch.float64)
+    return probs.float()
