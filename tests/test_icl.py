@@ -325,3 +325,27 @@ def test_command_end_to_end_on_a_checkpoint(tmp_path):
     assert again.exit_code == 0 and "already done" in again.output
     bad = CliRunner().invoke(app, [*args[:5], "imdb", *args[6:]])
     assert bad.exit_code == 2 and "unknown" in bad.output
+
+
+def test_seeds_are_kept_apart_and_the_pair_is_compared_by_seed(tmp_path: Path):
+    """Several seeds of a checkpoint pair: every seed's rows reach the report (the cells once kept only
+    the first seed's), the headline says mean ± std over seeds, the verdict is paired by seed."""
+    R = icl.PromptResult
+    rows = []
+    for seed in (0, 1, 2):
+
+        class SeedCtx:
+            def __init__(self, seed: int):
+                self.seed = seed
+
+            def row(self, **fields):
+                return results.make_row(experiment="icl", preset="smoke", variant="v", seed=self.seed, **fields)
+
+        for model, acc in (("runs/s/checkpoints/mosaic_v2-finetune", 0.5 + 0.25 * (seed == 2)), ("runs/s/llama", 0.25)):
+            res = [R("anonymous", 1, "newline-ordered", 10, acc, n=4, accuracy_norm=acc, predicted={"a": 4},
+                     hits=[1] * int(4 * acc) + [0] * (4 - int(4 * acc)), hits_norm=[1, 0, 0, 0])]  # fmt: skip
+            rows += icl.to_rows(res, icl.ICLConfig(model, "synthetic", ["anonymous"], [1]), SeedCtx(seed), 4)
+    table = icl.ICL().report(pd.DataFrame(rows), tmp_path)[0].read_text()
+    assert "1-shot 0.58 ± 0.14 (3 seeds, n=4 each)" in table
+    assert "paired over seeds [0, 1, 2]): 1-shot +33.33 [" in table
+    assert "| 2 | 1 | newline-ordered |" in table  # the third seed's own row

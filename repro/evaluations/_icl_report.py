@@ -28,26 +28,35 @@ PAIRS = (("mmv2", "llama", "MMv2 vs Llama"), ("mmv1", "gpt2", "MMv1-vs-GPT-2 pro
 
 
 def _verdict(mean: pd.DataFrame, chance: float) -> str:
-    """Compare Memory Mosaics with transformers where both ran; else say what the runs do show."""
+    """Compare Memory Mosaics with transformers where both ran (paired by seed: each seed's mosaic minus
+    the same seed's transformer, per shot count, with its 95% t-interval); else say what the runs show."""
     fam = mean.assign(family=mean.model.map(_family)).dropna(subset=["family"])
     for mosaic, transformer, label in PAIRS:
         if {mosaic, transformer} <= set(fam.family):
-            by = fam.groupby(["step", "family"]).value.max().unstack()[[mosaic, transformer]].dropna()
-            if len(by):
-                gap = (by[mosaic] - by[transformer]).round(3)
-                trend = "grows" if len(gap) > 1 and gap.iloc[-1] > gap.iloc[0] else "does not grow"
-                where = ", ".join(f"{s}-shot {g:+.3f}" for s, g in gap.items())
-                return f"{label} (tiny models, this repo's cpu presets): margin {where}; {trend}"
+            by = fam.groupby(["step", "family", "seed"]).value.mean()
+            parts, verdicts = [], []
+            for shots in sorted(fam.step.unique()):
+                if (shots, mosaic) not in by.index.droplevel(2) or (shots, transformer) not in by.index.droplevel(2):
+                    continue
+                p = stats.paired_diff(by[shots][mosaic], by[shots][transformer])
+                parts.append(f"{int(shots)}-shot {stats.fmt_paired(p)}")
+                verdicts.append(stats.paired_verdict(p, +1).split(" (")[0])
+            if parts:
+                seeds = sorted(fam.seed.unique())
+                return (
+                    f"{label} (tiny models, this repo's cpu presets; mosaic minus transformer, pt, paired over seeds "
+                    f"{[int(x) for x in seeds]}): {', '.join(parts)}; {'; '.join(dict.fromkeys(verdicts))}"
+                )
     parts = []
     for model, sub in mean.groupby("model"):
-        top = sub.loc[sub.value.idxmax()]
-        parts.append(f"{model} at most {top.value:.3f} ({int(top.step)} shots; chance {chance:.3f})")
+        top = sub.groupby("step").value.mean()
+        parts.append(f"{model} at most {top.max():.3f} ({int(top.idxmax())} shots; chance {chance:.3f})")
     return "not tested (no MMv2/transformer pair): " + "; ".join(parts)
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, labels, model, shots, prompt) with every metric as a column."""
-    keys = ["dataset", "labels", "model", "step", "slice_value"]
+    keys = ["dataset", "labels", "model", "seed", "step", "slice_value"]
     wide = df.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reset_index()
     return wide.rename(columns={"step": "shots", "slice_value": "prompt"})
 
@@ -56,6 +65,19 @@ def _ci(r: Any, metric: str) -> str:
     if pd.isna(r.get(metric)):
         return "n/a"
     return stats.fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], int(r["n"]))
+
+
+def _headline(g: pd.DataFrame) -> str:
+    """One model's mean-of-prompts accuracy per shot count: with its interval over queries for one seed;
+    over several seeds, the mean and std over seeds (each seed scores n distinct queries)."""
+    out = []
+    for shots, by_seed in g.groupby("shots"):
+        if len(by_seed) == 1:
+            out.append(f"{int(shots)}-shot {_ci(by_seed.iloc[0], 'accuracy')}")
+        else:
+            n = int(by_seed["n"].min())
+            out.append(f"{int(shots)}-shot {stats.mean_std(by_seed.accuracy, 2)} ({len(by_seed)} seeds, n={n} each)")
+    return ", ".join(out)
 
 
 def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> list[Path]:
@@ -74,11 +96,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
     mean = wide[wide.prompt == "mean"]
     entries = []
     for (dataset, kind), sub in mean.groupby(["dataset", "labels"], sort=False):
-        ours = "; ".join(
-            f"{m}: "
-            + ", ".join(f"{int(r.shots)}-shot {_ci(r, 'accuracy')}" for _, r in g.sort_values("shots").iterrows())
-            for m, g in sub.groupby("model")
-        )
+        ours = "; ".join(f"{m}: {_headline(g)}" for m, g in sub.groupby("model"))
         verdict_df = sub.rename(columns={"shots": "step", "accuracy": "value"})
         entries.append(
             dict(
@@ -92,14 +110,15 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
             )
         )
     detail = []
-    for _, r in wide.sort_values(["dataset", "labels", "model", "shots", "prompt"]).iterrows():
+    for _, r in wide.sort_values(["dataset", "labels", "model", "seed", "shots", "prompt"]).iterrows():
         skipped = df[(df.metric == "skipped") & (df.dataset == r.dataset) & (df.labels == r["labels"])
-                     & (df.model == r.model) & (df.step == r.shots)]  # fmt: skip
+                     & (df.model == r.model) & (df.seed == r.seed) & (df.step == r.shots)]  # fmt: skip
         if r.prompt == "mean" or not pd.isna(r.get("accuracy")):
             share = r.get("top_label_share")
             top = top_of.get((r.dataset, r["labels"], r.model, r.shots, r.prompt), "")
             detail.append({
-                "dataset": r.dataset, "labels": r["labels"], "model": r.model, "shots": int(r.shots),
+                "dataset": r.dataset, "labels": r["labels"], "model": r.model, "seed": int(r.seed),
+                "shots": int(r.shots),
                 "prompt": r.prompt if r.prompt != "mean" else f"mean of {int(r.get('prompts', 0))} prompts",
                 "tokens": fmt_int(r.get("prompt_tokens")),
                 "accuracy [95% CI] n": _ci(r, "accuracy"),
@@ -111,7 +130,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, targets: dict[str, Any]) -> li
             })  # fmt: skip
         elif r.prompt != "-" and len(skipped):
             reason = next((s.split(":", 1)[1].strip() for s in skipped.slice_value if s.startswith(r.prompt)), "")
-            detail.append({"dataset": r.dataset, "labels": r["labels"], "model": r.model, "shots": int(r.shots),
+            detail.append({"dataset": r.dataset, "labels": r["labels"], "model": r.model, "seed": int(r.seed),
+                           "shots": int(r.shots),
                            "prompt": r.prompt, "tokens": fmt_int(r.get("prompt_tokens")),
                            "accuracy [95% CI] n": f"skipped: {reason}"})  # fmt: skip
     seeds = sorted(int(s) for s in df.seed.unique())
@@ -151,8 +171,17 @@ def _plot(mean: pd.DataFrame, chance: pd.Series, dataset: str, path: Path, bands
     for ax, kind in zip(axes, data.LABEL_KINDS, strict=True):
         sub = mean[mean["labels"] == kind]
         for model, g in sub.sort_values("shots").groupby("model"):
-            err = [g.accuracy - g.accuracy_lo, g.accuracy_hi - g.accuracy]
-            ax.errorbar(g.shots, g.accuracy, yerr=err, marker="o", capsize=3, label=model)
+            pts = []  # one seed: its interval over queries; several: the 95% t-interval over seeds
+            for shots, by_seed in g.groupby("shots"):
+                acc = float(by_seed.accuracy.mean())
+                if len(by_seed) == 1:
+                    lo, hi = float(by_seed.accuracy_lo.iloc[0]), float(by_seed.accuracy_hi.iloc[0])
+                else:
+                    m, half = stats.t_interval(by_seed.accuracy)
+                    lo, hi = m - half, m + half
+                pts.append((shots, acc, acc - lo, hi - acc))
+            x, y, down, up = zip(*pts, strict=True)
+            ax.errorbar(x, y, yerr=[down, up], marker="o", capsize=3, label=model)
         if (dataset, kind) in chance:
             ax.axhline(chance[(dataset, kind)], ls=":", c="grey", label="chance")
         band = bands.get(dataset, {}).get(kind)
@@ -164,7 +193,7 @@ def _plot(mean: pd.DataFrame, chance: pd.Series, dataset: str, path: Path, bands
         ax.set_ylim(0, 1)
         ax.set_title(f"{dataset}, {kind} labels")
         ax.set_xlabel("shots (examples per class)")
-    axes[0].set_ylabel("accuracy (mean of 4 prompts, 95% CI)")
+    axes[0].set_ylabel("accuracy (mean of 4 prompts, 95% CI;\nover seeds where several)")
     axes[1].legend(loc="best")
     fig.savefig(path)
     plt.close(fig)
