@@ -232,7 +232,7 @@ class MMv2Pretrain(Experiment):
     )
     preset_costs = {
         "smoke": "~30 s",
-        "cpu": "~20 min on 2 cores",
+        "cpu": "6.5-14 min per seed, measured on one thread of a busy 2-core machine (load 2-4, 3 seeds)",
         "paper": "1T tokens at 4k, then 32k fine-tuning: hundreds of H100s",
     }
 

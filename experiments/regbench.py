@@ -215,7 +215,8 @@ class RegBench(Experiment):
     claim = "mosaic best at every number of training languages; at 100: accuracy ~0.925 vs ~0.52"
     preset_costs = {
         "smoke": "~20 s",
-        "cpu": "~11 min per seed on an idle core (N = 100: 40 steps, N = 500: 80); seeds 0, 1, 2 in turn",
+        "cpu": "13-16 min per seed, measured on one thread of a busy 2-core machine (load 2-4; N = 100: 40 steps, "
+        "N = 500: 80); seeds 0, 1, 2 in turn",
         "paper": "N up to 40000, 200 epochs, lr x wd grid: GPUs",
     }
 

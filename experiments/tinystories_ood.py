@@ -215,8 +215,8 @@ class TinyStoriesOOD(Experiment):
     claim = "mosaic better at depth 1, parity deeper; out of distribution its loss falls faster with position"
     preset_costs = {
         "smoke": "~20 s",
-        "cpu": "~40 CPU-min per seed on one idle thread (1 / 2 / 4 blocks: ~8 / 13 / 18 min); 3 seeds as 2 "
-        "processes on 2 idle cores: ~1 h",
+        "cpu": "1 block: 13-20 min per seed, measured on one thread of a busy 2-core machine (load 2-5, 3 seeds); "
+        "2 and 4 blocks not yet timed at 1,200 steps (each costs more); `--set depths=1`: the 1-block claim alone",
         "paper": "80k steps x 512 x 512 tokens: 64 GPUs",
     }
 
