@@ -264,8 +264,8 @@ class Ruler(Evaluation):
     claim = "MM v2 keeps more of its RULER QA score than a same-size transformer as the context grows"
     preset_costs = {
         "smoke": "seconds (1 sample of niah_single_1 at 1k)",
-        "cpu": "13 tasks x 20 samples at 4k = 260 generations; a 135M model: 260 x the `RULER: mean` row of "
-        "`repro bench eval` (per-sample seconds, measured on the same machine)",
+        "cpu": "13 tasks x 20 samples at 4k = 260 generations; SmolLM2-135M: ~20 s a sample on one thread "
+        "(`repro bench eval`, 4 tasks' samples, load 2) = ~1.5 h; 2 threads shorten it",
         "paper": "RULER's 500 samples per task, 4k-128k (GPU)",
     }
     targets = {"table4": PAPER_TABLE4}
