@@ -84,7 +84,8 @@ class ThreeMoons(Experiment):
     claim = "3 small memories predict well after each moon's period; 1 big memory only after the full period"
     preset_costs = {
         "smoke": "~15 s",
-        "cpu": "~75 s on one core of a busy 2-core machine (load 4-5); training steps ~4x slower without a C compiler",
+        "cpu": "53 s of run time (56 s wall) on 2 idle cores; 73 s on one core of a busy machine (load 4-5); training "
+        "steps ~4x slower without a C compiler",
         "paper": "~1 h on 2 cores, minutes on a GPU",
     }
 
