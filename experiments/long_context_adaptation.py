@@ -173,8 +173,8 @@ class LongContextAdaptation(Experiment):
     claim = "pretrained short, MM v2 uses a longer context after 1-2 fine-tuning steps; a transformer needs far more"
     preset_costs = {
         "smoke": "~20 s",
-        "cpu": "~26 CPU-min per seed (4 pretraining runs of 8,000 steps: Llama 0.031, MM v2 0.062 CPU-s a step, "
-        "one idle thread); 3 seeds as 2 processes on 2 idle cores: ~45 min",
+        "cpu": "27 min per seed, measured on one thread of the busy 2-core machine (seed 0, load 2-3; 4 pretraining "
+        "runs of 8,000 steps, then 128 fine-tuning steps per family)",
         "paper": "4k pretraining then 32k fine-tuning of the 1.5B/8B models: an H100 cluster",
     }
     targets = {"fig8": PAPER_FIG8}
