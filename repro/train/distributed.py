@@ -284,7 +284,7 @@ def save_state(
 
 
 # DCP reads its `.metadata` with pickle and every non-tensor entry (the optimizer's lr, betas, ...)
-# with torch.load(weights_only=False): either could run code planted in a copied run directory. The
+# with torch.load with weights_only off: either could run code planted in a copied run directory. The
 # reader and planner below admit only DCP's own metadata classes and torch's restricted unpickler.
 _DCP_CLASSES = {
     "torch.distributed.checkpoint.metadata": {
